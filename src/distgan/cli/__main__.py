@@ -1,0 +1,5 @@
+import sys
+
+from distgan.cli import main
+
+sys.exit(main())

@@ -1,0 +1,98 @@
+"""``distgan data``: import datasets into Parquet shards, and verify shard folders.
+
+    distgan data import train-images-idx3-ubyte.gz --labels train-labels-idx1-ubyte.gz --out data/fm
+    distgan data import photos/ --resolution 64 --channels 3 --on-error skip --out data/photos
+    distgan data verify data/fm
+
+Each prints one summary line; a user error prints one line and exits 2 (``distgan.cli.main``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from distgan.data import import_source, read_manifest, verify_shards
+
+
+def add_parser(verbs: argparse._SubParsersAction) -> None:
+    """Adds the ``data`` verb with its ``import`` and ``verify`` sub-verbs to ``verbs``."""
+    data = verbs.add_parser("data", help="import datasets into shards; verify shard folders")
+    sub = data.add_subparsers(
+        dest="data_verb", metavar="{import,verify}", required=True, parser_class=type(data)
+    )
+
+    imp = sub.add_parser(
+        "import",
+        help="IDX files, an image folder or an .npz -> Parquet shards + manifest.json",
+        description="Import IDX files (MNIST layout, gzipped or not), a folder of PNG/JPEG "
+        "images (class subfolders give labels) or an .npz with 'images' and optional 'labels'.",
+    )
+    imp.add_argument("src", help="IDX images file, image folder, or .npz file")
+    imp.add_argument("--out", required=True, help="folder to write (new, empty or earlier shards)")
+    imp.add_argument("--labels", help="IDX labels file that goes with an IDX images file")
+    imp.add_argument("--resolution", type=_positive_int, help="square side for image folders")
+    imp.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        help="1 gray, 3 RGB (image folders; default: gray only if every image is)",
+    )
+    imp.add_argument("--limit", type=_positive_int, help="keep only the first N images")
+    imp.add_argument(
+        "--shard-size", type=_positive_int, default=10000, help="images per shard (default: 10000)"
+    )
+    imp.add_argument(
+        "--on-error",
+        choices=("fail", "skip"),
+        default="fail",
+        help="what to do with an unreadable image in a folder (default: fail)",
+    )
+    imp.set_defaults(run=run_import)
+
+    ver = sub.add_parser("verify", help="check a shard folder's hashes, schemas and row counts")
+    ver.add_argument("folder", help="shard folder holding manifest.json")
+    ver.set_defaults(run=run_verify)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """Imports ``args.src`` into ``args.out`` and prints one summary line."""
+    manifest, skipped = import_source(
+        args.src,
+        args.out,
+        labels=args.labels,
+        resolution=args.resolution,
+        channels=args.channels,
+        limit=args.limit,
+        shard_size=args.shard_size,
+        on_error=args.on_error,
+    )
+    c, h, w = manifest.shape
+    classes = "no labels" if manifest.labels is None else f"{len(manifest.labels)} classes"
+    shards = f"{len(manifest.shards)} shard" + ("s" if len(manifest.shards) > 1 else "")
+    line = f"imported {manifest.count} images of {c}×{h}×{w}, {classes}, {shards} -> {args.out}"
+    if skipped:
+        line += f"; skipped {skipped} unreadable image" + ("s" if skipped > 1 else "")
+    print(line)
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """Checks every shard in ``args.folder`` against its manifest and prints one OK line."""
+    manifest = read_manifest(args.folder)
+    verify_shards(manifest)
+    c, h, w = manifest.shape
+    print(
+        f"OK {args.folder}: {manifest.count} images of {c}×{h}×{w} in {len(manifest.shards)} "
+        f"shard(s); hashes, schemas and row counts match"
+    )
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value

@@ -1,0 +1,322 @@
+"""The JobSpec: a job's YAML file parsed into frozen, validated dataclasses.
+
+    spec = load_job("jobs/quickstart.yaml", overrides=["optim.lr_g=1e-4"])
+    spec.optim.lr_g  # 0.0001
+
+This is the only module that parses YAML. Every error a user can make here raises ``JobError``
+with the file, the dotted field and the fix: ``jobs/x.yaml: optim.lr_g: expected a positive
+number, got 'fast'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distgan.errors import JobError
+
+ARCHS = ("mlp", "dcgan")
+LOSS_KINDS = ("minimax", "nonsaturating", "wgan", "wgan-gp", "hinge", "lsgan")
+PRECISIONS = ("fp32", "bf16", "fp16")
+CACHE_MODES = ("auto", "memory", "stream")
+
+
+def _f(default: Any, help: str, **rules: Any) -> Any:
+    """A field with a default, a one-line help and validation rules (min, max, gt, choices)."""
+    return field(default=default, metadata={"help": help, **rules})
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str = _f("embedded", "'embedded' or a folder of Parquet shards with manifest.json")
+    cache: str = _f(
+        "auto",
+        "memory: each worker keeps its shard in memory; stream: re-read every epoch",
+        choices=CACHE_MODES,
+    )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    arch: str = _f("dcgan", "architecture of G and D", choices=ARCHS)
+    z_dim: int = _f(100, "size of the latent vector z", min=1)
+    width: int = _f(0, "base width (dcgan: channels; mlp: first hidden layer); 0 = default", min=0)
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    kind: str = _f("nonsaturating", "the adversarial loss", choices=LOSS_KINDS)
+    gp_weight: float = _f(10.0, "gradient penalty weight λ (wgan-gp)", min=0.0)
+    clip: float = _f(0.01, "weight clipping bound of D (wgan)", gt=0.0)
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    lr_g: float = _f(2e-4, "Adam learning rate of G", gt=0.0)
+    lr_d: float = _f(2e-4, "Adam learning rate of D", gt=0.0)
+    beta1: float = _f(0.5, "Adam β1", min=0.0, max=0.999999)
+    beta2: float = _f(0.999, "Adam β2", min=0.0, max=0.999999)
+    n_critic: int = _f(1, "D steps per G step", min=1)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    steps: int = _f(2000, "G steps to train", min=1)
+    batch_size: int = _f(64, "global batch (split evenly across workers)", min=1)
+    max_minutes: float = _f(0.0, "stop after this many minutes of training; 0 = no limit", min=0.0)
+    log_every: int = _f(50, "steps between metric lines", min=1)
+    checkpoint_every: int = _f(500, "steps between checkpoints", min=1)
+    sample_every: int = _f(250, "steps between sample grids", min=1)
+    keep_checkpoints: int = _f(3, "checkpoints kept on disk (the latest is always kept)", min=1)
+    ema: bool = _f(True, "keep an exponential moving average of G")
+    ema_decay: float = _f(0.999, "EMA decay per G step", min=0.0, max=0.999999)
+    precision: str = _f("fp32", "autocast precision", choices=PRECISIONS)
+    seed: int = _f(0, "seed of weights, latents and data order", min=0)
+
+
+@dataclass(frozen=True)
+class ScaleSpec:
+    workers: int = _f(2, "Ray Train workers (DDP ranks)", min=1)
+    use_gpu: bool = _f(False, "one GPU a worker, NCCL")
+    cpus_per_worker: float = _f(
+        0.0, "CPUs reserved a worker; 0 = leave one CPU for Ray Data", min=0.0
+    )
+    max_failures: int = _f(0, "worker-group restarts from the last checkpoint", min=0)
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    every: int = _f(0, "steps between in-training evaluations; 0 = off", min=0)
+    metric: str = _f("fid", "metric that ranks checkpoints")
+    n_samples: int = _f(5000, "generated samples per evaluation", min=1)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str = _f("", "run name; empty = the job file's stem")
+    root: str = _f("runs", "folder that holds run directories")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    loss: LossSpec = field(default_factory=LossSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    scale: ScaleSpec = field(default_factory=ScaleSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    run: RunSpec = field(default_factory=RunSpec)
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
+    """Reads a job file, applies ``a.b=c`` overrides, and returns the validated JobSpec."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise JobError(f"{path}: no such job file; the jobs that ship are in jobs/") from None
+    except OSError as e:
+        raise JobError(f"{path}: cannot read the job file ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise JobError(f"{path}:{where}: {problem}; fix the YAML syntax there") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise JobError(
+            f"{path}: expected a mapping of sections (data, model, ...), got a list or value"
+        )
+    sources: dict[str, str] = {}
+    for item in overrides:
+        dotted, value = parse_override(item)
+        raw = _set_dotted(raw, dotted, value, source=f"--set {item}")
+        sources[dotted] = f"--set {item}"
+    spec = from_dict(raw, source=str(path), field_sources=sources)
+    if not spec.run.name:
+        spec = dataclasses.replace(spec, run=dataclasses.replace(spec.run, name=path.stem))
+    return spec
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``'optim.lr_g=1e-4'`` -> ``('optim.lr_g', 1e-4)``; the value is read as YAML."""
+    if "=" not in item:
+        raise JobError(f"--set {item}: expected KEY=VALUE, for example --set optim.lr_g=1e-4")
+    dotted, text = item.split("=", 1)
+    dotted = dotted.strip()
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return dotted, value
+
+
+def from_dict(
+    raw: dict, source: str = "<job>", field_sources: dict[str, str] | None = None
+) -> JobSpec:
+    """Validates a plain dict (as YAML gives it) into a JobSpec."""
+    spec = _build(JobSpec, raw, prefix="", source=source, field_sources=field_sources or {})
+    _check_cross_fields(spec, source, field_sources or {})
+    return spec
+
+
+def to_dict(spec: Any) -> dict:
+    """The JobSpec as plain dicts, ready for YAML or for a Ray config."""
+    return dataclasses.asdict(spec)
+
+
+def dump_yaml(spec: JobSpec) -> str:
+    return yaml.safe_dump(to_dict(spec), sort_keys=False)
+
+
+def write_resolved(spec: JobSpec, run_dir: Path) -> Path:
+    """Writes ``job.resolved.yaml`` into the run directory, the first file of every run."""
+    path = Path(run_dir) / "job.resolved.yaml"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(dump_yaml(spec))
+    tmp.replace(path)
+    return path
+
+
+def load_resolved(text: str, source: str) -> JobSpec:
+    """Parses a resolved job (from a run directory or a checkpoint)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise JobError(f"{source}: the resolved job is not valid YAML") from None
+    if not isinstance(raw, dict):
+        raise JobError(f"{source}: the resolved job is not a mapping")
+    return from_dict(raw, source=source)
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any, source: str | None = None) -> dict:
+    parts = dotted.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise JobError(
+            f"{source or dotted}: expected SECTION.FIELD (for example optim.lr_g), got {dotted!r}"
+        )
+    section, name = parts
+    out = dict(raw)
+    inner = out.get(section) or {}
+    if not isinstance(inner, dict):
+        inner = {}
+    out[section] = {**inner, name: value}
+    return out
+
+
+def _hint(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return "known keys: " + ", ".join(choices)
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str, field_sources: dict[str, str]) -> Any:
+    where = prefix.rstrip(".") or "the job"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise JobError(f"{source}: {where}: expected a mapping of fields, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            dotted = f"{prefix}{key}"
+            src = field_sources.get(dotted, source)
+            raise JobError(f"{src}: {dotted}: unknown key; {_hint(str(key), list(fields))}")
+    values = {}
+    for name, f in fields.items():
+        dotted = f"{prefix}{name}"
+        src = field_sources.get(dotted, source)
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            values[name] = _build(kind, raw.get(name), f"{dotted}.", source, field_sources)
+        elif name in raw:
+            values[name] = _check_value(raw[name], kind, f.metadata, dotted, src)
+    return cls(**values)
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _check_value(value: Any, kind: Any, rules: Any, dotted: str, source: str) -> Any:
+    def fail(expected: str) -> JobError:
+        return JobError(f"{source}: {dotted}: expected {expected}, got {value!r}")
+
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if kind in (int, float):
+        number = value
+        # YAML 1.1 reads 2e-4 as a string; accept any plain number written as one.
+        if isinstance(number, str) and _NUMBER.match(number.strip()):
+            number = float(number)
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise fail("an integer" if kind is int else "a number")
+        if kind is int:
+            if float(number) != int(number):
+                raise fail("an integer")
+            number = int(number)
+        else:
+            number = float(number)
+        if "gt" in rules and not number > rules["gt"]:
+            raise fail("a positive number" if rules["gt"] == 0 else f"a number above {rules['gt']}")
+        if "min" in rules and number < rules["min"]:
+            raise fail(f"a number of at least {rules['min']}")
+        if "max" in rules and number > rules["max"]:
+            raise fail(f"a number of at most {rules['max']}")
+        return number
+    if kind is str:
+        if not isinstance(value, str):
+            raise fail("a string")
+        choices = rules.get("choices")
+        if choices and value not in choices:
+            hint = _hint(value, list(choices))
+            raise JobError(
+                f"{source}: {dotted}: {value!r} is not one of {', '.join(choices)}; {hint}"
+            )
+        return value
+    raise TypeError(f"unsupported field type {kind!r} for {dotted}")  # a bug, not user input
+
+
+def _check_cross_fields(spec: JobSpec, source: str, field_sources: dict[str, str]) -> None:
+    def src(dotted: str) -> str:
+        return field_sources.get(dotted, source)
+
+    if spec.train.batch_size % spec.scale.workers:
+        raise JobError(
+            f"{src('train.batch_size')}: train.batch_size: {spec.train.batch_size} does not split "
+            f"evenly across scale.workers={spec.scale.workers}; use a multiple of "
+            f"{spec.scale.workers}"
+        )
+    if spec.eval.every:
+        raise JobError(
+            f"{src('eval.every')}: eval.every: in-training evaluation is not available in this "
+            "version; set eval.every: 0"
+        )
+    if spec.train.precision == "fp16" and not spec.scale.use_gpu:
+        raise JobError(
+            f"{src('train.precision')}: train.precision: fp16 needs a GPU (scale.use_gpu: true); "
+            "use bf16 or fp32 on CPU"
+        )

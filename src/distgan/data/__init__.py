@@ -1,0 +1,37 @@
+"""Datasets as Parquet shards plus ``manifest.json``, and the importers that make them.
+
+    manifest, skipped = import_source("train-images-idx3-ubyte.gz", "data/fm",
+                                      labels="train-labels-idx1-ubyte.gz")
+    images, labels = load_arrays(read_manifest("data/fm"))  # (N, C, H, W) uint8, (N,) int64
+
+``EMBEDDED_DIR`` holds the default dataset shipped with the package: the first 10,000
+Fashion-MNIST training images (1×28×28) with their labels.
+"""
+
+from pathlib import Path
+
+from distgan.data.importers import import_source, read_idx, read_image_folder, read_npz
+from distgan.data.shards import (
+    ShardInfo,
+    ShardManifest,
+    load_arrays,
+    read_manifest,
+    verify_shards,
+    write_shards,
+)
+
+EMBEDDED_DIR = Path(__file__).parent / "embedded"
+
+__all__ = [
+    "EMBEDDED_DIR",
+    "ShardInfo",
+    "ShardManifest",
+    "import_source",
+    "load_arrays",
+    "read_idx",
+    "read_image_folder",
+    "read_manifest",
+    "read_npz",
+    "verify_shards",
+    "write_shards",
+]

@@ -1,0 +1,325 @@
+"""Importers: IDX files, image folders and ``.npz`` arrays into (N, C, H, W) uint8 arrays.
+
+    images, labels = read_idx("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
+    manifest, skipped = import_source("photos/", "data/photos", resolution=64, channels=3)
+
+Every reader returns images (N, C, H, W) uint8 with C in {1, 3} and labels (N,) int64 or None;
+``import_source`` picks the reader from the source and writes shards with ``write_shards``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from distgan.data.shards import ShardManifest, write_shards
+from distgan.errors import DataError
+
+IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions (N, H, W)
+IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension (N,)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_GZIP_MAGIC = b"\x1f\x8b"
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+# What Pillow raises for a file it cannot decode (SyntaxError and ValueError come from some
+# corrupt PNG chunks and JPEG markers).
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def read_idx(
+    images_path: str | Path, labels_path: str | Path | None = None, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reads an IDX images file (and optionally its labels file), gzipped or not.
+
+    Returns images (N, 1, H, W) uint8 and labels (N,) int64 or None; ``limit`` keeps the first
+    ``limit`` of them (only those bytes are read). DataError for a wrong magic number, a
+    truncated file, or label and image counts that differ.
+    """
+    images_path = Path(images_path)
+    n, dims, data = _read_idx_file(images_path, IDX_IMAGES_MAGIC, limit)
+    # A copy, because arrays over ``bytes`` are read-only and torch warns about those.
+    images = np.frombuffer(data, dtype=np.uint8).reshape(-1, 1, *dims).copy()
+    if labels_path is None:
+        return images, None
+    labels_path = Path(labels_path)
+    n_labels, _, label_data = _read_idx_file(labels_path, IDX_LABELS_MAGIC, limit)
+    if n_labels != n:
+        raise DataError(
+            f"{labels_path}: has {n_labels} labels but {images_path} has {n} images; "
+            f"pass the labels file that belongs to these images"
+        )
+    return images, np.frombuffer(label_data, dtype=np.uint8).astype(np.int64)
+
+
+def _read_idx_file(path: Path, magic: int, limit: int | None) -> tuple[int, tuple[int, ...], bytes]:
+    """Returns (count in the header, the other dimensions, the bytes of the first items)."""
+    ndim = magic & 0xFF
+    kind = "images" if magic == IDX_IMAGES_MAGIC else "labels"
+    try:
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == _GZIP_MAGIC
+        with gzip.open(path, "rb") if gzipped else open(path, "rb") as f:
+            header = f.read(4 + 4 * ndim)
+            if len(header) >= 4 and struct.unpack(">I", header[:4])[0] != magic:
+                raise DataError(_wrong_magic(path, struct.unpack(">I", header[:4])[0], magic))
+            if len(header) < 4 + 4 * ndim:
+                raise DataError(
+                    f"{path}: truncated IDX file: {len(header)} bytes, shorter than the "
+                    f"{4 + 4 * ndim}-byte header of an IDX {kind} file"
+                )
+            n, *dims = struct.unpack(f">{ndim}I", header[4:])
+            item = math.prod(dims)
+            wanted = (n if limit is None else min(n, limit)) * item
+            data = f.read(wanted)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file; check the path") from None
+    except (EOFError, gzip.BadGzipFile) as e:
+        raise DataError(
+            f"{path}: truncated or corrupt gzip file ({e}); download it again"
+        ) from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    if len(data) < wanted:
+        size = f"{n} images of {dims[0]}×{dims[1]}" if kind == "images" else f"{n} labels"
+        raise DataError(
+            f"{path}: truncated IDX file: header says {size} ({n * item} bytes), found "
+            f"{len(data)} bytes; download it again"
+        )
+    return n, tuple(dims), data
+
+
+def _wrong_magic(path: Path, found: int, expected: int) -> str:
+    if found == IDX_LABELS_MAGIC:
+        return f"{path}: is an IDX labels file (magic 2049), not images; pass it with --labels"
+    if found == IDX_IMAGES_MAGIC:
+        return f"{path}: is an IDX images file (magic 2051), not labels; pass it as the source"
+    return (
+        f"{path}: not an IDX file (magic number {found}, expected {expected}); expected "
+        f"MNIST-layout IDX files such as train-images-idx3-ubyte.gz"
+    )
+
+
+def read_image_folder(
+    folder: str | Path,
+    resolution: int,
+    channels: int | None = None,
+    on_error: str = "fail",
+    *,
+    limit: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Reads every PNG/JPEG under ``folder`` (recursively, in sorted order) as square images.
+
+    Each image's shorter side is resized to ``resolution`` and the centre is cropped to
+    resolution×resolution. ``channels`` 1 makes gray, 3 RGB, None gray only if every image is.
+    When no image lies directly in ``folder``, its immediate subfolders are the classes (labels
+    0..K-1 in sorted name order, like torchvision's ImageFolder); otherwise labels are None.
+    An unreadable image raises DataError (``on_error="fail"``) or is skipped (``"skip"``).
+    ``limit`` stops after that many readable images.
+    Returns (images (N, C, R, R) uint8, labels (N,) int64 or None, skipped relative paths).
+    """
+    if on_error not in ("fail", "skip"):
+        raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+    root = Path(folder)
+    files = _image_files(root)
+    if not files:
+        raise DataError(f"{root}: no PNG or JPEG images found (subfolders searched too)")
+    classes = None
+    if all(p.parent != root for p in files):
+        classes = {name: i for i, name in enumerate(sorted({_class_of(p, root) for p in files}))}
+    if channels is None:
+        # Only headers are read here; a file that fails is reported by the decoding pass.
+        modes = [mode for mode in map(_peek_mode, files) if mode is not None]
+        channels = 1 if modes and all(mode in _GRAY_MODES for mode in modes) else 3
+
+    images, labels, skipped = [], [], []
+    for path in files:
+        if limit is not None and len(images) == limit:
+            break
+        try:
+            with Image.open(path) as image:
+                images.append(_square(ImageOps.exif_transpose(image), resolution, channels))
+        except _IMAGE_ERRORS as e:
+            if on_error == "fail":
+                raise DataError(
+                    f"{path}: unreadable image ({e}); pass `--on-error skip` to skip such files"
+                ) from None
+            skipped.append(path.relative_to(root).as_posix())
+            continue
+        if classes is not None:
+            labels.append(classes[_class_of(path, root)])
+    if not images:
+        raise DataError(f"{root}: none of the {len(files)} images could be read")
+    return np.stack(images), np.array(labels, np.int64) if classes is not None else None, skipped
+
+
+def _image_files(root: Path) -> list[Path]:
+    """PNG/JPEG files under ``root``, sorted by their path relative to it."""
+    files = (
+        p
+        for p in root.rglob("*")
+        # macOS leaves "._name.png" resource forks beside copied files: they are not images.
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _class_of(path: Path, root: Path) -> str:
+    return path.relative_to(root).parts[0]
+
+
+def _peek_mode(path: Path) -> str | None:
+    try:
+        with Image.open(path) as image:
+            return image.mode
+    except _IMAGE_ERRORS:
+        return None
+
+
+def _square(image: Image.Image, resolution: int, channels: int) -> np.ndarray:
+    """Converts, resizes the shorter side to ``resolution``, centre-crops; (C, R, R) uint8."""
+    image = image.convert("L" if channels == 1 else "RGB")
+    scale = resolution / min(image.size)
+    width = max(resolution, round(image.width * scale))
+    height = max(resolution, round(image.height * scale))
+    image = image.resize((width, height), Image.Resampling.LANCZOS)
+    left, top = (width - resolution) // 2, (height - resolution) // 2
+    image = image.crop((left, top, left + resolution, top + resolution))
+    pixels = np.asarray(image, dtype=np.uint8)  # (R, R) or (R, R, 3)
+    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+def read_npz(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reads ``images`` (and optional ``labels``) from an ``.npz`` file.
+
+    ``images`` must be uint8, shaped (N, H, W), (N, H, W, C) or (N, C, H, W) with C in {1, 3};
+    float images are refused rather than guessed at. Returns images (N, C, H, W) uint8 and
+    labels (N,) int64 or None, the first ``limit`` of each when given.
+    """
+    path = Path(path)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file; check the path") from None
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise DataError(
+            f"{path}: is a single .npy array, not an .npz archive; save it with "
+            f"np.savez(path, images=..., labels=...)"
+        )
+    with loaded:
+        if "images" not in loaded:
+            raise DataError(
+                f"{path}: no 'images' array (found {', '.join(loaded) or 'none'}); save it "
+                f"with np.savez(path, images=..., labels=...)"
+            )
+        images = loaded["images"]
+        labels = loaded.get("labels")
+
+    if images.dtype != np.uint8:
+        found, example = str(images.dtype), ""
+        if images.dtype.kind == "f" and images.size:
+            found += f" in [{float(images.min()):g}, {float(images.max()):g}]"
+            example = (
+                ", e.g. (x * 255).round().astype(np.uint8) for [0, 1] or "
+                "((x + 1) * 127.5).round().astype(np.uint8) for [-1, 1]"
+            )
+        raise DataError(f"{path}: 'images' is {found}; convert it to uint8 (0..255) first{example}")
+    images = _to_nchw(images, path)
+    if labels is None:
+        return images[:limit], None
+    if labels.shape != (len(images),) or labels.dtype.kind not in "iu":
+        raise DataError(
+            f"{path}: 'labels' must be {len(images)} integers (one per image), got "
+            f"{labels.dtype} of shape {labels.shape}"
+        )
+    if labels.size and labels.min() < 0:
+        raise DataError(f"{path}: 'labels' has negative values; use class indices 0..K-1")
+    images, labels = images[:limit], labels[:limit]
+    return images, labels.astype(np.int64)
+
+
+def _to_nchw(images: np.ndarray, path: Path) -> np.ndarray:
+    """(N, H, W), (N, H, W, C) or (N, C, H, W) with C in {1, 3} -> (N, C, H, W), C-order."""
+    shape = images.shape
+    if images.ndim == 3:
+        return np.ascontiguousarray(images[:, None])
+    if images.ndim == 4:
+        first, last = shape[1] in (1, 3), shape[3] in (1, 3)
+        if first and not last:
+            return np.ascontiguousarray(images)
+        if last and not first:
+            return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    raise DataError(
+        f"{path}: 'images' has shape {shape}; expected (N, H, W), (N, H, W, C) or (N, C, H, W) "
+        f"with C 1 or 3"
+    )
+
+
+def import_source(
+    src: str | Path,
+    out: str | Path,
+    *,
+    labels: str | Path | None = None,
+    resolution: int | None = None,
+    channels: int | None = None,
+    limit: int | None = None,
+    shard_size: int = 10000,
+    on_error: str = "fail",
+) -> tuple[ShardManifest, int]:
+    """Imports ``src`` into shards under ``out``; returns (manifest, number of skipped images).
+
+    ``src`` is a folder of images (``resolution`` required), an ``.npz`` file, or an IDX
+    images file (``labels``: its IDX labels file). ``limit`` keeps the first N images (in
+    sorted file order for a folder). ``resolution`` and ``channels`` resize image folders; for
+    IDX and npz sources they may only restate the data's own size.
+    """
+    src = Path(src)
+    if not src.exists():
+        raise DataError(f"{src}: no such file or folder; check the path")
+    is_npz = src.suffix.lower() == ".npz"
+    if labels is not None and (src.is_dir() or is_npz):
+        raise DataError(
+            f"{labels}: --labels applies only to IDX sources; a folder's labels come from its "
+            f"class subfolders and an .npz's from its 'labels' array"
+        )
+    skipped: list[str] = []
+    if src.is_dir():
+        if resolution is None:
+            raise DataError(f"{src}: an image folder needs --resolution N (the square side)")
+        images, image_labels, skipped = read_image_folder(
+            src, resolution, channels, on_error, limit=limit
+        )
+        source = f"image folder {src.resolve().name}/ resized to {resolution}×{resolution}"
+    else:
+        if is_npz:
+            images, image_labels = read_npz(src, limit)
+            source = f"npz {src.name}"
+        else:
+            images, image_labels = read_idx(src, labels, limit)
+            source = f"idx {src.name}" + (f" + {Path(labels).name}" if labels else "")
+        _check_size(src, images, resolution, channels)
+    if len(images) == 0:
+        raise DataError(f"{src}: holds no images")
+    if limit is not None and len(images) == limit:
+        source += f" (first {limit})"
+    manifest = write_shards(images, image_labels, out, shard_size=shard_size, source=source)
+    return manifest, len(skipped)
+
+
+def _check_size(src: Path, images: np.ndarray, resolution: int | None, channels: int | None):
+    """IDX and npz data are taken as they are: --resolution/--channels may only restate them."""
+    c, h, w = images.shape[1:]
+    if resolution is not None and (h, w) != (resolution, resolution):
+        raise DataError(
+            f"{src}: images are {h}×{w}; --resolution resizes only image folders, drop it"
+        )
+    if channels is not None and c != channels:
+        raise DataError(
+            f"{src}: images have {c} channel(s); --channels converts only image folders, drop it"
+        )

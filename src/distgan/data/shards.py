@@ -1,0 +1,401 @@
+"""The on-disk dataset format: Parquet shards plus ``manifest.json``.
+
+A shard folder holds ``shard-00000.parquet``, ``shard-00001.parquet``, … and ``manifest.json``.
+Each shard has an ``image`` column (``binary``: the C*H*W uint8 bytes of one image, channels
+first, C-order) and, when the dataset has labels, a ``label`` column (``int64``). The manifest
+records the count, the image shape, the label set and counts, a short description of the
+source, and each shard's row count and sha256::
+
+    {"format": "distgan-shards/1", "count": 10000, "shape": [1, 28, 28], "dtype": "uint8",
+     "labels": [0, 1, ...], "label_counts": {"0": 1000, ...}, "source": "...",
+     "shards": [{"file": "shard-00000.parquet", "count": 10000, "sha256": "..."}]}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from distgan.errors import DataError
+
+FORMAT = "distgan-shards/1"
+MANIFEST_NAME = "manifest.json"
+_SHARD_NAME = re.compile(r"shard-\d{5,}\.parquet")
+# Temporary names used while writing; a crash can leave them behind, and a rerun removes them.
+_TEMP_NAME = re.compile(r"\.(shard-\d{5,}\.parquet|manifest\.json)\.tmp")
+# Rows per Parquet row group are capped by bytes: an arrow binary array holds at most 2 GiB,
+# and smaller groups keep a reader's peak memory low for large images.
+_ROW_GROUP_BYTES = 64 * 2**20
+_FIX = "re-create it with `distgan data import SRC --out FOLDER`"
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard file: its name inside the folder, its row count and its sha256 (hex)."""
+
+    file: str
+    count: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ShardManifest:
+    """The contents of ``manifest.json``, plus ``root``: the folder it was read from."""
+
+    count: int
+    shape: tuple[int, int, int]  # (C, H, W)
+    labels: tuple[int, ...] | None
+    label_counts: dict[int, int] | None
+    source: str
+    shards: tuple[ShardInfo, ...]
+    root: str
+
+    @property
+    def shard_paths(self) -> list[str]:
+        """Absolute paths of the shard files, in order."""
+        return [str(Path(self.root, s.file).resolve()) for s in self.shards]
+
+
+def write_shards(
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    out_dir: str | Path,
+    *,
+    shard_size: int = 10000,
+    source: str,
+) -> ShardManifest:
+    """Writes ``images`` (N, C, H, W) uint8 and ``labels`` (N,) ints or None into ``out_dir``.
+
+    ``out_dir`` must be absent, empty, or an earlier shard folder (which is replaced). Every
+    file is written under a temporary name and renamed; the manifest goes last, so a crash never
+    leaves a manifest pointing at half-written shards. Returns the manifest as written.
+    """
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
+        raise ValueError(
+            f"images must be non-empty (N, C, H, W) uint8, got {images.dtype} {images.shape}"
+        )
+    if labels is not None and (labels.shape != (len(images),) or labels.dtype.kind not in "iu"):
+        raise ValueError(
+            f"labels must be ({len(images)},) integers, got {labels.dtype} {labels.shape}"
+        )
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be positive, got {shard_size}")
+    out = Path(out_dir)
+    _prepare_folder(out)
+
+    images = np.ascontiguousarray(images)
+    labels = None if labels is None else labels.astype(np.int64)
+    schema = _schema(labels is not None)
+    shards = []
+    for index, start in enumerate(range(0, len(images), shard_size)):
+        stop = min(start + shard_size, len(images))
+        name = f"shard-{index:05d}.parquet"
+        shard_labels = None if labels is None else labels[start:stop]
+        with _atomic_file(out / name) as f:
+            _write_parquet(f, schema, images[start:stop], shard_labels)
+        shards.append(ShardInfo(name, stop - start, _sha256(out / name)))
+
+    written = {s.file for s in shards}
+    for stale in out.iterdir():
+        if _SHARD_NAME.fullmatch(stale.name) and stale.name not in written:
+            stale.unlink()
+
+    if labels is None:
+        label_set, label_counts = None, None
+    else:
+        values, counts = np.unique(labels, return_counts=True)
+        label_set = tuple(int(v) for v in values)
+        label_counts = {int(v): int(c) for v, c in zip(values, counts, strict=True)}
+    manifest = ShardManifest(
+        count=len(images),
+        shape=tuple(int(d) for d in images.shape[1:]),
+        labels=label_set,
+        label_counts=label_counts,
+        source=source,
+        shards=tuple(shards),
+        root=str(out.resolve()),
+    )
+    text = json.dumps(_to_json(manifest), indent=2) + "\n"
+    with _atomic_file(out / MANIFEST_NAME) as f:
+        f.write(text.encode())
+    return manifest
+
+
+def read_manifest(folder: str | Path) -> ShardManifest:
+    """Reads and checks ``folder/manifest.json``; DataError naming the path and the fix."""
+    root = Path(folder)
+    path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise DataError(
+            f"{root}: no such dataset folder; create it with `distgan data import SRC --out {root}`"
+        )
+    if not path.is_file():
+        raise DataError(f"{root} has no {MANIFEST_NAME}; create one with `distgan data import`")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: invalid JSON ({e}); {_FIX}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object; {_FIX}")
+    if data.get("format") != FORMAT:
+        raise DataError(f"{path}: format is {data.get('format')!r}, expected {FORMAT!r}; {_FIX}")
+
+    def field(key: str, valid: bool, what: str):
+        if key not in data:
+            raise DataError(f"{path}: field '{key}' is missing; {_FIX}")
+        if not valid:
+            raise DataError(f"{path}: field '{key}' must be {what}, got {data[key]!r}; {_FIX}")
+        return data[key]
+
+    get = data.get
+    count = field("count", _is_count(get("count")), "a positive integer")
+    shape = field("shape", _is_shape(get("shape")), "[C, H, W] of positive integers")
+    field("dtype", get("dtype") == "uint8", "'uint8'")
+    labels = field("labels", _is_labels(get("labels")), "null or a list of integers")
+    label_counts = field(
+        "label_counts", _is_label_counts(get("label_counts")), "null or {label: count}"
+    )
+    source = field("source", isinstance(get("source"), str), "a string")
+    shards = field(
+        "shards",
+        isinstance(get("shards"), list) and get("shards") and all(map(_is_shard, get("shards"))),
+        "a non-empty list of {file: 'shard-NNNNN.parquet', count, sha256}",
+    )
+    if (labels is None) != (label_counts is None):
+        raise DataError(
+            f"{path}: 'labels' and 'label_counts' must both be null or both set; {_FIX}"
+        )
+    if sum(s["count"] for s in shards) != count:
+        raise DataError(
+            f"{path}: shard counts add up to {sum(s['count'] for s in shards)}, "
+            f"but 'count' is {count}; {_FIX}"
+        )
+    for s in shards:
+        if not (root / s["file"]).is_file():
+            raise DataError(f"{root / s['file']}: shard listed in {path} is missing; {_FIX}")
+    return ShardManifest(
+        count=count,
+        shape=tuple(shape),
+        labels=None if labels is None else tuple(labels),
+        label_counts=None if label_counts is None else {int(k): n for k, n in label_counts.items()},
+        source=source,
+        shards=tuple(ShardInfo(s["file"], s["count"], s["sha256"]) for s in shards),
+        root=str(root.resolve()),
+    )
+
+
+def verify_shards(manifest: ShardManifest) -> None:
+    """Checks each shard's Parquet footer, schema, row count and sha256 against ``manifest``.
+
+    Returns None; raises DataError naming the first shard file that does not match.
+    """
+    expected = _schema(manifest.labels is not None)
+    for info, path in zip(manifest.shards, manifest.shard_paths, strict=True):
+        try:
+            with pq.ParquetFile(path) as parquet:
+                meta = parquet.metadata
+                schema = meta.schema.to_arrow_schema()
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{path}: truncated or corrupt Parquet file ({e}); {_FIX}") from None
+        # Names and types only: a writer other than ours may mark the columns nullable.
+        if [(f.name, f.type) for f in schema] != [(f.name, f.type) for f in expected]:
+            found = ", ".join(f"{f.name}: {f.type}" for f in schema)
+            want = ", ".join(f"{f.name}: {f.type}" for f in expected)
+            raise DataError(f"{path}: columns are ({found}), expected ({want}); {_FIX}")
+        if meta.num_rows != info.count:
+            raise DataError(f"{path}: has {meta.num_rows} rows, manifest says {info.count}; {_FIX}")
+        digest = _sha256(Path(path))
+        if digest != info.sha256:
+            raise DataError(
+                f"{path}: sha256 is {digest}, manifest says {info.sha256}; the "
+                f"file was modified or damaged; {_FIX}"
+            )
+
+
+def load_arrays(manifest: ShardManifest) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reads every shard into images (N, C, H, W) uint8 and labels (N,) int64 or None."""
+    item = int(np.prod(manifest.shape))
+    images = np.empty((manifest.count, *manifest.shape), dtype=np.uint8)
+    flat = images.reshape(manifest.count, item)  # a view: filling it fills ``images``
+    labels = None if manifest.labels is None else np.empty(manifest.count, dtype=np.int64)
+    columns = ["image"] if labels is None else ["image", "label"]
+    row = 0
+    for info, path in zip(manifest.shards, manifest.shard_paths, strict=True):
+        try:
+            table = pq.read_table(path, columns=columns)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{path}: truncated or corrupt Parquet file ({e}); {_FIX}") from None
+        if table.num_rows != info.count:
+            raise DataError(
+                f"{path}: has {table.num_rows} rows, manifest says {info.count}; {_FIX}"
+            )
+        for chunk in table.column("image").chunks:
+            flat[row : row + len(chunk)] = _binary_to_rows(chunk, item, path)
+            row += len(chunk)
+        if labels is not None:
+            labels[row - info.count : row] = table.column("label").to_numpy()
+    return images, labels
+
+
+def _binary_to_rows(chunk: pa.BinaryArray, item: int, path: str) -> np.ndarray:
+    """Views an arrow binary array of equal-length values as (len, item) uint8, without a copy."""
+    if chunk.null_count or not pa.types.is_binary(chunk.type):
+        raise DataError(f"{path}: the 'image' column has nulls or a wrong type; {_FIX}")
+    _, offsets_buf, data_buf = chunk.buffers()
+    offsets = np.frombuffer(
+        offsets_buf, dtype=np.int32, count=len(chunk) + 1, offset=chunk.offset * 4
+    )
+    if not (np.diff(offsets) == item).all():
+        raise DataError(f"{path}: some images are not {item} bytes long; {_FIX}")
+    data = np.frombuffer(data_buf, dtype=np.uint8, count=len(chunk) * item, offset=offsets[0])
+    return data.reshape(len(chunk), item)
+
+
+def _schema(has_labels: bool) -> pa.Schema:
+    fields = [pa.field("image", pa.binary(), nullable=False)]
+    if has_labels:
+        fields.append(pa.field("label", pa.int64(), nullable=False))
+    return pa.schema(fields)
+
+
+def _write_parquet(f, schema: pa.Schema, images: np.ndarray, labels: np.ndarray | None) -> None:
+    """Writes one shard to the open binary file ``f`` in row groups of at most ~64 MiB."""
+    item = images[0].size
+    rows_per_group = max(1, _ROW_GROUP_BYTES // item)
+    # Dictionaries and min/max statistics are useless for unique image blobs; keep them for labels.
+    with pq.ParquetWriter(
+        f,
+        schema,
+        compression="zstd",
+        compression_level=9,
+        use_dictionary=["label"],
+        write_statistics=["label"],
+    ) as writer:
+        for start in range(0, len(images), rows_per_group):
+            block = images[start : start + rows_per_group]
+            offsets = np.arange(len(block) + 1, dtype=np.int32) * item
+            column = pa.Array.from_buffers(
+                pa.binary(),
+                len(block),
+                [None, pa.py_buffer(offsets), pa.py_buffer(block.reshape(-1))],
+            )
+            arrays = [column]
+            if labels is not None:
+                arrays.append(pa.array(labels[start : start + rows_per_group], pa.int64()))
+            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+
+
+def _prepare_folder(out: Path) -> None:
+    """Makes ``out`` ready to receive shards; DataError if it holds anything not ours."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    entries = list(out.iterdir())
+    foreign = [e.name for e in entries if not _is_ours(e)]
+    manifest = out / MANIFEST_NAME
+    if not foreign and manifest.exists():
+        try:
+            ours = json.loads(manifest.read_text()).get("format") == FORMAT
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            ours = False
+        if not ours:
+            foreign = [MANIFEST_NAME]
+    if foreign:
+        raise DataError(
+            f"{out}: folder is not empty and is not a distgan shard folder "
+            f"(it holds {', '.join(sorted(foreign)[:3])}); choose an empty or new "
+            f"--out"
+        )
+    # The old manifest goes first: from here until the new one is renamed in, the folder has no
+    # manifest, so no reader can pair it with a mix of old and new shards.
+    manifest.unlink(missing_ok=True)
+    for e in entries:
+        if _TEMP_NAME.fullmatch(e.name):
+            e.unlink()
+
+
+def _is_ours(entry: Path) -> bool:
+    """Whether ``entry`` is a file our writer makes: the manifest, a shard, or a temporary."""
+    name = entry.name
+    made = name == MANIFEST_NAME or _SHARD_NAME.fullmatch(name) or _TEMP_NAME.fullmatch(name)
+    return entry.is_file() and bool(made)
+
+
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """Yields a temporary file beside ``path``; on success syncs it and renames it to ``path``."""
+    temp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(temp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    os.replace(temp, path)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(2**20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _to_json(m: ShardManifest) -> dict:
+    counts = m.label_counts
+    return {
+        "format": FORMAT,
+        "count": m.count,
+        "shape": list(m.shape),
+        "dtype": "uint8",
+        "labels": None if m.labels is None else list(m.labels),
+        "label_counts": None if counts is None else {str(k): n for k, n in counts.items()},
+        "source": m.source,
+        "shards": [{"file": s.file, "count": s.count, "sha256": s.sha256} for s in m.shards],
+    }
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_count(v) -> bool:
+    return _is_int(v) and v > 0
+
+
+def _is_shape(v) -> bool:
+    return isinstance(v, list) and len(v) == 3 and all(map(_is_count, v))
+
+
+def _is_labels(v) -> bool:
+    return v is None or (isinstance(v, list) and all(map(_is_int, v)))
+
+
+def _is_label_counts(v) -> bool:
+    return v is None or (
+        isinstance(v, dict) and all(k.lstrip("-").isdigit() and _is_int(n) for k, n in v.items())
+    )
+
+
+def _is_shard(v) -> bool:
+    return (
+        isinstance(v, dict)
+        and isinstance(v.get("file"), str)
+        and _SHARD_NAME.fullmatch(v["file"]) is not None
+        and _is_count(v.get("count"))
+        and isinstance(v.get("sha256"), str)
+    )

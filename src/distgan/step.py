@@ -1,0 +1,147 @@
+"""The adversarial step: ``n_critic`` discriminator updates, then one generator update.
+
+    fake, d_metrics = d_step(nets, real, z, keep_graph=True)
+    g_metrics = g_step(nets, fake)
+
+Plain functions of (G, D, optimizers, batch). They know nothing of Ray or torch.distributed, so
+the same step runs in a Ray Train worker, in a benchmark, or in a notebook; G and D may be DDP
+wrappers, which sync gradients inside ``backward``.
+
+Why the generator's output of the last D step is reused by the G step: G's weights do not change
+during a D step, so G(z) is the same tensor a fresh forward would give; reusing it saves one G
+forward per step, as the classic DCGAN loop does. During the D step that output is detached, so
+no gradient of G is computed; during the G step D's weights have ``requires_grad=False`` and D
+is called unwrapped, so no gradient of D is computed or synced.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from distgan.losses import Loss, gradient_penalty
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Nets:
+    """The two players, their optimizers and the settings of the game."""
+
+    G: nn.Module
+    D: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    loss: Loss
+    gp_weight: float = 10.0
+    clip: float = 0.01
+    autocast_dtype: torch.dtype | None = None  # bf16 / fp16 autocast, None for fp32
+    scaler_g: torch.amp.GradScaler = field(
+        default_factory=lambda: torch.amp.GradScaler(enabled=False)
+    )
+    scaler_d: torch.amp.GradScaler = field(
+        default_factory=lambda: torch.amp.GradScaler(enabled=False)
+    )
+
+    def autocast(self, x: Tensor):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(x.device.type, dtype=self.autocast_dtype)
+
+
+def _plain(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def set_requires_grad(model: nn.Module, flag: bool) -> None:
+    for p in model.parameters():
+        p.requires_grad_(flag)
+
+
+def grad_norm(model: nn.Module) -> Tensor:
+    """The L2 norm of all gradients of ``model`` (0 if none)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def d_step(
+    nets: Nets, real: Tensor, z: Tensor, keep_graph: bool = False, measure: bool = False
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One D update on a real batch (B, C, H, W) and G(z), z (B, z_dim).
+
+    Returns G(z) (with its graph to G when ``keep_graph``, for the G step) and detached metrics:
+    d_loss, d_real and d_fake (D's mean output, through σ for the logistic losses), gp,
+    and d_grad_norm when ``measure``.
+    """
+    B = real.shape[0]
+    with nets.autocast(real), nullcontext() if keep_graph else torch.no_grad():
+        fake = nets.G(z)  # (B, C, H, W)
+    with nets.autocast(real):
+        logits = nets.D(torch.cat([real, fake.detach()])).float()  # (2B,)
+        r, f = logits[:B], logits[B:]
+        d_loss = nets.loss.d(r, f).mean()
+    metrics = {"d_loss": d_loss.detach()}
+    if nets.loss.gradient_penalty:
+        # The penalty's double backward stays in fp32: autocast gains little there and fp16
+        # second-order gradients underflow.
+        gp = gradient_penalty(nets.D, real.float(), fake.detach().float()).mean()
+        d_loss = d_loss + nets.gp_weight * gp
+        metrics["gp"] = gp.detach()
+    nets.opt_d.zero_grad(set_to_none=True)
+    nets.scaler_d.scale(d_loss).backward()
+    if measure:
+        nets.scaler_d.unscale_(nets.opt_d)
+        metrics["d_grad_norm"] = grad_norm(nets.D)
+    nets.scaler_d.step(nets.opt_d)
+    nets.scaler_d.update()
+    if nets.loss.clip_weights:
+        with torch.no_grad():
+            for p in nets.D.parameters():
+                p.clamp_(-nets.clip, nets.clip)
+    with torch.no_grad():
+        out = torch.sigmoid if nets.loss.probability else (lambda t: t)
+        metrics["d_real"] = out(r.detach()).mean()
+        metrics["d_fake"] = out(f.detach()).mean()
+    return fake, metrics
+
+
+def g_step(nets: Nets, fake: Tensor, measure: bool = False) -> dict[str, Tensor]:
+    """One G update through D on ``fake`` = G(z) with its graph. Returns g_loss (and norm)."""
+    D = _plain(nets.D)  # no DDP: D's gradients are neither computed nor synced here
+    set_requires_grad(D, False)
+    try:
+        with nets.autocast(fake):
+            g_loss = nets.loss.g(D(fake).float()).mean()
+        nets.opt_g.zero_grad(set_to_none=True)
+        nets.scaler_g.scale(g_loss).backward()
+        metrics = {"g_loss": g_loss.detach()}
+        if measure:
+            nets.scaler_g.unscale_(nets.opt_g)
+            metrics["g_grad_norm"] = grad_norm(nets.G)
+        nets.scaler_g.step(nets.opt_g)
+        nets.scaler_g.update()
+    finally:
+        set_requires_grad(D, True)
+    return metrics
+
+
+def train_step(
+    nets: Nets, reals: list[Tensor], sample_z, measure: bool = False
+) -> dict[str, Tensor]:
+    """``len(reals)`` D steps (one a real batch) then one G step; ``sample_z(B)`` draws latents.
+
+    Returns the metrics of the last D step and of the G step.
+    """
+    metrics: dict[str, Tensor] = {}
+    for i, real in enumerate(reals):
+        last = i == len(reals) - 1
+        fake, metrics = d_step(
+            nets, real, sample_z(real.shape[0]), keep_graph=last, measure=measure
+        )
+    metrics.update(g_step(nets, fake, measure=measure))
+    return metrics

@@ -1,0 +1,1 @@
+"""Training on Ray Train: ``launch`` (driver), ``worker`` (every rank), ``loop`` (no Ray)."""

@@ -1,0 +1,164 @@
+"""The checkpoint format: one ``state.pt`` holding the whole adversarial state.
+
+    ckpt = snapshot(state, job_yaml, rng_states, metrics)   # on rank 0
+    save(ckpt, folder)                                       # folder/state.pt, written atomically
+    ckpt = load(latest(run_dir))                             # weights_only=True: never runs code
+    restore(state, ckpt, rank)
+
+A checkpoint holds G, D, G_ema, both optimizers, both AMP grad scalers, step, epoch, the position
+inside the epoch, every rank's RNG states, the last metrics and the resolved job (as YAML text).
+Only tensors, numbers, strings, lists and dicts go in, so ``torch.load(weights_only=True)`` reads
+it and a checkpoint cannot execute code when loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distgan.ema import EMA
+from distgan.errors import CheckpointError
+from distgan.models import unwrap
+from distgan.step import Nets
+
+FORMAT = "distgan-checkpoint/1"
+STATE_FILE = "state.pt"
+CHECKPOINTS = "checkpoints"  # inside a run directory; Ray Train's storage folder for the run
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+@dataclass
+class TrainState:
+    """Everything that changes while training, i.e. everything a checkpoint must hold."""
+
+    nets: Nets
+    ema: EMA | None
+    image_shape: tuple[int, int, int]  # (C, H, W) of the data G learns
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of this epoch already consumed (exact resume)
+    images_seen: int = 0
+
+
+def checkpoint_dir_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def snapshot(
+    state: TrainState, job_yaml: str, rng_states: list[dict], metrics: dict[str, float]
+) -> dict[str, Any]:
+    nets = state.nets
+    return {
+        "format": FORMAT,
+        "step": state.step,
+        "epoch": state.epoch,
+        "batch_in_epoch": state.batch_in_epoch,
+        "images_seen": state.images_seen,
+        "image_shape": list(state.image_shape),
+        "G": unwrap(nets.G).state_dict(),
+        "D": unwrap(nets.D).state_dict(),
+        "G_ema": state.ema.state_dict() if state.ema else None,
+        "opt_g": nets.opt_g.state_dict(),
+        "opt_d": nets.opt_d.state_dict(),
+        "scaler_g": nets.scaler_g.state_dict(),
+        "scaler_d": nets.scaler_d.state_dict(),
+        "rng": rng_states,
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "job": job_yaml,
+    }
+
+
+def restore(state: TrainState, ckpt: dict[str, Any], rank: int, source: str) -> None:
+    """Loads a checkpoint into ``state``; this rank's RNG too when the world size matches."""
+    nets = state.nets
+    try:
+        unwrap(nets.G).load_state_dict(ckpt["G"])
+        unwrap(nets.D).load_state_dict(ckpt["D"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(
+            f"{source}: its G/D do not match this job's model section ({first}); resume with "
+            "the job the checkpoint was written by (its job.resolved.yaml)"
+        ) from None
+    if state.ema is not None:
+        state.ema.load_state_dict(ckpt["G_ema"] or ckpt["G"])
+    nets.opt_g.load_state_dict(ckpt["opt_g"])
+    nets.opt_d.load_state_dict(ckpt["opt_d"])
+    nets.scaler_g.load_state_dict(ckpt["scaler_g"])
+    nets.scaler_d.load_state_dict(ckpt["scaler_d"])
+    state.step = int(ckpt["step"])
+    state.epoch = int(ckpt["epoch"])
+    state.batch_in_epoch = int(ckpt["batch_in_epoch"])
+    state.images_seen = int(ckpt["images_seen"])
+    if rank < len(ckpt["rng"]):
+        set_rng_state(ckpt["rng"][rank])
+
+
+def save(ckpt: dict[str, Any], folder: str | Path) -> Path:
+    """Writes ``folder/state.pt`` through a temporary name, so a crash leaves no half file."""
+    path = Path(folder) / STATE_FILE
+    tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
+    torch.save(ckpt, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    return path
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Reads a checkpoint (a ``state.pt`` or its folder) without executing any code in it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to unpickle means the file is unusable
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: not a loadable distgan checkpoint ({reason}); use an earlier checkpoint"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a distgan checkpoint (format {FORMAT} expected)")
+    return ckpt
+
+
+def checkpoints(run_dir: str | Path) -> list[Path]:
+    """The run's checkpoint folders that hold a state file, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    found = []
+    for d in root.glob("step_*") if root.is_dir() else ():
+        m = _STEP_DIR.match(d.name)
+        if m and (d / STATE_FILE).is_file():
+            found.append((int(m.group(1)), d))
+    return [d for _, d in sorted(found)]
+
+
+def latest(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint folder of a run whose state file loads, or None."""
+    for folder in reversed(checkpoints(run_dir)):
+        try:
+            load(folder)
+        except CheckpointError:
+            continue
+        return folder
+    return None

@@ -1,0 +1,249 @@
+"""JobSpec -> Ray Train ``TorchTrainer``: resources, data, run directory, progress lines.
+
+    result = launch(spec, run_dir, job_source="jobs/quickstart.yaml")
+
+The driver reads the shard manifest, connects to Ray (``RAY_ADDRESS``, or a new local instance
+on 127.0.0.1), checks that the cluster can place the workers (Ray would otherwise wait forever),
+hands ``ray.data.read_parquet(shards)`` to the trainer, and prints one progress line per log
+interval from the run's ``metrics.jsonl`` while ``fit()`` runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from distgan.config import JobSpec, to_dict
+from distgan.data import EMBEDDED_DIR, ShardManifest, read_manifest
+from distgan.errors import ClusterError, DataError, JobError
+from distgan.models import build_models
+from distgan.train.checkpoint import CHECKPOINTS
+from distgan.train.outputs import read_metrics
+
+# Quiet Ray's internals so the user sees distgan's progress (see DESIGN.md, "Log noise").
+RAY_ENV = {
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "RAY_DEDUP_LOGS": "0",
+}
+MEMORY_CACHE_LIMIT = 4 << 30  # bytes of uint8 pixels a worker keeps in memory under cache: auto
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the job maps onto the cluster."""
+
+    workers: int
+    cpus_per_worker: float
+    use_gpu: bool
+    cache: bool
+
+
+def resolve_data(spec: JobSpec, job_source: str) -> ShardManifest:
+    source = spec.data.source
+    folder = EMBEDDED_DIR if source == "embedded" else Path(source).expanduser()
+    try:
+        return read_manifest(folder)
+    except DataError as e:
+        raise DataError(f"{job_source}: data.source: {e}") from None
+
+
+def check_model(spec: JobSpec, shape: tuple[int, int, int], job_source: str) -> None:
+    try:
+        build_models(spec.model.arch, spec.model.z_dim, spec.model.width, shape)
+    except ValueError as e:
+        raise JobError(f"{job_source}: model.arch: {e}; pick another arch or dataset") from None
+
+
+def plan(spec: JobSpec, manifest: ShardManifest, cluster_cpus: float, cluster_gpus: float) -> Plan:
+    """Sizes the workers so that Ray Data always keeps a CPU (DESIGN.md: CPU starvation)."""
+    s = spec.scale
+    if s.use_gpu:
+        if cluster_gpus < s.workers:
+            raise ClusterError(
+                f"scale.workers: {s.workers} workers with one GPU each need {s.workers} GPUs; the "
+                f"Ray cluster has {cluster_gpus:g}. Lower scale.workers or set scale.use_gpu: false"
+            )
+        cpus = s.cpus_per_worker or 1.0
+    else:
+        cpus = s.cpus_per_worker or min(1.0, (cluster_cpus - 1) / s.workers)
+        if cpus < 0.1:
+            raise ClusterError(
+                f"scale.workers: {s.workers} CPU workers need more than the {cluster_cpus:g} CPUs "
+                "of the Ray cluster (one CPU stays free for Ray Data). Lower scale.workers"
+            )
+    if cpus * s.workers > cluster_cpus:
+        raise ClusterError(
+            f"scale.cpus_per_worker: {s.workers} workers × {cpus:g} CPUs exceed the "
+            f"{cluster_cpus:g} CPUs of the Ray cluster. Lower scale.cpus_per_worker or workers"
+        )
+    c, h, w = manifest.shape
+    per_worker_bytes = manifest.count * c * h * w // s.workers
+    if spec.data.cache == "auto":
+        cache = per_worker_bytes <= MEMORY_CACHE_LIMIT
+    else:
+        cache = spec.data.cache == "memory"
+    return Plan(s.workers, cpus, s.use_gpu, cache)
+
+
+@contextmanager
+def ray_session():
+    """Connects to ``RAY_ADDRESS`` or starts a local Ray on 127.0.0.1 (and stops only that)."""
+    import ray
+
+    for k, v in RAY_ENV.items():
+        os.environ.setdefault(k, v)
+    if ray.is_initialized():
+        yield
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if not address:
+        # Ray turns token authentication on for a new local instance anyway; saying so
+        # explicitly keeps the same behaviour without its warning on every run.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    kwargs = dict(
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        runtime_env={"env_vars": dict(RAY_ENV)},
+    )
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(_node_ip_address="127.0.0.1", include_dashboard=True, **kwargs)
+    except ConnectionError as e:
+        raise ClusterError(
+            f"RAY_ADDRESS={address}: cannot reach a Ray cluster there ({e}); start one with "
+            "`ray start --head` or unset RAY_ADDRESS to run locally"
+        ) from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _cluster_resources() -> tuple[float, float]:
+    import ray
+
+    res = ray.cluster_resources()
+    return float(res.get("CPU", 0)), float(res.get("GPU", 0))
+
+
+def _progress_line(m: dict, total: int) -> str:
+    elapsed = int(m.get("elapsed_s", 0))
+    parts = [
+        f"step {int(m['step']):>{len(str(total))}}/{total}",
+        f"d_loss {m.get('d_loss', float('nan')):.3f}",
+        f"g_loss {m.get('g_loss', float('nan')):.3f}",
+        f"D(x) {m.get('d_real', float('nan')):.2f}",
+        f"D(G(z)) {m.get('d_fake', float('nan')):.2f}",
+        f"{m.get('images_per_s', 0):,.0f} img/s",
+        f"{elapsed // 60}:{elapsed % 60:02d}",
+    ]
+    return "  ".join(parts)
+
+
+def preflight(spec: JobSpec, job_source: str) -> tuple[ShardManifest, Plan]:
+    """Everything that can fail before a run directory exists: data, model, cluster resources.
+
+    Needs a Ray connection (``ray_session``) for the cluster's resources.
+    """
+    manifest = resolve_data(spec, job_source)
+    check_model(spec, manifest.shape, job_source)
+    try:
+        p = plan(spec, manifest, *_cluster_resources())
+    except ClusterError as e:
+        raise ClusterError(f"{job_source}: {e}") from None
+    return manifest, p
+
+
+def launch(
+    spec: JobSpec,
+    run_dir: Path,
+    manifest: ShardManifest,
+    p: Plan,
+    job_source: str,
+    resume_from: str | None = None,
+    out=sys.stdout,
+) -> dict:
+    """Trains ``spec`` into ``run_dir`` on the connected Ray cluster; returns the last metrics."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from distgan.train.worker import train_loop_per_worker
+
+    run_dir = Path(run_dir).resolve()  # workers run in other working directories
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    dataset = ray.data.read_parquet(manifest.shard_paths, columns=["image"])
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "job": to_dict(spec),
+            "job_source": job_source,
+            "shape": list(manifest.shape),
+            "run_dir": str(run_dir),
+            "cache": p.cache,
+            "resume_from": resume_from,
+        },
+        torch_config=TorchConfig(backend="nccl" if p.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=p.workers,
+            use_gpu=p.use_gpu,
+            resources_per_worker={"CPU": p.cpus_per_worker, **({"GPU": 1} if p.use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=CHECKPOINTS,
+            storage_path=str(run_dir),
+            failure_config=ray.train.FailureConfig(max_failures=spec.scale.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+        datasets={"train": dataset},
+    )
+    device = "GPU" if p.use_gpu else "CPU"
+    print(
+        f"distgan: {run_dir} · {spec.model.arch} · {spec.loss.kind} · "
+        f"{p.workers} {device} worker{'s' * (p.workers > 1)} · "
+        f"{manifest.count:,} images {'×'.join(map(str, manifest.shape))}"
+        + (f" · resuming from {resume_from}" if resume_from else ""),
+        file=out,
+        flush=True,
+    )
+    return _fit_with_progress(trainer, run_dir, spec.train.steps, out)
+
+
+def _fit_with_progress(trainer, run_dir: Path, total: int, out) -> dict:
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=fit, name="distgan-fit", daemon=True)
+    thread.start()
+    shown = len(read_metrics(run_dir))
+    while thread.is_alive():
+        thread.join(timeout=1.0)
+        records = read_metrics(run_dir)
+        for m in records[shown:]:
+            print(_progress_line(m, total), file=out, flush=True)
+        shown = len(records)
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
+    return result.return_value or {}
+
+
+def wait_seconds(t0: float) -> str:
+    s = int(time.monotonic() - t0)
+    return f"{s // 60}m{s % 60:02d}s"

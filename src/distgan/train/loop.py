@@ -1,0 +1,150 @@
+"""The training schedule: steps, logging, sample grids, checkpoints and stopping. No Ray here.
+
+    run(state, source, spec, device=..., report=..., outputs=RunOutputs(run_dir) or None, ...)
+
+One step is ``optim.n_critic`` D updates (one real batch each) and one G update. Every
+``train.log_every`` steps the metrics are averaged over all ranks and handed to ``report``
+(every rank calls it: Ray's report is a barrier); every ``train.checkpoint_every`` steps, and at
+the end, rank 0 also hands over the whole state. The run stops at ``train.steps`` or after
+``train.max_minutes``, whichever comes first; the time limit is checked at log steps and agreed
+by all ranks, so they stop at the same step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import torch
+
+from distgan import dist
+from distgan.config import JobSpec
+from distgan.images import to_uint8
+from distgan.models import unwrap
+from distgan.step import train_step
+from distgan.train.checkpoint import TrainState, rng_state, snapshot
+from distgan.train.outputs import RunOutputs
+
+GRID_SIZE = 64  # samples in each grid (8×8)
+
+# (metrics, checkpoint snapshot or None) -> None; called by every rank at the same steps.
+Report = Callable[[dict[str, float], "dict[str, Any] | None"], None]
+
+
+class BatchSource(Protocol):
+    def epoch_batches(self, epoch: int, skip: int = 0) -> Iterator[torch.Tensor]: ...
+
+
+class _Meter:
+    """Running means of the step metrics between two log steps (as tensors: no sync per step)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0) + v.float()
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def reduce(self) -> dict[str, float]:
+        """Means over the interval and over all ranks; resets the meter."""
+        keys = sorted(self.sums)
+        if not keys:
+            return {}
+        local = torch.stack([self.sums[k] / self.counts[k] for k in keys])
+        means = dist.all_reduce_mean(local).tolist()
+        self.sums, self.counts = {}, {}
+        return dict(zip(keys, means))
+
+
+def _batches(source: BatchSource, state: TrainState) -> Iterator[torch.Tensor]:
+    """Real batches forever, epoch after epoch, keeping the position in ``state``."""
+    while True:
+        seen = 0
+        for x in source.epoch_batches(state.epoch, skip=state.batch_in_epoch):
+            state.batch_in_epoch += 1
+            seen += 1
+            yield x
+        if seen == 0 and state.batch_in_epoch == 0:
+            raise RuntimeError("the data source yielded no batch in a whole epoch")
+        state.epoch += 1
+        state.batch_in_epoch = 0
+
+
+@torch.no_grad()
+def sample_grid(state: TrainState, z: torch.Tensor) -> torch.Tensor:
+    G = state.ema.model if state.ema else unwrap(state.nets.G)
+    was_training = G.training
+    G.eval()
+    x = G(z)
+    G.train(was_training)
+    return x
+
+
+def run(
+    state: TrainState,
+    source: BatchSource,
+    spec: JobSpec,
+    *,
+    device: torch.device,
+    report: Report,
+    outputs: RunOutputs | None,
+    job_yaml: str,
+) -> dict[str, float]:
+    """Trains from ``state.step`` to the end; returns the last metrics."""
+    t = spec.train
+    world = dist.world_size()
+    z_dim = spec.model.z_dim
+    # The grid's latents are the same in every run of a job and across resumes.
+    fixed_z = torch.randn(GRID_SIZE, z_dim, generator=torch.Generator().manual_seed(t.seed))
+    fixed_z = fixed_z.to(device)
+
+    def sample_z(n: int) -> torch.Tensor:
+        return torch.randn(n, z_dim, device=device)
+
+    batches = _batches(source, state)
+    meter = _Meter()
+    started = time.monotonic()
+    last_time, last_images = started, state.images_seen
+    metrics: dict[str, float] = {}
+    while state.step < t.steps:
+        reals = [next(batches) for _ in range(spec.optim.n_critic)]
+        log_now = (state.step + 1) % t.log_every == 0 or state.step + 1 == t.steps
+        meter.add(train_step(state.nets, reals, sample_z, measure=log_now))
+        if state.ema is not None:
+            state.ema.update(unwrap(state.nets.G))
+        state.step += 1
+        state.images_seen += sum(x.shape[0] for x in reals) * world
+        step = state.step
+
+        checkpoint_now = step % t.checkpoint_every == 0
+        sample_now = step % t.sample_every == 0
+        if not (log_now or checkpoint_now or sample_now):
+            continue
+        now = time.monotonic()
+        time_up = t.max_minutes > 0 and now - started >= 60 * t.max_minutes
+        final = step == t.steps or dist.any_rank(time_up, device)
+        metrics = meter.reduce()
+        metrics.update(
+            step=step,
+            epoch=state.epoch,
+            images_seen=state.images_seen,
+            images_per_s=(state.images_seen - last_images) / max(now - last_time, 1e-9),
+            elapsed_s=now - started,
+        )
+        last_time, last_images = now, state.images_seen
+        if outputs is not None:
+            outputs.write_metrics(metrics)
+        if outputs is not None and (sample_now or final):
+            outputs.write_samples(step, to_uint8(sample_grid(state, fixed_z)))
+        ckpt = None
+        if checkpoint_now or final:
+            rngs = dist.all_gather_object(rng_state())
+            if outputs is not None:  # rank 0 alone writes checkpoints
+                ckpt = snapshot(state, job_yaml, rngs, metrics)
+        report(metrics, ckpt)
+        if final:
+            break
+    return metrics

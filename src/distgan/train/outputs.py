@@ -1,0 +1,69 @@
+"""The run directory and what rank 0 writes into it.
+
+runs/00003-quickstart/
+    job.resolved.yaml        the job as it ran (written first)
+    metrics.jsonl            one JSON object per log interval
+    samples/step_000500.png  grids of G_ema on a fixed latent batch
+    checkpoints/step_0000500/state.pt
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from distgan.errors import CheckpointError
+from distgan.images import save_grid
+
+_RUN = re.compile(r"^(\d{5})-")
+
+
+def new_run_dir(root: str | Path, name: str) -> Path:
+    """Creates ``root/<next id>-<name>``; the id is one more than the highest already there."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    taken = [int(m.group(1)) for p in root.iterdir() if (m := _RUN.match(p.name))]
+    run_id = max(taken, default=-1) + 1
+    while True:
+        path = root / f"{run_id:05d}-{name}"
+        try:
+            path.mkdir()  # exclusive: two runs started at once get different ids
+            return path
+        except FileExistsError:
+            run_id += 1
+
+
+def existing_run_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if not (path / "job.resolved.yaml").is_file():
+        raise CheckpointError(
+            f"{path}: not a distgan run directory (no job.resolved.yaml); pass a folder under runs/"
+        )
+    return path
+
+
+class RunOutputs:
+    """Rank 0's writer of metrics and sample grids."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.samples_dir = self.run_dir / "samples"
+        self.samples_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+
+    def write_metrics(self, record: dict) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def write_samples(self, step: int, images: np.ndarray) -> Path:
+        return save_grid(images, self.samples_dir / f"step_{step:06d}.png")
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

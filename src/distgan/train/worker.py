@@ -1,0 +1,105 @@
+"""What every Ray Train worker runs: the only module that calls ``ray.train`` inside a worker.
+
+``train_loop_per_worker(config)`` builds G and D, wraps each in DDP, restores a checkpoint when
+Ray hands one over (after a worker failure) or when the run is resumed, reads this worker's
+shard of the Ray Data set, and hands over to ``train/loop.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+
+from distgan.config import dump_yaml, from_dict
+from distgan.data.reader import InMemoryBatches, StreamingBatches, load_shard
+from distgan.ema import EMA
+from distgan.losses import get_loss
+from distgan.models import build_models, unwrap
+from distgan.step import Nets
+from distgan.train import checkpoint as ckpts
+from distgan.train.loop import run
+from distgan.train.outputs import RunOutputs
+
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_nets(spec, shape: tuple[int, int, int], device: torch.device, wrap) -> Nets:
+    """G, D (each passed through ``wrap``, e.g. Ray's prepare_model), Adam for each, the loss."""
+    G, D = build_models(spec.model.arch, spec.model.z_dim, spec.model.width, shape)
+    G, D = wrap(G.to(device), False), wrap(D.to(device), True)
+    o = spec.optim
+    precision = spec.train.precision
+    return Nets(
+        G=G,
+        D=D,
+        opt_g=torch.optim.Adam(G.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2)),
+        opt_d=torch.optim.Adam(D.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2)),
+        loss=get_loss(spec.loss.kind),
+        gp_weight=spec.loss.gp_weight,
+        clip=spec.loss.clip,
+        autocast_dtype=_AUTOCAST[precision],
+        scaler_g=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+        scaler_d=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+    )
+
+
+def _prepare(model: torch.nn.Module, is_discriminator: bool) -> torch.nn.Module:
+    # D sees a real and a fake batch per step; DDP's buffer broadcast must not run between them.
+    kwargs = {"broadcast_buffers": False} if is_discriminator else None
+    return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=kwargs)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
+    spec = from_dict(config["job"], source=config["job_source"])
+    shape = tuple(config["shape"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        # Ray reserves a fraction of a CPU per worker for scheduling; compute uses the node's
+        # cores shared among the workers on it.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.get_local_world_size()))
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+    torch.manual_seed(spec.train.seed)  # the same initial weights on every rank
+    nets = build_nets(spec, shape, device, _prepare)
+    ema = EMA(unwrap(nets.G), spec.train.ema_decay) if spec.train.ema else None
+    state = ckpts.TrainState(nets, ema, shape)
+    torch.manual_seed(spec.train.seed + 1 + rank)  # different latents on each rank
+
+    restored = ray.train.get_checkpoint()  # set by Ray after a worker failure
+    if restored is not None:
+        with restored.as_directory() as folder:
+            ckpts.restore(state, ckpts.load(folder, device), rank, source=str(restored.path))
+    elif config.get("resume_from"):
+        path = config["resume_from"]
+        ckpts.restore(state, ckpts.load(path, device), rank, source=path)
+
+    per_worker = spec.train.batch_size // world
+    shard = ray.train.get_dataset_shard("train")
+    if config["cache"]:
+        source = InMemoryBatches(
+            load_shard(shard, shape), per_worker, spec.train.seed, rank, device
+        )
+    else:
+        source = StreamingBatches(shard, shape, per_worker, spec.train.seed, device)
+
+    def report(metrics: dict[str, float], snapshot: dict | None) -> None:
+        name = ckpts.checkpoint_dir_name(int(metrics["step"]))
+        if snapshot is None:
+            ray.train.report(metrics, checkpoint_dir_name=name)
+            return
+        with tempfile.TemporaryDirectory(prefix="distgan-ckpt-") as folder:
+            ckpts.save(snapshot, folder)
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+
+    outputs = RunOutputs(config["run_dir"]) if rank == 0 else None
+    return run(
+        state, source, spec, device=device, report=report, outputs=outputs, job_yaml=dump_yaml(spec)
+    )
