@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -147,6 +148,7 @@ def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> J
         dotted, value = parse_override(item)
         raw = _set_dotted(raw, dotted, value, source=f"--set {item}")
         sources[dotted] = f"--set {item}"
+        sources.setdefault(dotted.split(".")[0], f"--set {item}")
     spec = from_dict(raw, source=str(path), field_sources=sources)
     if not spec.run.name:
         spec = dataclasses.replace(spec, run=dataclasses.replace(spec.run, name=path.stem))
@@ -272,8 +274,12 @@ def _check_value(value: Any, kind: Any, rules: Any, dotted: str, source: str) ->
         # YAML 1.1 reads 2e-4 as a string; accept any plain number written as one.
         if isinstance(number, str) and _NUMBER.match(number.strip()):
             number = float(number)
-        if isinstance(number, bool) or not isinstance(number, (int, float)):
-            raise fail("an integer" if kind is int else "a number")
+        if (
+            isinstance(number, bool)
+            or not isinstance(number, (int, float))
+            or not math.isfinite(number)
+        ):
+            raise fail(_expected_number(kind, rules))
         if kind is int:
             if float(number) != int(number):
                 raise fail("an integer")
@@ -298,6 +304,19 @@ def _check_value(value: Any, kind: Any, rules: Any, dotted: str, source: str) ->
             )
         return value
     raise TypeError(f"unsupported field type {kind!r} for {dotted}")  # a bug, not user input
+
+
+def _expected_number(kind: type, rules: Any) -> str:
+    noun = "an integer" if kind is int else "a number"
+    if rules.get("gt") == 0:
+        return f"a positive {'integer' if kind is int else 'number'}"
+    if "gt" in rules:
+        return f"{noun} above {rules['gt']}"
+    if "min" in rules and "max" in rules:
+        return f"{noun} from {rules['min']} to {rules['max']}"
+    if "min" in rules:
+        return f"{noun} of at least {rules['min']}"
+    return noun
 
 
 def _check_cross_fields(spec: JobSpec, source: str, field_sources: dict[str, str]) -> None:

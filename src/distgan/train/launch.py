@@ -105,9 +105,11 @@ def ray_session():
         return
     address = os.environ.get("RAY_ADDRESS")
     if not address:
-        # Ray turns token authentication on for a new local instance anyway; saying so
-        # explicitly keeps the same behaviour without its warning on every run.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # A new local instance turns token authentication on (Ray's default, which distgan
+        # keeps) and warns about it on every run; the warning is noise here.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR
+        )
     kwargs = dict(
         log_to_driver=False,
         logging_level=logging.WARNING,
@@ -171,7 +173,7 @@ def launch(
     p: Plan,
     job_source: str,
     resume_from: str | None = None,
-    out=sys.stdout,
+    out=None,
 ) -> dict:
     """Trains ``spec`` into ``run_dir`` on the connected Ray cluster; returns the last metrics."""
     import ray
@@ -181,8 +183,9 @@ def launch(
     from distgan.train.worker import train_loop_per_worker
 
     run_dir = Path(run_dir).resolve()  # workers run in other working directories
+    out = out or sys.stdout
     ray.data.DataContext.get_current().enable_progress_bars = False
-    dataset = ray.data.read_parquet(manifest.shard_paths, columns=["image"])
+    dataset = ray.data.read_parquet(manifest.shard_paths).select_columns(["image"])
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={

@@ -1,0 +1,38 @@
+# distgan: the two commands of the README, and a few more.
+#   make train   trains jobs/quickstart.yaml on the embedded dataset (creates .venv first)
+#   make test    runs the test suite (creates .venv first)
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+JOB     ?= jobs/quickstart.yaml
+# Fashion-MNIST's IDX files: Debian's dataset-fashion-mnist, or the copy beside this checkout.
+FASHION ?= $(firstword $(wildcard /usr/share/datasets/fashion-mnist ../shared/datasets/fashion-mnist))
+
+.PHONY: train test lint bench fashion-mnist clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	# constraints.txt pins torch to 2.13.0 (the local CPU build where one is provided) and Ray to 2.60.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/distgan train $(JOB)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/throughput.py
+
+fashion-mnist: $(STAMP)
+	$(BIN)/distgan data import $(FASHION)/train-images-idx3-ubyte.gz \
+	    --labels $(FASHION)/train-labels-idx1-ubyte.gz --out data/fashion-mnist
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

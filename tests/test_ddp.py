@@ -1,0 +1,200 @@
+"""DDP correctness of the adversarial step: two real gloo processes on 127.0.0.1.
+
+Each rank builds the same G and D (seed 0), wraps them as the Ray Train worker does (G and D
+each in their own ``DistributedDataParallel``, D with ``broadcast_buffers=False``), then draws
+its own real batches and latents (seed 100 + rank) and runs ``train_step``. Without gradient
+sync the ranks would end with different weights; with it, every parameter must be identical.
+A control runs the same procedure on unwrapped modules and must find the ranks apart.
+
+The two processes run every scenario once (a module fixture); each rank gathers the flattened
+weights of both ranks with ``dist.all_gather`` and writes them under tmp_path, where the tests
+in this process read and compare them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+from distgan.losses import get_loss
+from distgan.models import build_models
+from distgan.step import Nets, train_step
+
+WORLD = 2
+JOIN_TIMEOUT_S = 120
+Z_DIM = 16
+SHAPE = (1, 28, 28)
+BATCH = 4  # per rank
+
+# name -> (arch, width, loss, n_critic, wrap in DDP)
+SCENARIOS = {
+    "dcgan-wgan-gp": ("dcgan", 8, "wgan-gp", 1, True),
+    "mlp-wgan-gp": ("mlp", 32, "wgan-gp", 1, True),
+    "dcgan-nonsaturating-ncritic2": ("dcgan", 8, "nonsaturating", 2, True),
+    "mlp-nonsaturating-ncritic2": ("mlp", 32, "nonsaturating", 2, True),
+    "control-dcgan-wgan-gp-no-ddp": ("dcgan", 8, "wgan-gp", 1, False),
+    "control-mlp-nonsaturating-no-ddp": ("mlp", 32, "nonsaturating", 2, False),
+}
+SYNCED = [name for name, s in SCENARIOS.items() if s[4]]
+CONTROLS = [name for name, s in SCENARIOS.items() if not s[4]]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def flat(tensors) -> torch.Tensor:
+    return torch.cat([t.detach().double().flatten() for t in tensors])
+
+
+def gather(vector: torch.Tensor) -> torch.Tensor:
+    """(WORLD, N): ``vector`` of every rank."""
+    out = [torch.empty_like(vector) for _ in range(WORLD)]
+    dist.all_gather(out, vector)
+    return torch.stack(out)
+
+
+def run_scenario(rank: int, arch: str, width: int, kind: str, n_critic: int, ddp: bool) -> dict:
+    torch.manual_seed(0)  # the same initial weights on both ranks
+    G, D = build_models(arch, Z_DIM, width, SHAPE)
+    initial = {"G": flat(G.parameters()), "D": flat(D.parameters())}
+    if ddp:
+        G = DistributedDataParallel(G)
+        D = DistributedDataParallel(D, broadcast_buffers=False)
+    nets = Nets(
+        G,
+        D,
+        torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.5, 0.999)),
+        torch.optim.Adam(D.parameters(), lr=1e-3, betas=(0.5, 0.999)),
+        get_loss(kind),
+    )
+    torch.manual_seed(100 + rank)  # each rank its own data, latents and GP interpolation
+    reals = [torch.rand(BATCH, *SHAPE) * 2 - 1 for _ in range(n_critic)]
+    metrics = train_step(nets, reals, lambda n: torch.randn(n, Z_DIM))
+    plain_g, plain_d = getattr(G, "module", G), getattr(D, "module", D)
+    result = {
+        "initial": {k: gather(v) for k, v in initial.items()},
+        "G": gather(flat(plain_g.parameters())),
+        "D": gather(flat(plain_d.parameters())),
+        "D_buffers": gather(flat([torch.zeros(1), *plain_d.buffers()])),
+        "reals": gather(flat(reals)),
+        "names": {
+            "G": [(n, p.numel()) for n, p in plain_g.named_parameters()],
+            "D": [(n, p.numel()) for n, p in plain_d.named_parameters()],
+        },
+        "finite": all(torch.isfinite(v).all().item() for v in metrics.values()),
+    }
+    # DDP broadcasts rank 0's buffers (G's BatchNorm statistics) at the start of each forward of
+    # G; the step's own forward then updates them from the rank's latents. Another forward that
+    # does not update them (eval mode) shows the broadcast.
+    plain_g.eval()
+    G(torch.randn(2, Z_DIM))
+    result["G_buffers"] = gather(flat([torch.zeros(1), *plain_g.buffers()]))
+    return result
+
+
+def worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
+        results = {name: run_scenario(rank, *spec) for name, spec in SCENARIOS.items()}
+        dist.barrier()
+        dist.destroy_process_group()
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    except BaseException:
+        (Path(out_dir) / f"rank{rank}.err").write_text(traceback.format_exc())
+        raise
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory) -> list[dict]:
+    """The results of every scenario, as written by rank 0 and rank 1."""
+    out = tmp_path_factory.mktemp("ddp")
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=worker, args=(r, port, str(out))) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(JOIN_TIMEOUT_S)
+    hung = [r for r, p in enumerate(procs) if p.is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(10)
+    errors = "\n".join(f.read_text() for f in sorted(out.glob("rank*.err")))
+    assert not hung, f"ranks {hung} did not finish in {JOIN_TIMEOUT_S} s\n{errors}"
+    codes = [p.exitcode for p in procs]
+    assert codes == [0] * WORLD, f"exit codes {codes}\n{errors}"
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+def differing(result: dict, net: str) -> list[str]:
+    """Names of ``net``'s parameters whose values differ between the two ranks."""
+    names, sizes = zip(*result["names"][net])
+    parts = [torch.split(result[net][r], list(sizes)) for r in range(WORLD)]
+    return [n for n, a, b in zip(names, *parts) if not torch.equal(a, b)]
+
+
+def test_both_ranks_report_the_same_gathered_values(ddp_results):
+    for name in SCENARIOS:
+        for key in ("G", "D", "G_buffers", "D_buffers"):
+            assert torch.equal(ddp_results[0][name][key], ddp_results[1][name][key]), (name, key)
+
+
+@pytest.mark.parametrize("name", SYNCED)
+def test_ddp_step_leaves_identical_weights_on_both_ranks(ddp_results, name):
+    result = ddp_results[0][name]
+    # The ranks did see different data, so only gradient sync can make them agree.
+    reals = result["reals"]
+    assert not torch.equal(reals[0], reals[1])
+    assert result["finite"]
+    assert differing(result, "G") == []
+    assert differing(result, "D") == []
+    assert torch.equal(result["G_buffers"][0], result["G_buffers"][1])
+    assert torch.equal(result["D_buffers"][0], result["D_buffers"][1])
+    # ... and the step did change the weights of both players.
+    for net in ("G", "D"):
+        assert torch.equal(result["initial"][net][0], result["initial"][net][1])
+        assert unchanged(result, net) == expected_unchanged(name, result, net)
+
+
+def unchanged(result: dict, net: str) -> list[str]:
+    """Names of ``net``'s parameters that the step left as they were (on rank 0)."""
+    names, sizes = zip(*result["names"][net])
+    before = torch.split(result["initial"][net][0], list(sizes))
+    after = torch.split(result[net][0], list(sizes))
+    return [n for n, a, b in zip(names, before, after) if torch.equal(a, b)]
+
+
+def expected_unchanged(name: str, result: dict, net: str) -> list[str]:
+    # With a Wasserstein loss, f - r, the gradient of D's output bias is mean(1) - mean(1) = 0
+    # (and the penalty does not depend on it), so Adam leaves that one tensor as it was.
+    if net == "D" and SCENARIOS[name][2] in ("wgan", "wgan-gp"):
+        return [result["names"]["D"][-1][0]]
+    return []
+
+
+@pytest.mark.parametrize("name", CONTROLS)
+def test_without_ddp_the_ranks_drift_apart(ddp_results, name):
+    result = ddp_results[0][name]
+    assert torch.equal(result["initial"]["G"][0], result["initial"]["G"][1])
+    assert torch.equal(result["initial"]["D"][0], result["initial"]["D"][1])
+    # Every tensor that the step moved got a rank-specific gradient, so the ranks disagree on it.
+    for net in ("G", "D"):
+        moved = [n for n, _ in result["names"][net] if n not in unchanged(result, net)]
+        assert moved and sorted(differing(result, net)) == sorted(moved), net
+        assert unchanged(result, net) == expected_unchanged(name, result, net)
