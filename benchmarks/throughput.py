@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=0, help="steps a run (default per arch)")
     args = ap.parse_args()
-    default_steps = {"mlp": 3000, "dcgan": 600}
+    default_steps = {"mlp": 12000, "dcgan": 1200}
     print(f"threads: {torch.get_num_threads()}, batch {args.batch}, torch {torch.__version__}")
     print(
         "| model | plain loop img/s | distgan 1 worker, EMA off | ratio | distgan, EMA on | ratio |"

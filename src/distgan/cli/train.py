@@ -78,7 +78,14 @@ def run(args: argparse.Namespace) -> int:
         if run_dir is None:
             run_dir = new_run_dir(spec.run.root, spec.run.name)
         write_resolved(spec, run_dir)
-        metrics = launch(spec, run_dir, manifest, plan, job_source, resume_from=resume_from)
+        try:
+            metrics = launch(spec, run_dir, manifest, plan, job_source, resume_from=resume_from)
+        except KeyboardInterrupt:
+            sys.stderr.write(
+                f"interrupted; continue from the last checkpoint with: "
+                f"distgan train --resume {run_dir}\n"
+            )
+            return 130
     step = int(metrics.get("step", 0))
     grids = sorted((Path(run_dir) / "samples").glob("step_*.png"))
     print(f"done: step {step} in {wait_seconds(t0)} · run {run_dir}")

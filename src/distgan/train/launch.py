@@ -10,6 +10,7 @@ interval from the run's ``metrics.jsonl`` while ``fit()`` runs.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -24,7 +25,6 @@ from distgan.data import EMBEDDED_DIR, ShardManifest, read_manifest
 from distgan.errors import ClusterError, DataError, JobError
 from distgan.models import build_models
 from distgan.train.checkpoint import CHECKPOINTS
-from distgan.train.outputs import read_metrics
 
 # Quiet Ray's internals so the user sees distgan's progress (see DESIGN.md, "Log noise").
 RAY_ENV = {
@@ -224,6 +224,7 @@ def launch(
 
 
 def _fit_with_progress(trainer, run_dir: Path, total: int, out) -> dict:
+    """Runs ``trainer.fit()`` in a thread; prints rank 0's new metrics lines as they land."""
     outcome: dict = {}
 
     def fit() -> None:
@@ -234,17 +235,22 @@ def _fit_with_progress(trainer, run_dir: Path, total: int, out) -> dict:
 
     thread = threading.Thread(target=fit, name="distgan-fit", daemon=True)
     thread.start()
-    shown = len(read_metrics(run_dir))
+    path = run_dir / "metrics.jsonl"
+    offset = path.stat().st_size if path.exists() else 0  # a resumed run's earlier lines
     while thread.is_alive():
         thread.join(timeout=1.0)
-        records = read_metrics(run_dir)
-        for m in records[shown:]:
-            print(_progress_line(m, total), file=out, flush=True)
-        shown = len(records)
+        if not path.exists():
+            continue
+        with open(path) as f:
+            f.seek(offset)
+            chunk = f.read()
+        complete = chunk[: chunk.rfind("\n") + 1]  # a line still being written waits
+        offset += len(complete.encode())
+        for line in complete.splitlines():
+            print(_progress_line(json.loads(line), total), file=out, flush=True)
     if "error" in outcome:
         raise outcome["error"]
-    result = outcome["result"]
-    return result.return_value or {}
+    return outcome["result"].return_value or {}
 
 
 def wait_seconds(t0: float) -> str:

@@ -1,0 +1,52 @@
+"""How a job maps onto a cluster's CPUs and GPUs (no Ray needed: the plan is plain arithmetic)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from distgan.config import DataSpec, JobSpec, ScaleSpec
+from distgan.data import EMBEDDED_DIR, read_manifest
+from distgan.errors import ClusterError
+from distgan.train.launch import MEMORY_CACHE_LIMIT, plan
+
+MANIFEST = read_manifest(EMBEDDED_DIR)
+
+
+def spec(**scale) -> JobSpec:
+    return JobSpec(scale=ScaleSpec(**scale))
+
+
+@pytest.mark.parametrize(
+    "workers, cpus, expected",
+    [(2, 2, 0.5), (1, 2, 1.0), (2, 8, 1.0), (3, 4, 1.0), (4, 3, 0.5)],
+)
+def test_cpu_workers_always_leave_a_cpu_for_ray_data(workers, cpus, expected):
+    p = plan(spec(workers=workers), MANIFEST, cluster_cpus=cpus, cluster_gpus=0)
+    assert p.cpus_per_worker == pytest.approx(expected)
+    assert cpus - p.workers * p.cpus_per_worker >= 1.0
+
+
+def test_too_many_cpu_workers_is_a_clear_error():
+    with pytest.raises(ClusterError, match="scale.workers: 30 CPU workers"):
+        plan(spec(workers=30), MANIFEST, cluster_cpus=2, cluster_gpus=0)
+
+
+def test_explicit_cpus_that_do_not_fit_are_refused():
+    with pytest.raises(ClusterError, match="scale.cpus_per_worker"):
+        plan(spec(workers=2, cpus_per_worker=2), MANIFEST, cluster_cpus=2, cluster_gpus=0)
+
+
+def test_gpu_workers_need_a_gpu_each():
+    p = plan(spec(workers=2, use_gpu=True), MANIFEST, cluster_cpus=16, cluster_gpus=2)
+    assert p.use_gpu and p.cpus_per_worker == 1.0
+    with pytest.raises(ClusterError, match="need 4 GPUs; the Ray cluster has 2"):
+        plan(spec(workers=4, use_gpu=True), MANIFEST, cluster_cpus=16, cluster_gpus=2)
+
+
+def test_small_data_is_cached_in_memory_and_large_data_streams():
+    assert plan(spec(workers=2), MANIFEST, 2, 0).cache
+    big = dataclasses.replace(MANIFEST, count=2 * MEMORY_CACHE_LIMIT // 784 + 10)
+    assert not plan(spec(workers=2), big, 2, 0).cache
+    assert not plan(JobSpec(data=DataSpec(cache="stream")), MANIFEST, 2, 0).cache
