@@ -284,6 +284,22 @@ def test_ema_update_is_the_weighted_average_and_copies_buffers():
     assert any(b.dtype == torch.long for b in G.buffers())  # num_batches_tracked was copied too
 
 
+def test_ema_decay_ramps_up_with_the_step():
+    G, _ = build_models("mlp", Z_DIM, 4, (1, 2, 2))
+    ema = EMA(G, decay=0.999)
+    assert ema.decay_at(None) == 0.999
+    assert ema.decay_at(1) == pytest.approx(2 / 11) and ema.decay_at(90) == pytest.approx(0.91)
+    assert ema.decay_at(100_000) == 0.999  # the configured decay caps the ramp
+    old = params(ema.model)
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(1.0)
+    ema.update(G, step=1)
+    for name, p in ema.model.named_parameters():
+        new = dict(G.named_parameters())[name].detach()
+        torch.testing.assert_close(p, (2 / 11) * old[name] + (9 / 11) * new)
+
+
 def test_ema_model_is_a_frozen_copy():
     G, _ = build_models("mlp", Z_DIM, 4, (1, 2, 2))
     ema = EMA(G, decay=0.5)

@@ -28,6 +28,8 @@ ARCHS = ("mlp", "dcgan")
 LOSS_KINDS = ("minimax", "nonsaturating", "wgan", "wgan-gp", "hinge", "lsgan")
 PRECISIONS = ("fp32", "bf16", "fp16")
 CACHE_MODES = ("auto", "memory", "stream")
+# The metrics of distgan.metrics (kept in sync by a test; config imports nothing below it).
+METRIC_NAMES = ("fid", "kid", "precision", "recall", "classifier_score", "class_coverage")
 
 
 def _f(default: Any, help: str, **rules: Any) -> Any:
@@ -95,9 +97,15 @@ class ScaleSpec:
 
 @dataclass(frozen=True)
 class EvalSpec:
-    every: int = _f(0, "steps between in-training evaluations; 0 = off", min=0)
-    metric: str = _f("fid", "metric that ranks checkpoints")
-    n_samples: int = _f(5000, "generated samples per evaluation", min=1)
+    every: int = _f(
+        0, "steps between in-training evaluations (each with a checkpoint); 0 = off", min=0
+    )
+    metric: str = _f("fid", "metric that ranks checkpoints and picks best/", choices=METRIC_NAMES)
+    n_samples: int = _f(5000, "generated samples per evaluation (split across workers)", min=2)
+    n_real: int = _f(10000, "real images in the reference statistics", min=2)
+    real: str = _f("", "dataset of the reference statistics; empty = data.source")
+    features: str = _f("auto", "feature network: auto, fashion-mnist, or a .pt / TorchScript file")
+    seed: int = _f(0, "seed of the evaluation latents and of the real subset", min=0)
 
 
 @dataclass(frozen=True)
@@ -329,10 +337,11 @@ def _check_cross_fields(spec: JobSpec, source: str, field_sources: dict[str, str
             f"evenly across scale.workers={spec.scale.workers}; use a multiple of "
             f"{spec.scale.workers}"
         )
-    if spec.eval.every:
+    if spec.eval.n_samples % spec.scale.workers:
         raise JobError(
-            f"{src('eval.every')}: eval.every: in-training evaluation is not available in this "
-            "version; set eval.every: 0"
+            f"{src('eval.n_samples')}: eval.n_samples: {spec.eval.n_samples} does not split "
+            f"evenly across scale.workers={spec.scale.workers}; use a multiple of "
+            f"{spec.scale.workers}"
         )
     if spec.train.precision == "fp16" and not spec.scale.use_gpu:
         raise JobError(

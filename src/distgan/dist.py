@@ -56,3 +56,12 @@ def all_gather_object(obj):
     out = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
+    """The tensors of all ranks (same shape on each), concatenated along dim 0 in rank order."""
+    if not _active():
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)

@@ -27,10 +27,11 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from distgan.cli import data, sample, train
+    from distgan.cli import eval as eval_verb
 
     parser = _Parser(prog="distgan", description="Distributed GAN training jobs on Ray.")
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
-    for module in (train, data, sample):
+    for module in (train, data, sample, eval_verb):
         module.add_parser(verbs)
     return parser
 

@@ -10,13 +10,10 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from distgan.config import load_resolved
-from distgan.errors import CheckpointError, JobError
+from distgan.errors import JobError
+from distgan.generate import generate, load_generator
 from distgan.images import save_grid, to_uint8
-from distgan.models import build_models
-from distgan.train import checkpoint as ckpts
 
 
 def add_parser(verbs) -> None:
@@ -28,35 +25,14 @@ def add_parser(verbs) -> None:
     p.set_defaults(run=run)
 
 
-def load_generator(source: str | Path) -> tuple[torch.nn.Module, int, str]:
-    """The EMA generator (G if the run kept no EMA) of a checkpoint, its z size, its path."""
-    source = Path(source)
-    folder = source if (source / ckpts.STATE_FILE).is_file() else ckpts.latest(source)
-    if folder is None:
-        raise CheckpointError(f"{source}: no loadable checkpoint in this run directory yet")
-    ckpt = ckpts.load(folder)
-    spec = load_resolved(ckpt["job"], source=f"{folder}/{ckpts.STATE_FILE}")
-    shape = tuple(ckpt["image_shape"])
-    G, _ = build_models(spec.model.arch, spec.model.z_dim, spec.model.width, shape)
-    G.load_state_dict(ckpt["G_ema"] or ckpt["G"])
-    return G.eval(), spec.model.z_dim, str(folder)
-
-
 def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise JobError(f"--n: expected a positive number of images, got {args.n}")
     out = Path(args.out)
     if out.suffix not in (".png", ".npy"):
         raise JobError(f"--out {out}: expected a .png (grid) or .npy (raw uint8 array) file name")
-    G, z_dim, folder = load_generator(args.source)
-    g = torch.Generator().manual_seed(args.seed)
-    with torch.no_grad():
-        images = np.concatenate(
-            [
-                to_uint8(G(torch.randn(len(chunk), z_dim, generator=g)))
-                for chunk in np.array_split(np.arange(args.n), max(1, args.n // 256))
-            ]
-        )  # (N, C, H, W) uint8
+    G, spec, folder, _ = load_generator(args.source)
+    images = to_uint8(generate(G, spec.model.z_dim, args.n, args.seed))  # (N, C, H, W) uint8
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         np.save(out, images)

@@ -10,6 +10,7 @@ interval from the run's ``metrics.jsonl`` while ``fit()`` runs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from distgan.config import JobSpec, to_dict
+from distgan.config import METRIC_NAMES, JobSpec, to_dict
 from distgan.data import EMBEDDED_DIR, ShardManifest, read_manifest
 from distgan.errors import ClusterError, DataError, JobError
 from distgan.models import build_models
@@ -44,11 +45,16 @@ class Plan:
     cpus_per_worker: float
     use_gpu: bool
     cache: bool
+    evaluation: dict | None = None  # the workers' evaluation config (train/evaluation.py)
+
+
+def data_dir(spec: JobSpec) -> Path:
+    source = spec.data.source
+    return EMBEDDED_DIR if source == "embedded" else Path(source).expanduser()
 
 
 def resolve_data(spec: JobSpec, job_source: str) -> ShardManifest:
-    source = spec.data.source
-    folder = EMBEDDED_DIR if source == "embedded" else Path(source).expanduser()
+    folder = data_dir(spec)
     try:
         return read_manifest(folder)
     except DataError as e:
@@ -147,13 +153,15 @@ def _progress_line(m: dict, total: int) -> str:
         f"D(x) {m.get('d_real', float('nan')):.2f}",
         f"D(G(z)) {m.get('d_fake', float('nan')):.2f}",
         f"{m.get('images_per_s', 0):,.0f} img/s",
+        *(f"{k} {m[k]:.4g}" for k in METRIC_NAMES if k in m),
         f"{elapsed // 60}:{elapsed % 60:02d}",
     ]
     return "  ".join(parts)
 
 
 def preflight(spec: JobSpec, job_source: str) -> tuple[ShardManifest, Plan]:
-    """Everything that can fail before a run directory exists: data, model, cluster resources.
+    """Everything that can fail before a run directory exists: data, model, cluster resources,
+    and (with ``eval.every``) the feature network and the real reference statistics.
 
     Needs a Ray connection (``ray_session``) for the cluster's resources.
     """
@@ -163,6 +171,11 @@ def preflight(spec: JobSpec, job_source: str) -> tuple[ShardManifest, Plan]:
         p = plan(spec, manifest, *_cluster_resources())
     except ClusterError as e:
         raise ClusterError(f"{job_source}: {e}") from None
+    if spec.eval.every:
+        from distgan.train.evaluation import prepare_evaluation
+
+        evaluation = prepare_evaluation(spec, data_dir(spec), manifest, job_source)
+        p = dataclasses.replace(p, evaluation=evaluation)
     return manifest, p
 
 
@@ -195,6 +208,7 @@ def launch(
             "run_dir": str(run_dir),
             "cache": p.cache,
             "resume_from": resume_from,
+            "eval": p.evaluation,
         },
         torch_config=TorchConfig(backend="nccl" if p.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -206,7 +220,7 @@ def launch(
             name=CHECKPOINTS,
             storage_path=str(run_dir),
             failure_config=ray.train.FailureConfig(max_failures=spec.scale.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
+            checkpoint_config=_checkpoint_config(spec, p),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
         datasets={"train": dataset},
@@ -221,6 +235,19 @@ def launch(
         flush=True,
     )
     return _fit_with_progress(trainer, run_dir, spec.train.steps, out)
+
+
+def _checkpoint_config(spec: JobSpec, p: Plan):
+    """Keeps the latest checkpoints, or with evaluation on, the best ones by eval.metric."""
+    import ray.train
+
+    if p.evaluation is None:
+        return ray.train.CheckpointConfig(num_to_keep=spec.train.keep_checkpoints)
+    return ray.train.CheckpointConfig(
+        num_to_keep=spec.train.keep_checkpoints,
+        checkpoint_score_attribute=spec.eval.metric,
+        checkpoint_score_order="max" if p.evaluation["higher_is_better"] else "min",
+    )
 
 
 def _fit_with_progress(trainer, run_dir: Path, total: int, out) -> dict:

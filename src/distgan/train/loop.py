@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import torch
@@ -34,6 +35,15 @@ Report = Callable[[dict[str, float], "dict[str, Any] | None"], None]
 
 class BatchSource(Protocol):
     def epoch_batches(self, epoch: int, skip: int = 0) -> Iterator[torch.Tensor]: ...
+
+
+class Evaluator(Protocol):
+    """Scores G during training. A collective: every rank calls it at the same steps."""
+
+    metric: str  # the figure that ranks checkpoints
+    higher_is_better: bool
+
+    def __call__(self, state: TrainState) -> dict[str, float]: ...  # figures (rank 0)
 
 
 class _Meter:
@@ -73,14 +83,22 @@ def _batches(source: BatchSource, state: TrainState) -> Iterator[torch.Tensor]:
         state.batch_in_epoch = 0
 
 
-@torch.no_grad()
-def sample_grid(state: TrainState, z: torch.Tensor) -> torch.Tensor:
+@contextmanager
+def sampling_generator(state: TrainState) -> Iterator[torch.nn.Module]:
+    """G_ema (or G when the run keeps no EMA) in eval mode, restored afterwards."""
     G = state.ema.model if state.ema else unwrap(state.nets.G)
     was_training = G.training
     G.eval()
-    x = G(z)
-    G.train(was_training)
-    return x
+    try:
+        yield G
+    finally:
+        G.train(was_training)
+
+
+@torch.no_grad()
+def sample_grid(state: TrainState, z: torch.Tensor) -> torch.Tensor:
+    with sampling_generator(state) as G:
+        return G(z)
 
 
 def run(
@@ -92,8 +110,14 @@ def run(
     report: Report,
     outputs: RunOutputs | None,
     job_yaml: str,
+    evaluate: Evaluator | None = None,
 ) -> dict[str, float]:
-    """Trains from ``state.step`` to the end; returns the last metrics."""
+    """Trains from ``state.step`` to the end; returns the last metrics.
+
+    With ``evaluate``, every ``eval.every`` steps and at every checkpoint the generator is scored
+    and the figures go into that step's metrics and checkpoint; rank 0 keeps the best checkpoint
+    by ``evaluate.metric`` in ``best/``.
+    """
     t = spec.train
     world = dist.world_size()
     z_dim = spec.model.z_dim
@@ -113,13 +137,14 @@ def run(
         reals = [next(batches) for _ in range(spec.optim.n_critic)]
         log_now = (state.step + 1) % t.log_every == 0 or state.step + 1 == t.steps
         meter.add(train_step(state.nets, reals, sample_z, measure=log_now))
-        if state.ema is not None:
-            state.ema.update(unwrap(state.nets.G))
         state.step += 1
+        if state.ema is not None:
+            state.ema.update(unwrap(state.nets.G), state.step)
         state.images_seen += sum(x.shape[0] for x in reals) * world
         step = state.step
 
-        checkpoint_now = step % t.checkpoint_every == 0
+        eval_now = evaluate is not None and step % spec.eval.every == 0
+        checkpoint_now = step % t.checkpoint_every == 0 or eval_now
         sample_now = step % t.sample_every == 0
         if not (log_now or checkpoint_now or sample_now):
             continue
@@ -135,6 +160,8 @@ def run(
             elapsed_s=now - started,
         )
         last_time, last_images = now, state.images_seen
+        if evaluate is not None and (checkpoint_now or final):
+            metrics.update(evaluate(state))
         if outputs is not None:
             outputs.write_metrics(metrics)
         if outputs is not None and (sample_now or final):
@@ -144,6 +171,8 @@ def run(
             rngs = dist.all_gather_object(rng_state())
             if outputs is not None:  # rank 0 alone writes checkpoints
                 ckpt = snapshot(state, job_yaml, rngs, metrics)
+                if evaluate is not None:
+                    outputs.update_best(ckpt, evaluate.metric, evaluate.higher_is_better)
         report(metrics, ckpt)
         if final:
             break

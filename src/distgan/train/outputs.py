@@ -17,8 +17,10 @@ import numpy as np
 
 from distgan.errors import CheckpointError
 from distgan.images import save_grid
+from distgan.train import checkpoint as ckpts
 
 _RUN = re.compile(r"^(\d{5})-")
+BEST = "best"  # the best checkpoint by the job's eval.metric
 
 
 def new_run_dir(root: str | Path, name: str) -> Path:
@@ -60,6 +62,32 @@ class RunOutputs:
 
     def write_samples(self, step: int, images: np.ndarray) -> Path:
         return save_grid(images, self.samples_dir / f"step_{step:06d}.png")
+
+    def update_best(self, ckpt: dict, metric: str, higher_is_better: bool) -> bool:
+        """Copies ``ckpt`` to ``best/`` when its ``metric`` beats the best so far (kept on disk,
+        so it survives a resume). Returns whether it did."""
+        value = ckpt["metrics"].get(metric)
+        if value is None or value != value:  # missing or NaN never wins
+            return False
+        best = read_best(self.run_dir)
+        if best is not None and best["metric"] == metric:
+            old = best["value"]
+            if (value <= old) if higher_is_better else (value >= old):
+                return False
+        folder = self.run_dir / BEST
+        folder.mkdir(exist_ok=True)
+        ckpts.save(ckpt, folder)
+        record = {"metric": metric, "value": value, "step": ckpt["step"]}
+        tmp = folder / ".best.json.tmp"
+        tmp.write_text(json.dumps(record) + "\n")
+        tmp.replace(folder / "best.json")
+        return True
+
+
+def read_best(run_dir: str | Path) -> dict | None:
+    """``{"metric", "value", "step"}`` of the run's best checkpoint, or None."""
+    path = Path(run_dir) / BEST / "best.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

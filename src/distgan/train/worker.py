@@ -80,6 +80,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         path = config["resume_from"]
         ckpts.restore(state, ckpts.load(path, device), rank, source=path)
 
+    # The job's optimizer settings win over the restored ones, so that a resumed run (or a PBT
+    # clone) trains with the learning rates it was given.
+    for opt, lr in ((nets.opt_g, spec.optim.lr_g), (nets.opt_d, spec.optim.lr_d)):
+        for group in opt.param_groups:
+            group["lr"], group["betas"] = lr, (spec.optim.beta1, spec.optim.beta2)
+
     per_worker = spec.train.batch_size // world
     shard = ray.train.get_dataset_shard("train")
     if config["cache"]:
@@ -99,7 +105,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
             checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
 
+    evaluate = None
+    if config.get("eval"):
+        from distgan.train.evaluation import InTrainingEvaluator
+
+        evaluate = InTrainingEvaluator(spec, config["eval"], device)
     outputs = RunOutputs(config["run_dir"]) if rank == 0 else None
     return run(
-        state, source, spec, device=device, report=report, outputs=outputs, job_yaml=dump_yaml(spec)
+        state,
+        source,
+        spec,
+        device=device,
+        report=report,
+        outputs=outputs,
+        job_yaml=dump_yaml(spec),
+        evaluate=evaluate,
     )

@@ -1,0 +1,58 @@
+"""Generators from checkpoints, and batched sampling.
+
+    G, spec, folder, ckpt = load_generator("runs/00003-quickstart")  # latest, EMA weights
+    x = generate(G, spec.model.z_dim, n=1000, seed=0)  # (1000, C, H, W) in [-1, 1]
+
+Used by ``distgan sample``, ``distgan eval`` and the in-training evaluation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from distgan.config import JobSpec, load_resolved
+from distgan.errors import CheckpointError
+from distgan.models import build_models
+from distgan.train import checkpoint as ckpts
+
+
+def resolve_checkpoint(source: str | Path) -> Path:
+    """A checkpoint folder: ``source`` itself, or the latest loadable one of a run directory."""
+    source = Path(source)
+    if (source / ckpts.STATE_FILE).is_file():
+        return source
+    if source.is_file() and source.name == ckpts.STATE_FILE:
+        return source.parent
+    if not source.exists():
+        raise CheckpointError(f"{source}: no such run directory or checkpoint")
+    folder = ckpts.latest(source)
+    if folder is None:
+        raise CheckpointError(f"{source}: no loadable checkpoint in this run directory yet")
+    return folder
+
+
+def load_generator(source: str | Path) -> tuple[torch.nn.Module, JobSpec, Path, dict]:
+    """The EMA generator (G if the run kept no EMA) of a checkpoint, in eval mode.
+
+    Returns (G, the job it was trained by, the checkpoint folder, the checkpoint dict).
+    """
+    folder = resolve_checkpoint(source)
+    ckpt = ckpts.load(folder)
+    spec = load_resolved(ckpt["job"], source=f"{folder}/{ckpts.STATE_FILE}")
+    G, _ = build_models(
+        spec.model.arch, spec.model.z_dim, spec.model.width, tuple(ckpt["image_shape"])
+    )
+    G.load_state_dict(ckpt["G_ema"] or ckpt["G"])
+    return G.eval(), spec, folder, ckpt
+
+
+@torch.no_grad()
+def generate(
+    G: torch.nn.Module, z_dim: int, n: int, seed: int, batch: int = 500, device="cpu"
+) -> torch.Tensor:
+    """``n`` samples (n, C, H, W) in [-1, 1] on the CPU; the same seed gives the same latents."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, z_dim, generator=g)
+    return torch.cat([G(z[i : i + batch].to(device)).float().cpu() for i in range(0, n, batch)])

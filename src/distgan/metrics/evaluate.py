@@ -1,0 +1,115 @@
+"""Scoring generators against a real dataset, with the protocol that makes figures comparable.
+
+    extractor = load_feature_extractor("auto", "data/fashion-mnist")
+    reference = real_reference(read_manifest("data/fashion-mnist"), extractor, n=10000, seed=0)
+    fake = fake_features(G, z_dim, extractor, n=10000, seed=0)
+    figures = compute_metrics(["fid", "kid"], reference.features, fake)
+
+Reference statistics (the real images' features) are cached on disk per dataset, feature network,
+sample count and seed, in ``$XDG_CACHE_HOME/distgan/reference`` (``~/.cache`` by default): they
+are costly to compute and identical for every run on the same data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distgan.data import ShardManifest, load_arrays
+from distgan.generate import generate
+from distgan.metrics import FeatureSet
+from distgan.metrics.features import FeatureExtractor
+
+REAL_BATCH = 1000
+
+
+@dataclass
+class Reference:
+    """Features of a real subset, and where they came from."""
+
+    features: FeatureSet
+    dataset: str  # the manifest's source text
+    dataset_sha256: str  # hash of the shard hashes: identifies the data, not its folder
+    count: int
+    seed: int
+
+
+def dataset_hash(manifest: ShardManifest) -> str:
+    joined = "".join(sorted(s.sha256 for s in manifest.shards))
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "distgan" / "reference"
+
+
+def _to_unit(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).float().div_(127.5).sub_(1.0)
+
+
+def real_reference(
+    manifest: ShardManifest, extractor: FeatureExtractor, n: int, seed: int
+) -> Reference:
+    """Features of ``n`` real images (a seeded random subset; all if fewer), cached on disk."""
+    data_hash = dataset_hash(manifest)
+    count = min(n, manifest.count)
+    key = f"{data_hash[:16]}-{extractor.sha256[:16]}-{count}-{seed}"
+    path = cache_dir() / f"{key}.npz"
+    if path.is_file():
+        cached = np.load(path)
+        probs = cached["probs"] if cached["probs"].size else None
+        feats = FeatureSet(cached["features"], probs)
+    else:
+        images, _ = load_arrays(manifest)  # (N, C, H, W) uint8
+        pick = np.random.default_rng(seed).permutation(len(images))[:count]
+        pick.sort()  # the same subset in file order, whatever the seed's permutation
+        f, p = extractor.extract(_to_unit(images[pick]), batch_size=REAL_BATCH)
+        feats = FeatureSet(f.numpy(), None if p is None else p.numpy())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+        probs = feats.probs if feats.probs is not None else np.zeros(0, np.float32)
+        np.savez(tmp, features=feats.features, probs=probs)
+        tmp.replace(path)
+    return Reference(feats, manifest.source, data_hash, count, seed)
+
+
+def fake_features(
+    G: torch.nn.Module, z_dim: int, extractor: FeatureExtractor, n: int, seed: int, device="cpu"
+) -> FeatureSet:
+    """Features of ``n`` samples of G drawn from latents seeded by ``seed``."""
+    f, p = extractor.extract(generate(G, z_dim, n, seed, device=device))
+    return FeatureSet(f.numpy(), None if p is None else p.numpy())
+
+
+def protocol(reference: Reference, extractor: FeatureExtractor, fake_count: int, seed: int) -> dict:
+    """What a figure was measured with; two figures compare only when their protocols match."""
+    return {
+        "features": extractor.name,
+        "features_sha256": extractor.sha256,
+        "real": reference.dataset,
+        "real_sha256": reference.dataset_sha256,
+        "real_count": reference.count,
+        "real_seed": reference.seed,
+        "fake_count": fake_count,
+        "seed": seed,
+    }
+
+
+def write_eval_json(path: Path, checkpoint: str, step: int, figures: dict, proto: dict) -> Path:
+    """``eval.json``: each figure beside its protocol."""
+    record = {
+        "checkpoint": checkpoint,
+        "step": step,
+        "results": [{"metric": k, "value": v, "protocol": proto} for k, v in figures.items()],
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,434 @@
+"""The feature space that distgan's quality metrics are computed in.
+
+    info = fit_features("data/fm-train", test_dir="data/fm-test")  # -> data/fm-train/features.pt
+    extractor = load_feature_extractor("auto", "data/fm-train")
+    features, probs = extractor.extract(images)  # images (N, C, H, W) in [-1, 1]
+
+No Inception weights can be downloaded here, so the project trains its own small classifier
+(``FeatureNet``) on labelled real data and ships weights for Fashion-MNIST. A user who has a
+feature network of their own (Inception, say) as TorchScript can load that file instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distgan.data import load_arrays, read_manifest
+from distgan.errors import CheckpointError, DataError
+
+FORMAT = "distgan-features/1"
+FEATURE_DIM = 128
+SHIPPED = {"fashion-mnist": Path(__file__).parent / "weights" / "fashion-mnist.pt"}
+_MAX_SHIFT = 2  # pixels of random translation while training
+_HOLDOUT = 0.1  # share of the dataset kept for testing when no test set is given
+
+
+class FeatureNet(nn.Module):
+    """A small CNN classifier whose 128-d penultimate layer is the metrics' feature space.
+
+    Three conv blocks (32, 64, 128 channels; BatchNorm, ReLU, 2×2 max pooling), a global
+    average pool, then the feature layer ``Linear(128, 128) + BatchNorm1d``, then ReLU and the
+    linear classifier. Global pooling makes it work for any image size of 28 px and up.
+
+    The features are taken *before* the ReLU: every dimension then varies across images (a
+    ReLU output has dead units, whose zero-variance columns make the covariance singular and
+    Fréchet distance ill-conditioned), and the values are closer to Gaussian, which FID assumes.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        blocks = []
+        for cin, cout in ((in_channels, 32), (32, 64), (64, 128)):
+            blocks += [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+        self.trunk = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.feature = nn.Sequential(
+            nn.Linear(128, FEATURE_DIM, bias=False), nn.BatchNorm1d(FEATURE_DIM)
+        )
+        self.classifier = nn.Linear(FEATURE_DIM, num_classes)
+        # Channels-last convolutions and BatchNorm run 2-5x faster on CPU (oneDNN) than NCHW.
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, C, H, W) in [-1, 1] -> (features (N, 128), logits (N, K))."""
+        features = self.feature(self.trunk(x.contiguous(memory_format=torch.channels_last)))
+        return features, self.classifier(F.relu(features))
+
+
+def fit_features(
+    dataset_dir: str | Path,
+    *,
+    test_dir: str | Path | None = None,
+    out: str | Path | None = None,
+    epochs: int = 6,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: str = "cpu",
+    log: Callable[[str], object] = print,
+) -> dict:
+    """Trains a FeatureNet on the labelled shard folder ``dataset_dir`` and saves its weights.
+
+    The test accuracy is measured on ``test_dir`` if given, else on a seeded 10% of the dataset
+    held out from training. Writes ``out`` (default ``<dataset_dir>/features.pt``: a plain dict
+    for ``torch.load(weights_only=True)``) and a JSON sidecar ``<out stem>.json``. Prints one
+    line per epoch and a last one through ``log``. Returns the sidecar's contents.
+    DataError if a dataset has no labels or the two datasets differ in shape or labels.
+    """
+    start = time.perf_counter()
+    dataset_dir = Path(dataset_dir)
+    out = dataset_dir / "features.pt" if out is None else Path(out)
+    manifest = read_manifest(dataset_dir)
+    images, labels = _labelled_arrays(manifest, dataset_dir)
+    if test_dir is None:
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+        n_test = max(1, round(_HOLDOUT * len(images)))
+        test_images, test_labels = images[order[:n_test]], labels[order[:n_test]]
+        images, labels = images[order[n_test:]], labels[order[n_test:]]
+        test_name = f"held-out {n_test} of {manifest.source} (seed {seed})"
+    else:
+        test_manifest = read_manifest(test_dir)
+        test_images, test_labels = _labelled_arrays(test_manifest, Path(test_dir))
+        if test_manifest.shape != manifest.shape:
+            raise DataError(
+                f"{test_dir}: images are {_shape(test_manifest.shape)} but {dataset_dir} has "
+                f"{_shape(manifest.shape)}; pass a test set of the same image size"
+            )
+        test_name = test_manifest.source
+    # Labels index the logits, so a test label the training set lacks has no output unit.
+    num_classes = max(manifest.labels) + 1
+    if min(manifest.labels) < 0 or test_labels.min() < 0 or test_labels.max() >= num_classes:
+        raise DataError(
+            f"{test_dir or dataset_dir}: labels must be 0..{num_classes - 1} (the training set's "
+            f"range); re-import it with matching labels"
+        )
+
+    # A forked RNG: the seed fixes this run without resetting the caller's random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = _train(
+            FeatureNet(manifest.shape[0], num_classes),
+            images,
+            labels,
+            epochs=epochs,
+            batch_size=batch_size,
+            device=device,
+            log=log,
+        )
+    net.eval().cpu()
+    accuracy = _accuracy(net, test_images, test_labels)
+    state = {
+        "format": FORMAT,
+        "state_dict": net.state_dict(),
+        "in_shape": list(manifest.shape),
+        "num_classes": num_classes,
+        "dim": FEATURE_DIM,
+        "accuracy": accuracy,
+        "trained_on": manifest.source,
+        "test": test_name,
+    }
+    _atomic_save(state, out)
+    info = {
+        "format": FORMAT,
+        "accuracy": accuracy,
+        "sha256": _sha256(out),
+        "in_shape": list(manifest.shape),
+        "num_classes": num_classes,
+        "dim": FEATURE_DIM,
+        "trained_on": manifest.source,
+        "test": test_name,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "seconds": round(time.perf_counter() - start, 1),
+        "command": _command(dataset_dir, test_dir, epochs, out),
+    }
+    sidecar = out.with_suffix(".json")
+    temp = sidecar.with_name(f".{sidecar.name}.tmp")
+    temp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(temp, sidecar)
+    log(f"test accuracy {accuracy:.4f} on {test_name}; wrote {out}")
+    return info
+
+
+def _train(
+    net: FeatureNet,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    device: str,
+    log: Callable[[str], object],
+) -> FeatureNet:
+    """Trains ``net`` on uint8 ``images`` (N, C, H, W) and ``labels`` (N,) on ``device``.
+
+    AdamW with a one-cycle learning rate: it reaches good accuracy in few epochs, which is what
+    keeps a 60,000-image run to a few minutes on two CPU cores.
+    """
+    net = net.to(device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
+    steps_per_epoch = math.ceil(len(images) / batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=3e-3, total_steps=epochs * steps_per_epoch, pct_start=0.2
+    )
+    for epoch in range(epochs):
+        epoch_start = time.perf_counter()
+        net.train()
+        order = torch.randperm(len(images))
+        loss_sum, correct = 0.0, 0
+        for i in range(0, len(images), batch_size):
+            index = order[i : i + batch_size]
+            x = _random_shift(_to_float(images[index]).to(device))  # (B, C, H, W)
+            y = labels[index].to(device)
+            _, logits = net(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_sum += loss.item() * len(index)
+            correct += (logits.argmax(1) == y).sum().item()
+        log(
+            f"epoch {epoch + 1}/{epochs}: loss {loss_sum / len(images):.4f}, "
+            f"train accuracy {correct / len(images):.4f}, "
+            f"{time.perf_counter() - epoch_start:.1f} s"
+        )
+    return net
+
+
+class FeatureExtractor:
+    """A feature network ready to embed images: ours (FeatureNet weights) or a TorchScript one.
+
+    ``name`` says which network and ``path`` is its file; ``sha256`` is the file's hash, so
+    reports can state exactly which features a score was computed in. ``dim`` and
+    ``num_classes`` describe the output (``num_classes`` is None for a module that returns
+    features only). For a TorchScript module they are learnt from its first output, and
+    ``in_shape`` is None (its input size is not recorded anywhere) unless a dataset gave it.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module | torch.jit.ScriptModule,
+        *,
+        name: str,
+        path: Path,
+        sha256: str,
+        in_shape: tuple[int, int, int] | None,
+        dim: int | None,
+        num_classes: int | None,
+        device: str | torch.device = "cpu",
+    ):
+        self.module = module.to(device).eval()
+        self.name = name
+        self.path = path
+        self.sha256 = sha256
+        self.in_shape = in_shape
+        self.dim = dim
+        self.num_classes = num_classes
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def extract(
+        self, x: torch.Tensor, batch_size: int = 500
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images (N, C, H, W) floats in [-1, 1] -> (features (N, dim), probs (N, K) or None).
+
+        Both are float32 on the CPU; ``probs`` are softmax class probabilities, None when the
+        network has no classifier. ValueError if the images do not have the network's shape.
+        """
+        if x.ndim != 4 or (self.in_shape is not None and tuple(x.shape[1:]) != self.in_shape):
+            want = "(N, C, H, W)" if self.in_shape is None else f"(N, {_shape(self.in_shape)})"
+            raise ValueError(
+                f"feature network {self.name} takes images {want}, got {tuple(x.shape)}; "
+                f"use a feature network trained on this data (`distgan eval fit-features`)"
+            )
+        features, probs = [], []
+        for batch in x.split(batch_size):
+            f, logits = self._forward(batch.to(self.device, torch.float32))
+            features.append(f.float().cpu())
+            if logits is not None:
+                probs.append(logits.float().softmax(1).cpu())
+        if not features:
+            return torch.empty(0, self.dim or 0), None
+        return torch.cat(features), torch.cat(probs) if probs else None
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One batch through the module; checks and records the shapes of what comes out."""
+        output = self.module(x)
+        features, logits = output if isinstance(output, tuple) else (output, None)
+        n = len(x)
+        if (
+            features.ndim != 2
+            or len(features) != n
+            or (logits is not None and (logits.ndim != 2 or len(logits) != n))
+        ):
+            got = [tuple(t.shape) for t in (output if isinstance(output, tuple) else [output])]
+            raise CheckpointError(
+                f"{self.name}: the module returned {got} for {n} images; a feature network "
+                f"must return features (N, d) or a tuple (features (N, d), logits (N, K))"
+            )
+        if self.dim is None:
+            self.dim = features.shape[1]
+            self.num_classes = None if logits is None else logits.shape[1]
+        return features, logits
+
+
+def load_feature_extractor(
+    ref: str | Path, dataset_dir: str | Path | None = None, device: str = "cpu"
+) -> FeatureExtractor:
+    """Loads the feature network named by ``ref`` onto ``device``.
+
+    ``ref`` is "auto" (``<dataset_dir>/features.pt`` if it exists, else the shipped
+    Fashion-MNIST weights if the dataset is 1×28×28), "fashion-mnist" (the shipped weights),
+    or the path of a ``features.pt`` written by ``fit_features`` or of a TorchScript module.
+    Our format is read with ``weights_only=True``, so no file can run code while loading.
+    DataError if "auto" finds nothing for the dataset; CheckpointError for a missing or
+    unusable file.
+    """
+    ref = str(ref)
+    if ref == "auto":
+        if dataset_dir is None:
+            raise ValueError("load_feature_extractor('auto') needs dataset_dir")
+        own = Path(dataset_dir) / "features.pt"
+        if own.is_file():
+            return _load_file(own, own.name, device)
+        shape = read_manifest(dataset_dir).shape
+        if shape != (1, 28, 28):
+            raise DataError(
+                f"{dataset_dir}: no features.pt and no shipped feature network for "
+                f"{_shape(shape)} images; run `distgan eval fit-features {dataset_dir}`"
+            )
+        ref = "fashion-mnist"
+    if ref in SHIPPED:
+        return _load_file(SHIPPED[ref], ref, device)
+    return _load_file(Path(ref), Path(ref).name, device)
+
+
+def _load_file(path: Path, name: str, device: str) -> FeatureExtractor:
+    """Reads our format or a TorchScript module from ``path``; CheckpointError if neither."""
+    fix = "pass a features.pt from `distgan eval fit-features` or a TorchScript module"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such feature network file; {fix}")
+    digest = _sha256(path)
+    if _is_torchscript(path):
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: unreadable TorchScript module ({e}); {fix}") from None
+        return FeatureExtractor(
+            module, name=name, path=path, sha256=digest, in_shape=None, dim=None, num_classes=None,
+            device=device,
+        )  # fmt: skip
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad or hostile file
+        reason = str(e).splitlines()[0][:200]
+        raise CheckpointError(f"{path}: not a loadable weights file ({reason}); {fix}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a distgan feature network ({FORMAT}); {fix}")
+    try:
+        in_shape = tuple(int(d) for d in state["in_shape"])
+        net = FeatureNet(in_shape[0], int(state["num_classes"]))
+        net.load_state_dict(state["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        reason = str(e).splitlines()[0][:200]
+        raise CheckpointError(f"{path}: damaged feature network ({reason}); {fix}") from None
+    return FeatureExtractor(
+        net, name=name, path=path, sha256=digest, in_shape=in_shape, dim=FEATURE_DIM,
+        num_classes=int(state["num_classes"]), device=device,
+    )  # fmt: skip
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive: a zip holding ``code/`` and ``constants.pkl``.
+
+    Checked before ``torch.load``, which would otherwise warn and refuse such a file.
+    """
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def _labelled_arrays(manifest, folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """A shard folder's images (N, C, H, W) uint8 and labels (N,) int64; DataError if unlabelled."""
+    if manifest.labels is None:
+        raise DataError(
+            f"{folder}: the dataset has no labels, and a feature network is trained as a "
+            f"classifier; import a labelled dataset (`distgan data import SRC --labels FILE`)"
+        )
+    images, labels = load_arrays(manifest)
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def _to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32 in [-1, 1]."""
+    return images.float() / 127.5 - 1
+
+
+def _random_shift(x: torch.Tensor) -> torch.Tensor:
+    """Translates each image by its own random offset of up to ±2 px (edges replicated)."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (_MAX_SHIFT,) * 4, mode="replicate")  # (N, C, H+4, W+4)
+    dy, dx = torch.randint(0, 2 * _MAX_SHIFT + 1, (2, n, 1), device=x.device)
+    rows = (torch.arange(h, device=x.device) + dy)[:, :, None]  # (N, H, 1)
+    cols = (torch.arange(w, device=x.device) + dx)[:, None, :]  # (N, 1, W)
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+
+
+@torch.no_grad()
+def _accuracy(net: FeatureNet, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of ``images`` (uint8) that ``net`` (in eval mode) classifies as ``labels``."""
+    correct = 0
+    for x, y in zip(images.split(1000), labels.split(1000), strict=True):
+        correct += (net(_to_float(x))[1].argmax(1) == y).sum().item()
+    return correct / len(images)
+
+
+def _atomic_save(state: dict, path: Path) -> None:
+    """torch.save to a temporary name beside ``path``, then a rename: never a half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    try:
+        torch.save(state, temp)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def _command(dataset_dir: Path, test_dir: str | Path | None, epochs: int, out: Path) -> str:
+    """The `distgan eval fit-features` command line that reproduces a run, paths as given."""
+    parts = ["distgan", "eval", "fit-features", str(dataset_dir)]
+    if test_dir is not None:
+        parts += ["--test", str(test_dir)]
+    return " ".join([*parts, "--epochs", str(epochs), "--out", str(out)])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(2**20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _shape(shape) -> str:
+    return "×".join(str(d) for d in shape)

@@ -1,0 +1,80 @@
+"""In-training evaluation: G_ema's samples scored against real reference features.
+
+The driver computes the reference once (``prepare_evaluation``, cached on disk) and hands it to
+the workers in their config. At each evaluation every rank generates its share of the samples
+and extracts their features; rank 0 gathers them and computes the metric. No Ray here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distgan import dist
+from distgan.config import JobSpec
+from distgan.data import ShardManifest, read_manifest
+from distgan.errors import DataError, JobError, UserError
+from distgan.generate import generate
+from distgan.metrics import FeatureSet, compute_metrics, get_metric
+from distgan.metrics.evaluate import real_reference
+from distgan.metrics.features import load_feature_extractor
+from distgan.train.checkpoint import TrainState
+from distgan.train.loop import sampling_generator
+
+
+def prepare_evaluation(
+    spec: JobSpec, data_dir: Path, manifest: ShardManifest, job_source: str
+) -> dict[str, Any]:
+    """The workers' evaluation config: the feature network's file and the real features."""
+    e = spec.eval
+    real_dir = Path(e.real).expanduser() if e.real else data_dir
+    try:
+        real = read_manifest(real_dir) if e.real else manifest
+    except DataError as err:
+        raise DataError(f"{job_source}: eval.real: {err}") from None
+    if real.shape != manifest.shape:
+        raise JobError(
+            f"{job_source}: eval.real: its images are {'×'.join(map(str, real.shape))}, the "
+            f"training data's {'×'.join(map(str, manifest.shape))}; use a dataset of the same shape"
+        )
+    try:
+        extractor = load_feature_extractor(e.features, real_dir)
+    except UserError as err:
+        raise type(err)(f"{job_source}: eval.features: {err}") from None
+    reference = real_reference(real, extractor, e.n_real, e.seed)
+    return {
+        "features_path": str(extractor.path),
+        "higher_is_better": get_metric(e.metric).higher_is_better,
+        "real_features": reference.features.features,
+        "real_probs": reference.features.probs,
+    }
+
+
+class InTrainingEvaluator:
+    """Called by every rank at the same steps (it gathers features across ranks)."""
+
+    def __init__(self, spec: JobSpec, config: dict[str, Any], device: torch.device):
+        self.metric = spec.eval.metric
+        self.higher_is_better = config["higher_is_better"]
+        self.z_dim = spec.model.z_dim
+        self.n = spec.eval.n_samples // dist.world_size()
+        # Fixed latents, different on each rank: every evaluation scores the same draw.
+        self.seed = spec.eval.seed * 100_003 + dist.rank()
+        self.device = device
+        self.extractor = load_feature_extractor(config["features_path"], device=device)
+        self.reference = FeatureSet(config["real_features"], config["real_probs"])
+
+    def __call__(self, state: TrainState) -> dict[str, float]:
+        with sampling_generator(state) as G:
+            x = generate(G, self.z_dim, self.n, self.seed, device=self.device)  # (n, C, H, W)
+        f, p = self.extractor.extract(x)
+        f = dist.all_gather_cat(f.to(self.device)).cpu().numpy()
+        if p is not None:
+            p = dist.all_gather_cat(p.to(self.device)).cpu().numpy()
+        if not dist.is_main():
+            return {}
+        figures = compute_metrics([self.metric], self.reference, FeatureSet(f, p))
+        return {k: float(v) for k, v in figures.items() if np.isscalar(v)}

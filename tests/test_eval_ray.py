@@ -1,0 +1,94 @@
+"""In-training evaluation on a real Ray run, best-checkpoint retention, and `distgan eval`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distgan.cli import main
+from distgan.train import checkpoint as ckpts
+from distgan.train.outputs import read_best, read_metrics
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture
+def cache_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_best_checkpoint_survives_a_run_that_gets_worse(ray_cluster, tmp_path, cache_home, capsys):
+    job = {
+        "data": {"source": "embedded"},
+        "model": {"arch": "dcgan", "width": 16, "z_dim": 32},
+        "train": {"steps": 300, "batch_size": 64, "log_every": 100, "checkpoint_every": 1000,
+                  "sample_every": 1000, "keep_checkpoints": 1},
+        "eval": {"every": 100, "metric": "fid", "n_samples": 256, "n_real": 1000},
+        "scale": {"workers": 2},
+        "run": {"name": "evaljob", "root": str(tmp_path / "runs")},
+    }  # fmt: skip
+    path = tmp_path / "evaljob.yaml"
+    path.write_text(yaml.safe_dump(job))
+    assert main(["train", str(path)]) == 0
+    assert "fid " in capsys.readouterr().out  # the progress line shows the figure
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert list(cache_home.glob("distgan/reference/*.npz")), "reference statistics are cached"
+
+    # Resumed with absurd learning rates, G is wrecked: its FID must rise well above the best.
+    args = ["train", "--resume", str(run_dir), "--set", "train.steps=400"]
+    args += ["--set", "optim.lr_g=0.5", "--set", "optim.lr_d=0.5"]
+    assert main(args) == 0
+
+    fids = {m["step"]: m["fid"] for m in read_metrics(run_dir) if "fid" in m}
+    assert sorted(fids) == [100, 200, 300, 400]
+    finite = {s: v for s, v in fids.items() if math.isfinite(v)}
+    best_step = min(finite, key=finite.get)
+    assert best_step <= 300 and (not math.isfinite(fids[400]) or fids[400] > 2 * finite[best_step])
+
+    best = read_best(run_dir)
+    assert best == {"metric": "fid", "value": finite[best_step], "step": best_step}
+    best_ckpt = ckpts.load(run_dir / "best")
+    assert best_ckpt["step"] == best_step and best_ckpt["metrics"]["fid"] == finite[best_step]
+    # Ray keeps the best checkpoint by eval.metric (keep_checkpoints: 1) besides the latest.
+    kept = {int(f.name.split("_")[1]) for f in ckpts.checkpoints(run_dir)}
+    assert kept == {best_step, 400}
+
+    # distgan eval ranks the two checkpoints the same way, with the protocol beside each figure.
+    scores = {}
+    for name, folder in (("best", run_dir / "best"), ("last", ckpts.latest(run_dir))):
+        out = tmp_path / f"{name}.json"
+        argv = ["eval", str(folder), "--metrics", "fid,kid,precision,recall", "--n", "500"]
+        assert main(argv + ["--n-real", "1000", "--out", str(out)]) == 0
+        record = json.loads(out.read_text())
+        scores[name] = {r["metric"]: r["value"] for r in record["results"]}
+        proto = record["results"][0]["protocol"]
+        assert proto["real_count"] == 1000 and proto["fake_count"] == 500
+        assert proto["features"] and len(proto["features_sha256"]) == 64
+    assert "fid" in capsys.readouterr().out
+    assert scores["best"]["fid"] < scores["last"]["fid"] or not math.isfinite(scores["last"]["fid"])
+
+
+def test_eval_of_a_run_directory_writes_eval_json_there(ray_cluster, tmp_path, cache_home):
+    job = {
+        "data": {"source": "embedded"},
+        "model": {"arch": "mlp", "width": 32, "z_dim": 16},
+        "train": {"steps": 20, "batch_size": 32, "log_every": 10, "checkpoint_every": 20,
+                  "sample_every": 20},
+        "scale": {"workers": 2},
+        "run": {"name": "plain", "root": str(tmp_path / "runs")},
+    }  # fmt: skip
+    path = tmp_path / "plain.yaml"
+    path.write_text(yaml.safe_dump(job))
+    assert main(["train", str(path)]) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert not (run_dir / "best").exists()  # no evaluation, no best/
+    argv = ["eval", str(run_dir), "--metrics", "fid,classifier_score,class_coverage"]
+    assert main(argv + ["--n", "300", "--n-real", "500"]) == 0
+    record = json.loads(Path(run_dir / "eval.json").read_text())
+    assert record["step"] == 20
+    assert {r["metric"] for r in record["results"]} >= {"fid", "classifier_score", "class_coverage"}
