@@ -1,0 +1,69 @@
+"""``distgan submit JOB [--address URL] [--set a.b=c ...] [--wait]``.
+
+Validates the job here, ships it with the project to a Ray cluster through the Jobs API (the
+entrypoint runs ``distgan train`` there) and prints the job id and the dashboard address.
+``--wait`` follows the job's log until it ends; a job that fails is one error line with its
+status and exit reason (its last log lines are printed just above it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from distgan.errors import ClusterError
+
+
+def add_address_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--address",
+        metavar="URL",
+        help="the cluster's Jobs API (dashboard) URL; default RAY_ADDRESS, then "
+        "http://127.0.0.1:8265",
+    )
+
+
+def add_parser(verbs) -> None:
+    p = verbs.add_parser(
+        "submit", help="run a job on a Ray cluster", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("job", help="job file, e.g. jobs/quickstart.yaml")
+    add_address_flag(p)
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a job field, e.g. --set run.storage=s3://bucket/runs (repeatable)",
+    )
+    p.add_argument("--wait", action="store_true", help="follow the job's log until it ends")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from distgan.submit import connect, describe_failure, prepare
+
+    job = prepare(args.job, args.overrides)  # before any connection: a bad job is never sent
+    jobs = connect(args.address)
+    job_id, spec = jobs.submit(job), job.spec
+    print(f"submitted: {job_id}")
+    print(f"dashboard: {jobs.address}/#/jobs/{job_id}")
+    if not spec.run.storage:
+        print(
+            "note: run.storage is empty, so the run directory stays on the cluster's driver "
+            "node; set run.storage to a shared path or URI to keep it"
+        )
+    if not args.wait:
+        print(f"follow it: distgan logs {job_id} --follow")
+        return 0
+    sys.stdout.flush()
+    jobs.follow(job_id, sys.stdout)
+    status = jobs.wait(job_id, timeout=60)  # the log ends a moment before the status does
+    if status == "SUCCEEDED":
+        print(f"job {job_id} SUCCEEDED")
+        return 0
+    if status == "FAILED":  # its last log lines are just above, from follow()
+        raise ClusterError(describe_failure(jobs, job_id) + f"; full log: distgan logs {job_id}")
+    print(f"job {job_id} {status}")
+    return 1

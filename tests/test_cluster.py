@@ -1,0 +1,301 @@
+"""distgan on a real Ray cluster: a head and a worker node started by ``cluster/local.sh`` on
+127.0.0.1 in token mode, jobs sent through the Jobs API with the real CLI.
+
+The cluster's ports start at DISTGAN_TEST_RAY_PORT + 500 (the ``ray_cluster`` fixture of
+conftest.py uses the ports just above DISTGAN_TEST_RAY_PORT); everything it starts is stopped
+by ``cluster/local.sh down`` at the end, and the teardown checks that nothing is left.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from distgan.cli import main
+from distgan.config import load_job
+
+pytestmark = pytest.mark.cluster
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL_SH = REPO / "cluster" / "local.sh"
+TINY = [
+    "model.arch=dcgan", "model.width=8", "model.z_dim=16", "train.steps=30",
+    "train.batch_size=32", "train.log_every=10", "train.checkpoint_every=15",
+    "train.sample_every=30", "train.max_minutes=0", "scale.workers=2", "scale.placement=SPREAD",
+]  # fmt: skip
+
+
+class Cluster:
+    def __init__(self, state_dir: Path, dashboard: str, token: str, env: dict):
+        self.state_dir, self.dashboard, self.token, self.env = state_dir, dashboard, token, env
+
+    def local_sh(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", str(LOCAL_SH), *args], env=self.env, capture_output=True, text=True,
+            timeout=180,
+        )  # fmt: skip
+
+    def our_processes(self) -> list[str]:
+        found = subprocess.run(
+            ["pgrep", "-af", "--", f"{self.state_dir}/"], capture_output=True, text=True
+        )
+        return found.stdout.splitlines()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head and one worker node (2 logical CPUs each), token auth on with a token of its
+    own (never ~/.ray/auth_token)."""
+    base = int(os.environ.get("DISTGAN_TEST_RAY_PORT", "46379")) + 500
+    root = Path(tempfile.mkdtemp(prefix="dgcl-", dir="/tmp"))  # short: socket paths are limited
+    token = secrets.token_hex(32)
+    (root / "token").write_text(token)
+    env = {
+        **os.environ,
+        "DISTGAN_CLUSTER_DIR": str(root / "c"),
+        "DISTGAN_PORT_BASE": str(base),
+        "DISTGAN_DASHBOARD_PORT": str(base + 1),
+        "DISTGAN_NODE_CPUS": "2",
+        "RAY_AUTH_TOKEN_PATH": str(root / "token"),
+    }
+    for k in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        env.pop(k, None)
+    c = Cluster(root / "c", f"http://127.0.0.1:{base + 1}", token, env)
+    try:
+        up = c.local_sh("up", "1")
+        assert up.returncode == 0, up.stderr + up.stdout
+        yield c
+    finally:
+        down = c.local_sh("down")
+        deadline = time.monotonic() + 20
+        while c.our_processes() and time.monotonic() < deadline:
+            time.sleep(1)
+        left = c.our_processes()
+        shutil.rmtree(root, ignore_errors=True)
+        assert down.returncode == 0, down.stderr
+        assert not left, f"processes left behind: {left}"
+
+
+@pytest.fixture
+def with_token(cluster, monkeypatch):
+    """The client environment of a user who has the cluster's token in RAY_AUTH_TOKEN."""
+    monkeypatch.setenv("RAY_AUTH_TOKEN", cluster.token)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", cluster.dashboard)
+    return cluster
+
+
+def _job_id(out: str) -> str:
+    return next(line.split()[1] for line in out.splitlines() if line.startswith("submitted:"))
+
+
+def test_two_node_job_succeeds_and_leaves_checkpoints(with_token, tmp_path, capsys):
+    cluster = with_token
+    storage = tmp_path / "store"
+    code = main(
+        ["submit", "jobs/quickstart.yaml", "--wait"]
+        + [a for s in TINY + [f"run.storage={storage}"] for a in ("--set", s)]
+    )
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    job_id = _job_id(printed.out)
+    assert f"job {job_id} SUCCEEDED" in printed.out
+    assert "step 30/30" in printed.out  # --wait followed the job's own progress lines
+
+    # The run directory is in run.storage, with both checkpoints and the resolved job.
+    (run_dir,) = storage.iterdir()
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == [
+        "step_0000015",
+        "step_0000030",
+    ]
+    assert (run_dir / "checkpoints" / "step_0000030" / "state.pt").stat().st_size > 0
+    assert load_job(run_dir / "job.resolved.yaml").scale.placement == "SPREAD"
+
+    # The two Ray Train workers ran on two different nodes.
+    info = requests.get(
+        f"{cluster.dashboard}/api/jobs/{job_id}",
+        headers={"Authorization": f"Bearer {cluster.token}"},
+        timeout=30,
+    ).json()
+    actors = requests.get(
+        f"{cluster.dashboard}/api/v0/actors",
+        params={"detail": "true", "limit": "1000"},
+        headers={"Authorization": f"Bearer {cluster.token}"},
+        timeout=30,
+    ).json()["data"]["result"]["result"]
+    workers = [
+        a for a in actors if a["class_name"] == "RayTrainWorker" and a["job_id"] == info["job_id"]
+    ]
+    assert len(workers) == 2
+    assert len({a["node_id"] for a in workers}) == 2
+
+    # distgan logs shows the progress, and the token appears nowhere the job left text.
+    assert main(["logs", job_id]) == 0
+    logs = capsys.readouterr().out
+    assert "step 10/30" in logs and "done: step 30" in logs
+    assert main(["logs", job_id, "--follow"]) == 0  # the job has ended: the whole log, then exit
+    assert capsys.readouterr().out.strip() == logs.strip()
+    assert cluster.token not in printed.out + printed.err + logs
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert cluster.token.encode() not in path.read_bytes(), path
+
+
+def test_long_job_is_stopped(with_token, capsys):
+    assert main(["submit", "jobs/quickstart.yaml", "--set", "train.steps=100000"]) == 0
+    job_id = _job_id(capsys.readouterr().out)
+    assert main(["stop", job_id]) == 0
+    assert capsys.readouterr().out.strip() == f"{job_id}: STOPPED"
+    assert main(["status", job_id]) == 0
+    assert capsys.readouterr().out.strip() == f"{job_id}: STOPPED"
+    assert main(["jobs"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if job_id in line)
+    assert "STOPPED" in row.split() and row.split()[-1] == "jobs/quickstart.yaml"
+
+
+def test_failed_job_reports_status_reason_and_log(with_token, tmp_path, capsys):
+    # Valid here (an absolute path is for the cluster to resolve), missing on the cluster.
+    missing = tmp_path / "no-such-shards"
+    code = main(["submit", "jobs/quickstart.yaml", "--set", f"data.source={missing}", "--wait"])
+    printed = capsys.readouterr()
+    assert code == 2
+    error = printed.err.strip().splitlines()[-1]
+    assert error.startswith("error: job distgan-quickstart-") and " FAILED, exit code 2: " in error
+    assert str(missing) in error  # the exit reason is the job's own one-line error
+    assert "Traceback" not in printed.out + printed.err
+
+
+def test_submission_without_or_with_a_wrong_token_is_refused(
+    cluster, monkeypatch, tmp_path, capsys
+):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token
+    for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(k, raising=False)
+    argv = ["submit", "jobs/quickstart.yaml", "--address", cluster.dashboard]
+    result = subprocess.run(
+        ["distgan", *argv], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {cluster.dashboard}: the cluster requires a token")
+
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token")
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {cluster.dashboard}: the cluster refused the token from ")
+    assert "not-the-token" not in line
+
+
+def test_invalid_job_is_caught_before_submission(with_token, capsys):
+    before = _job_ids(capsys)
+    assert main(["submit", "jobs/quickstart.yaml", "--set", "optim.lr_gg=1e-4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: --set optim.lr_gg=1e-4: optim.lr_gg: unknown key; did you mean 'lr_g'?")
+    assert _job_ids(capsys) == before
+
+
+def test_plain_http_to_a_remote_address_needs_a_token(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(k, raising=False)
+    # Refused before any connection is tried (nothing listens at this address).
+    assert main(["submit", "jobs/quickstart.yaml", "--address", "http://10.255.255.1:8265"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "refusing to send a job over plain http" in err
+
+    # A cluster that is not there: one line naming the address and what to do.
+    closed = f"http://127.0.0.1:{int(os.environ.get('DISTGAN_TEST_RAY_PORT', '46379')) + 999}"
+    assert main(["status", "some-job", "--address", closed]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {closed}: cannot reach the Ray Jobs API there; start a cluster")
+
+
+def _job_ids(capsys) -> set[str]:
+    assert main(["jobs"]) == 0
+    return {line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]}
+
+
+def test_cluster_configs_agree_with_the_readme():
+    """The launcher YAML and the KubeRay manifests parse, and name the image, the entrypoint
+    and the auth settings that cluster/README.md tells the user about."""
+    import yaml
+
+    from distgan.submit import entrypoint
+
+    readme = (REPO / "cluster" / "README.md").read_text()
+    aws = yaml.safe_load((REPO / "cluster" / "aws.yaml").read_text())
+    raycluster = yaml.safe_load((REPO / "cluster" / "kuberay" / "raycluster.yaml").read_text())
+    rayjob = yaml.safe_load((REPO / "cluster" / "kuberay" / "rayjob.yaml").read_text())
+    dockerfile = (REPO / "cluster" / "Dockerfile").read_text()
+
+    image = aws["docker"]["image"]
+    specs = [raycluster["spec"], rayjob["spec"]["rayClusterSpec"]]
+    groups = [s["headGroupSpec"] for s in specs] + [g for s in specs for g in s["workerGroupSpecs"]]
+    assert {c["image"] for g in groups for c in g["template"]["spec"]["containers"]} == {image}
+    assert f"docker build -f cluster/Dockerfile -t {image} ." in readme
+    assert f"-t {image} ." in dockerfile
+
+    # Token auth everywhere; the launcher's dashboard stays on the head's loopback.
+    assert all(s["authOptions"] == {"mode": "token"} for s in specs)
+    starts = aws["head_start_ray_commands"][1:] + aws["worker_start_ray_commands"][1:]
+    assert all(cmd.startswith("RAY_AUTH_MODE=token ray start") for cmd in starts)
+    assert "--dashboard-host=127.0.0.1" in aws["head_start_ray_commands"][1]
+    assert aws["file_mounts"] == {"/home/ray/.ray/auth_token": "~/.ray/auth_token"}
+    assert "authOptions: {mode: token}" in readme and "RAY_AUTH_MODE=token" in readme
+
+    # The RayJob runs what `distgan submit` runs, on the job file the image carries.
+    job_in_image = "/home/ray/distgan/jobs/quickstart.yaml"
+    overrides = ["scale.use_gpu=true", "run.storage=s3://YOUR-BUCKET/distgan-runs"]
+    assert rayjob["spec"]["entrypoint"] == entrypoint(job_in_image, overrides)
+    assert entrypoint(job_in_image, overrides) in readme
+    assert (
+        "COPY --chown=ray:users jobs ./jobs" in dockerfile
+        and "WORKDIR /home/ray/distgan" in dockerfile
+    )
+    load_job(REPO / "jobs" / "quickstart.yaml", overrides)
+
+
+def test_uri_storage_gets_the_checkpoints_and_a_copy_of_the_run(tmp_path):
+    """With run.storage a URI, Ray Train's storage_path is <URI>/<run dir name> and the run's
+    other files are copied there at the end (file:// is a URI pyarrow understands, like s3://)."""
+    from distgan.train.launch import checkpoint_storage, copy_run_files
+    from distgan.train.outputs import new_run_dir, run_root
+
+    uri = f"file://{tmp_path / 'bucket' / 'runs'}"
+    spec = load_job(REPO / "jobs" / "quickstart.yaml", [f"run.storage={uri}", "run.root=local"])
+    assert run_root(spec.run) == Path("local")  # the run directory itself stays local
+    run_dir = tmp_path / "local" / "00003-quickstart"
+    (run_dir / "samples").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step_0000010").mkdir(parents=True)
+    (run_dir / "job.resolved.yaml").write_text("run: {}\n")
+    (run_dir / "metrics.jsonl").write_text('{"step": 10}\n')
+    (run_dir / "samples" / "step_000010.png").write_bytes(b"png")
+
+    assert checkpoint_storage(spec, run_dir) == f"{uri}/00003-quickstart"
+    copy_run_files(run_dir, checkpoint_storage(spec, run_dir))
+    copied = tmp_path / "bucket" / "runs" / "00003-quickstart"
+    assert sorted(str(p.relative_to(copied)) for p in copied.rglob("*")) == [
+        "job.resolved.yaml",
+        "metrics.jsonl",
+        "samples",
+        "samples/step_000010.png",
+    ]  # checkpoints/ is Ray Train's to write there, not copied
+
+    # A new run on another machine (an empty local root) does not reuse a name the URI has.
+    other_root = tmp_path / "elsewhere"
+    assert new_run_dir(other_root, "quickstart", uri).name == "00004-quickstart"
+
+    shared = load_job(REPO / "jobs" / "quickstart.yaml", [f"run.storage={tmp_path / 'nfs'}"])
+    assert run_root(shared.run) == tmp_path / "nfs"
+    assert checkpoint_storage(shared, run_dir) == str(run_dir)
