@@ -1,0 +1,187 @@
+"""Every mistake in ``tests/bad_inputs/cases.yaml``: exit 2, one line, nothing written.
+
+The cases run in this process through ``distgan.cli.main`` (no Ray: every input check comes
+before Ray is reached). The fixtures they point at are built once, here, from real writers: shard
+folders from ``write_shards``, run directories whose checkpoints come from ``checkpoint.save`` of
+real G and D, and the damaged copies of those (truncated, overwritten, another architecture, a
+pickle that would run code).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from distgan.cli import main
+from distgan.config import dump_yaml, from_dict
+from distgan.data import write_shards
+from distgan.ema import EMA
+from distgan.losses import get_loss
+from distgan.models import build_models
+from distgan.step import Nets
+from distgan.train import checkpoint as ckpts
+
+CASES = yaml.safe_load((Path(__file__).parent / "bad_inputs" / "cases.yaml").read_text())
+
+
+class _Pwn:
+    """Unpickling this runs ``touch <marker>``: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _images(n: int, side: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 1, side, side), dtype=np.uint8)
+
+
+def _run_dir(root: Path, name: str, job: dict, ckpt: dict | bytes | None) -> Path:
+    """A run directory as ``distgan train`` leaves it: job.resolved.yaml and one checkpoint."""
+    run = root / name
+    (run / "checkpoints" / "step_0000010").mkdir(parents=True)
+    (run / "job.resolved.yaml").write_text(dump_yaml(from_dict(job)))
+    folder = run / "checkpoints" / "step_0000010"
+    if isinstance(ckpt, dict):
+        ckpts.save(ckpt, folder)
+    elif isinstance(ckpt, bytes):
+        (folder / ckpts.STATE_FILE).write_bytes(ckpt)
+    else:
+        folder.rmdir()
+    return run
+
+
+def _checkpoint(job: dict, shape=(1, 28, 28), job_yaml: str | None = None) -> dict:
+    """A real checkpoint at step 10 of the models of ``job`` (as rank 0 writes it)."""
+    spec = from_dict(job)
+    torch.manual_seed(0)
+    G, D = build_models(spec.model.arch, spec.model.z_dim, spec.model.width, shape)
+    nets = Nets(
+        G=G,
+        D=D,
+        opt_g=torch.optim.Adam(G.parameters()),
+        opt_d=torch.optim.Adam(D.parameters()),
+        loss=get_loss(spec.loss.kind),
+    )
+    state = ckpts.TrainState(nets, EMA(G, 0.9), shape, step=10, images_seen=640)
+    return ckpts.snapshot(
+        state, job_yaml or dump_yaml(spec), [ckpts.rng_state()] * 2, {"step": 10.0}
+    )
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """Builds every fixture the cases name under ``{root}``."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    (root / "empty").mkdir()
+    write_shards(_images(64, 28), np.arange(64) % 4, root / "data", source="test")
+    write_shards(_images(64, 30), None, root / "data30", source="test")
+    for name in ("bad_json", "bad_schema", "truncated", "missing_shard", "modified"):
+        shutil.copytree(root / "data", root / name)
+    (root / "bad_json" / "manifest.json").write_text("{not json")
+    pq.write_table(
+        pa.table({"pixels": pa.array(range(64), pa.int64())}),
+        root / "bad_schema" / "shard-00000.parquet",
+    )
+    shard = root / "truncated" / "shard-00000.parquet"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    (root / "missing_shard" / "shard-00000.parquet").unlink()
+    shard = root / "modified" / "shard-00000.parquet"  # the same rows, other bytes
+    pq.write_table(pq.read_table(shard), shard, compression="snappy")
+
+    (root / "images" / "a").mkdir(parents=True)
+    Image.fromarray(_images(1, 12)[0, 0]).save(root / "images" / "a" / "good.png")
+    (root / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    np.savez(root / "float.npz", images=np.zeros((4, 28, 28), np.float32))
+    np.savez(root / "ok.npz", images=_images(4, 28)[:, 0])
+    (root / "labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, 3) + bytes(3))
+    with gzip.open(root / "truncated-idx3-ubyte", "wb") as f:
+        f.write(struct.pack(">IIII", 2051, 100, 28, 28) + bytes(500))
+
+    job = {
+        "data": {"source": str(root / "data")},
+        "model": {"arch": "mlp", "width": 16, "z_dim": 16},
+        "train": {"batch_size": 32},
+        "run": {"name": "r", "root": str(root / "runs")},
+    }
+    dcgan = {**job, "model": {"arch": "dcgan", "width": 8, "z_dim": 16}}
+    good = _checkpoint(job)
+    _run_dir(root, "run", job, good)
+    _run_dir(root, "run_nockpt", job, None)
+    _run_dir(root, "run_corrupt", job, b"not a checkpoint at all")
+    buffer = root / "whole.pt"
+    torch.save(good, buffer)
+    _run_dir(root, "run_truncated", job, buffer.read_bytes()[: buffer.stat().st_size // 2])
+    torch.save({"format": ckpts.FORMAT, "payload": _Pwn(root / "pwned")}, buffer)
+    _run_dir(root, "run_pickle", job, buffer.read_bytes())
+    _run_dir(root, "run_other_arch", job, _checkpoint(dcgan))
+    reshaped = {**job, "data": {"source": str(root / "data30")}}
+    _run_dir(root, "run_reshaped", reshaped, good)
+    _run_dir(root, "mixed", job, _checkpoint(job, job_yaml=dump_yaml(from_dict(dcgan))))
+    (root / "fake_ckpt").mkdir()
+    torch.save(
+        {"format": "someone-else/3", "weights": torch.zeros(3)}, root / "fake_ckpt" / "state.pt"
+    )
+    buffer.unlink()
+    return root
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    """Every file and folder under ``folder`` -> sha256 of its bytes ('dir' for folders)."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def _fill(text: str, root: Path, job: Path) -> str:
+    return text.replace("{root}", str(root)).replace("{job}", str(job))
+
+
+def test_the_corpus_holds_at_least_40_distinct_cases():
+    ids = [c["id"] for c in CASES]
+    assert len(ids) >= 40 and len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_bad_input_gives_one_line_exit_2_and_writes_nothing(
+    case, root, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)  # a job without run.root would write runs/ here
+    job = tmp_path / "job.yaml"
+    if "job" in case:
+        job.write_text(_fill(case["job"], root, job))
+    before_root, before_cwd = _tree(root), _tree(tmp_path)
+    argv = [_fill(a, root, job) for a in case["argv"]]
+
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's errors (the CLI's _Parser exits 2 itself)
+        code = e.code
+    out, err = capsys.readouterr()
+
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and out == ""
+    for want in case["expect"]:
+        assert _fill(want, root, job) in lines[0], lines[0]
+    assert _tree(root) == before_root, "a fixture was changed"
+    assert _tree(tmp_path) == before_cwd, "something was written in the working directory"
+    assert not (root / "pwned").exists(), "the pickle payload ran"
+    assert not (root / "runs").exists() and not (root / "out").exists()

@@ -1,0 +1,435 @@
+"""Nothing lost: non-finite steps, divergence, killed writers, killed workers, killed drivers.
+
+The guard tests run the real training loop (``train/loop.py``) in this process on random data;
+NaN enters through the job's testing aid ``guard.inject_nan`` (NaN latents on rank 0 at the given
+steps). The ``ray`` tests run ``distgan train`` on the session's 2-CPU Ray head and kill real
+processes from outside: Ray Train workers (found through Ray's State API) and the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from distgan.cli import main
+from distgan.config import from_dict
+from distgan.data.reader import InMemoryBatches
+from distgan.ema import EMA
+from distgan.losses import get_loss
+from distgan.models import build_models
+from distgan.step import Nets, train_step
+from distgan.train import checkpoint as ckpts
+from distgan.train.loop import run
+from distgan.train.outputs import RunOutputs, read_metrics
+
+SHAPE = (1, 8, 8)
+
+
+# --- the step skips a non-finite update ----------------------------------------------------
+
+
+def tiny_nets(kind: str = "nonsaturating") -> Nets:
+    torch.manual_seed(0)
+    G, D = build_models("dcgan", 8, 8, (1, 28, 28))  # dcgan: G has BatchNorm buffers
+    return Nets(
+        G=G,
+        D=D,
+        opt_g=torch.optim.Adam(G.parameters(), lr=1e-3),
+        opt_d=torch.optim.Adam(D.parameters(), lr=1e-3),
+        loss=get_loss(kind),
+    )
+
+
+def flat_state(nets: Nets) -> torch.Tensor:
+    tensors = [*nets.G.state_dict().values(), *nets.D.state_dict().values()]
+    return torch.cat([t.detach().double().flatten() for t in tensors])
+
+
+def test_a_nan_step_changes_no_weight_no_buffer_and_no_optimizer_state():
+    nets = tiny_nets()
+    real = torch.rand(4, 1, 28, 28) * 2 - 1
+    train_step(nets, [real], lambda n: torch.randn(n, 8))  # Adam state exists from here on
+    before = flat_state(nets)
+    adam_steps = int(nets.opt_d.state[next(iter(nets.D.parameters()))]["step"])
+
+    metrics = train_step(nets, [real], lambda n: torch.randn(n, 8) * float("nan"), measure=True)
+    assert metrics["skipped"] == 2  # the D update and the G update
+    assert torch.equal(flat_state(nets), before)  # weights and BatchNorm statistics
+    assert int(nets.opt_d.state[next(iter(nets.D.parameters()))]["step"]) == adam_steps
+
+    metrics = train_step(nets, [real], lambda n: torch.randn(n, 8))
+    assert metrics["skipped"] == 0 and not torch.equal(flat_state(nets), before)
+    assert torch.isfinite(flat_state(nets)).all()
+
+
+# --- the divergence guard, in the real loop (one process, no Ray) ----------------------------
+
+
+def guard_job(inject: str, **guard) -> dict:
+    return {
+        "model": {"arch": "mlp", "width": 16, "z_dim": 8},
+        "train": {"steps": 40, "batch_size": 16, "log_every": 5, "checkpoint_every": 10},
+        "scale": {"workers": 1},
+        "guard": {"max_bad_steps": 3, "lr_factor": 0.5, "inject_nan": inject, **guard},
+    }
+
+
+def run_loop(job: dict, run_dir: Path) -> tuple[dict, list[dict], ckpts.TrainState]:
+    """Trains ``job`` on 256 random 1×8×8 images; returns (result, reported checkpoints, state)."""
+    spec = from_dict(job)
+    torch.manual_seed(0)
+    G, D = build_models("mlp", 8, 16, SHAPE)
+    o = spec.optim
+    nets = Nets(
+        G=G,
+        D=D,
+        opt_g=torch.optim.Adam(G.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2)),
+        opt_d=torch.optim.Adam(D.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2)),
+        loss=get_loss(spec.loss.kind),
+    )
+    state = ckpts.TrainState(nets, EMA(G, 0.9), SHAPE)
+    images = torch.randint(0, 256, (256, *SHAPE), dtype=torch.uint8)
+    source = InMemoryBatches(images, 16, seed=0, rank=0, device=torch.device("cpu"))
+    reported: list[dict] = []
+    result = run(
+        state,
+        source,
+        spec,
+        device=torch.device("cpu"),
+        report=lambda m, ckpt: reported.append(ckpt),
+        outputs=RunOutputs(run_dir),
+        job_yaml="",
+    )
+    return result, reported, state
+
+
+def lrs(state: ckpts.TrainState) -> tuple[float, float]:
+    return state.nets.opt_g.param_groups[0]["lr"], state.nets.opt_d.param_groups[0]["lr"]
+
+
+def test_nan_steps_are_skipped_then_rolled_back_with_lower_learning_rates(tmp_path):
+    result, reported, state = run_loop(guard_job("13-15", max_rollbacks=2), tmp_path)
+    assert "stopped" not in result and result["step"] == 40
+    assert state.rollbacks == 1 and state.lr_scale == 0.5
+    assert lrs(state) == (1e-4, 1e-4)  # the job's 2e-4, halved once
+    assert [c["step"] for c in reported] == [10, 20, 30, 40]
+    assert reported[-1]["guard"] == {"lr_scale": 0.5, "rollbacks": 1}
+    assert all(torch.isfinite(t).all() for t in state.nets.G.state_dict().values())
+    # Steps 13-15 were skipped, then training went back to step 10 and did 11-15 again.
+    by_step = {m["step"]: m for m in read_metrics(tmp_path)}
+    assert sorted(by_step) == list(range(5, 41, 5))
+    assert by_step[10]["rollbacks"] == 0 and by_step[15]["rollbacks"] == 1
+    assert by_step[15]["skipped"] > 0 and by_step[15]["lr_scale"] == 0.5
+    assert by_step[20]["skipped"] == 0
+    assert all(math.isfinite(m["d_loss"]) for m in by_step.values())
+
+
+def test_divergence_after_the_last_rollback_stops_and_names_the_last_good_checkpoint(tmp_path):
+    # NaN from step 13 on (each step once): 13-15 roll back to step 10; 16-18 find no
+    # rollback left.
+    result, reported, state = run_loop(guard_job("13-1000", max_rollbacks=1), tmp_path)
+    message = result["stopped"]
+    assert f"the last good checkpoint is {tmp_path / 'checkpoints' / 'step_0000010'}" in message
+    assert "training diverged: 3 non-finite steps in a row up to step 18" in message
+    assert "after 1 rollback(s)" in message and "--set optim.lr_g=0.0001" in message
+    assert [c["step"] for c in reported] == [10]  # nothing written after the divergence
+    assert state.rollbacks == 1
+
+
+def test_a_discriminator_that_wins_outright_is_flagged(tmp_path):
+    # A D learning 100× faster than G on random noise: its loss reaches ~0 within 40 steps.
+    job = guard_job("", d_win_loss=0.05)
+    job["optim"] = {"lr_d": 0.02, "lr_g": 1e-6}
+    run_loop(job, tmp_path)
+    flags = [(m["d_loss"] < 0.05, m["d_wins"]) for m in read_metrics(tmp_path)]
+    assert (True, 1.0) in flags and (False, 0.0) in flags
+    assert all(bool(low) == bool(wins) for low, wins in flags)
+    # The driver's progress line says so.
+    from distgan.train.launch import _progress_line
+
+    lines = [_progress_line(m, 40) for m in read_metrics(tmp_path)]
+    assert [("D wins" in line) for line in lines] == [bool(wins) for _, wins in flags]
+
+
+# --- Ray: a divergence in a real 2-worker run ------------------------------------------------
+
+BATCH = 32
+
+
+def write_job(tmp_path: Path, name: str, *, train=None, scale=None, guard=None) -> Path:
+    job = {
+        "data": {"source": "embedded"},
+        "model": {"arch": "mlp", "width": 16, "z_dim": 16},
+        "train": {
+            "steps": 40,
+            "batch_size": BATCH,
+            "log_every": 5,
+            "checkpoint_every": 10,
+            "sample_every": 1000,
+            **(train or {}),
+        },
+        "scale": {"workers": 2, **(scale or {})},
+        "guard": guard or {},
+        "run": {"name": name, "root": str(tmp_path / name)},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def only_run(root: Path) -> Path:
+    (run_dir,) = root.iterdir()
+    return run_dir
+
+
+@pytest.mark.ray
+def test_nan_on_one_rank_rolls_both_back_and_the_run_finishes(ray_cluster, tmp_path, capsys):
+    guard = {"inject_nan": "13-15", "max_bad_steps": 3, "max_rollbacks": 1}
+    assert main(["train", str(write_job(tmp_path, "nan", guard=guard))]) == 0
+    out = capsys.readouterr().out
+    run_dir = only_run(tmp_path / "nan")
+    final = ckpts.load(ckpts.latest(run_dir))
+    assert final["step"] == 40 and final["guard"] == {"lr_scale": 0.5, "rollbacks": 1}
+    assert final["opt_g"]["param_groups"][0]["lr"] == 1e-4  # 2e-4 halved
+    by_step = {m["step"]: m for m in read_metrics(run_dir)}
+    assert by_step[15]["skipped"] > 0 and by_step[15]["rollbacks"] == 1
+    assert "rollbacks 1 lr ×0.5" in out
+
+
+# --- a process killed while writing a checkpoint -------------------------------------------
+
+# The child writes a large checkpoint, in one of the two ways a checkpoint reaches a run:
+# save: checkpoint.save() into a folder that already holds one (rank 0's temporary folder,
+#       best/); copy: Ray Train persisting rank 0's folder into RUN/checkpoints/step_N, which it
+#       does with pyarrow.fs.copy_files (64 MiB chunks, straight to the final name).
+WRITER = """
+import sys, pyarrow.fs, torch
+from distgan.train import checkpoint as ckpts
+mode, folder, src = sys.argv[1:4]
+big = {"format": ckpts.FORMAT, "step": 20, "G": {"w": torch.ones(24 * 2**20)}}  # 96 MiB
+if mode == "save":
+    print("writing", flush=True)
+    ckpts.save(big, folder)
+else:
+    print("writing", flush=True)
+    pyarrow.fs.copy_files(src, folder, destination_filesystem=pyarrow.fs.LocalFileSystem(),
+                          chunk_size=64 * 2**20)
+"""
+
+
+def kill_while_writing(mode: str, folder: Path, watch, src: Path | None = None) -> None:
+    """Starts the writer and SIGKILLs it as soon as ``watch()`` says a write is under way."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", WRITER, mode, str(folder), str(src or "")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout.readline().strip() == "writing"
+    deadline = time.monotonic() + 60
+    while not watch() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    child.kill()
+    child.wait()
+    assert child.returncode == -signal.SIGKILL, "the writer finished before it could be killed"
+
+
+def small_checkpoint(step: int) -> dict:
+    return {"format": ckpts.FORMAT, "step": step, "G": {"w": torch.full((4,), float(step))}}
+
+
+def test_a_writer_killed_inside_save_leaves_the_previous_checkpoint(tmp_path):
+    folder = tmp_path / "best"
+    folder.mkdir()
+    ckpts.save(small_checkpoint(10), folder)
+
+    def temp_file_growing() -> bool:
+        return any(p.stat().st_size > 2**20 for p in folder.glob(".state.pt.*.tmp"))
+
+    kill_while_writing("save", folder, temp_file_growing)
+    assert list(folder.glob(".state.pt.*.tmp")), "the kill landed while writing"
+    loaded = ckpts.load(folder)
+    assert loaded["step"] == 10 and torch.equal(loaded["G"]["w"], torch.full((4,), 10.0))
+
+
+def test_a_checkpoint_half_copied_into_the_run_is_never_picked_for_a_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    ckpts.save(small_checkpoint(10), mkdir(run_dir / "checkpoints" / "step_0000010"))
+    src = mkdir(tmp_path / "rank0")
+    full = {"format": ckpts.FORMAT, "step": 20, "G": {"w": torch.ones(24 * 2**20)}}
+    size = ckpts.save(full, src).stat().st_size
+    target = mkdir(run_dir / "checkpoints" / "step_0000020")  # Ray creates it, then copies
+    half_copied = target / ckpts.STATE_FILE
+
+    def copy_under_way() -> bool:
+        return half_copied.exists() and 0 < half_copied.stat().st_size < size
+
+    kill_while_writing("copy", target, copy_under_way, src=src)
+    assert 0 < half_copied.stat().st_size < size  # a half-written state.pt under its final name
+    assert [p.name for p in ckpts.checkpoints(run_dir)] == ["step_0000010", "step_0000020"]
+    assert ckpts.latest(run_dir) == run_dir / "checkpoints" / "step_0000010"
+    assert ckpts.load(ckpts.latest(run_dir))["step"] == 10
+
+
+def mkdir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    return path
+
+
+# --- Ray: workers and drivers killed from outside ------------------------------------------
+
+TOKEN = "distgan-test-token-3f9a1c7e"  # must never reach a run directory or a log
+
+
+def start_training(args: list[str], tmp_path: Path, log: str) -> subprocess.Popen:
+    """``distgan ARGS`` in a subprocess on the test cluster (RAY_ADDRESS), with a token set."""
+    env = {**os.environ, "RAY_AUTH_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
+    out = open(tmp_path / log, "w")  # noqa: SIM115 - closed when the process ends
+    return subprocess.Popen(
+        [sys.executable, "-m", "distgan.cli", *args],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=tmp_path,
+    )
+
+
+def train_worker_pids(address: str) -> set[int]:
+    """PIDs of the live Ray Train worker actors, from Ray's State API."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(
+        address=address,
+        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+        detail=True,
+        raise_on_missing_output=False,
+    )
+    return {a.pid for a in actors if a.pid}
+
+
+def logged_steps(run_root: Path) -> list[int]:
+    runs = list(run_root.glob("*/metrics.jsonl")) if run_root.exists() else []
+    if not runs:
+        return []
+    lines = runs[0].read_text().splitlines()
+    return [json.loads(line)["step"] for line in lines if line.endswith("}")]
+
+
+def assert_no_token(*places: Path) -> None:
+    for place in places:
+        files = [place] if place.is_file() else [p for p in place.rglob("*") if p.is_file()]
+        for f in files:
+            assert TOKEN.encode() not in f.read_bytes(), f"the token leaked into {f}"
+
+
+@pytest.mark.ray
+def test_two_workers_killed_mid_run_lose_at_most_one_interval_each(ray_cluster, tmp_path):
+    steps, every, log_every = 300, 50, 10
+    job = write_job(
+        tmp_path,
+        "kill",
+        train={"steps": steps, "checkpoint_every": every, "log_every": log_every},
+        scale={"max_failures": 2},
+    )
+    rng = random.Random()
+    proc = start_training(["train", str(job)], tmp_path, "kill.log")
+    killed: list[set[int]] = []  # the worker group each kill hit
+    killed_at_lines = 0  # metrics lines logged when the last kill landed
+    try:
+        deadline = time.monotonic() + 400
+        while proc.poll() is None and len(killed) < 2 and time.monotonic() < deadline:
+            pids = train_worker_pids(ray_cluster)
+            logged = logged_steps(tmp_path / "kill")
+            # First kill: after the first checkpoint. Second: once the restarted group (new
+            # PIDs) has logged a step of its own.
+            ready = len(pids) == 2 and all(not (pids & group) for group in killed)
+            ready = ready and logged and logged[-1] >= every
+            ready = ready and (not killed or len(logged) > killed_at_lines)
+            if ready:
+                time.sleep(rng.uniform(0, 0.5))  # a random moment in the run
+                os.kill(rng.choice(sorted(pids)), signal.SIGKILL)
+                killed.append(pids)
+                killed_at_lines = len(logged_steps(tmp_path / "kill"))
+            else:
+                time.sleep(0.2)
+        assert proc.wait(timeout=400) == 0, (tmp_path / "kill.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(killed) == 2, "the run ended before both kills"
+    run_dir = only_run(tmp_path / "kill")
+    final = ckpts.load(ckpts.latest(run_dir))
+    assert final["step"] == steps
+    logged = logged_steps(tmp_path / "kill")
+    assert logged[-1] == steps
+    # Each restart goes back to the latest checkpoint: at most one interval is trained again.
+    restarts = 0
+    for before, after in zip(logged, logged[1:]):
+        if after <= before:
+            restarts += 1
+            resumed_from = after - log_every
+            assert resumed_from % every == 0, logged
+            assert before - resumed_from <= every, logged
+    assert restarts <= 2
+    assert_no_token(run_dir, tmp_path / "kill.log")
+
+
+def wait_for_no_train_workers(address: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while train_worker_pids(address) and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+@pytest.mark.ray
+def test_a_killed_driver_resumes_to_the_weights_of_a_run_never_stopped(ray_cluster, tmp_path):
+    train = {"steps": 300, "checkpoint_every": 30, "log_every": 30, "deterministic": True}
+    straight = write_job(tmp_path, "straight", train=train)
+    stopped = write_job(tmp_path, "stopped", train=train)
+    assert main(["train", str(straight)]) == 0
+
+    proc = start_training(["train", str(stopped)], tmp_path, "stopped.log")
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            runs = list((tmp_path / "stopped").glob("*"))
+            latest = ckpts.latest(runs[0]) if runs else None
+            if latest is not None and ckpts.load(latest)["step"] >= 60:
+                os.kill(proc.pid, signal.SIGKILL)  # the driver, as a lost laptop session would
+                break
+            time.sleep(0.01)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before the driver was killed"
+    wait_for_no_train_workers(ray_cluster)  # Ray ends the dead driver's workers
+    run_dir = only_run(tmp_path / "stopped")
+    assert ckpts.load(ckpts.latest(run_dir))["step"] < 300
+
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    a = ckpts.load(ckpts.latest(only_run(tmp_path / "straight")))
+    b = ckpts.load(ckpts.latest(run_dir))
+    assert a["step"] == b["step"] == 300 and a["images_seen"] == b["images_seen"]
+    for key in ("G", "D", "G_ema"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name}"
+    for key in ("opt_g", "opt_d"):
+        for p, state in a[key]["state"].items():
+            assert torch.equal(state["exp_avg"], b[key]["state"][p]["exp_avg"]), key
+    assert_no_token(run_dir, tmp_path / "stopped.log")
+
+
+def test_the_guard_runs_without_ray():
+    code = "import sys, distgan.train.guard; sys.exit('ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
