@@ -83,7 +83,8 @@ def test_g_step_updates_only_g(arch, kind):
     assert all(p.grad is None for p in nets.D.parameters())
     assert all(p.requires_grad for p in nets.D.parameters())
     assert sorted(changed(nets.G, g_before)) == sorted(g_before)
-    assert set(metrics) == {"g_loss"} and torch.isfinite(metrics["g_loss"])
+    assert set(metrics) == {"g_loss", "g_skipped"} and torch.isfinite(metrics["g_loss"])
+    assert metrics["g_skipped"] == 0
 
 
 def test_g_step_restores_requires_grad_when_it_fails():

@@ -44,7 +44,14 @@ def load_generator(source: str | Path) -> tuple[torch.nn.Module, JobSpec, Path, 
     G, _ = build_models(
         spec.model.arch, spec.model.z_dim, spec.model.width, tuple(ckpt["image_shape"])
     )
-    G.load_state_dict(ckpt["G_ema"] or ckpt["G"])
+    try:
+        G.load_state_dict(ckpt["G_ema"] or ckpt["G"])
+    except (RuntimeError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise CheckpointError(
+            f"{folder}/{ckpts.STATE_FILE}: its generator does not match the model section of the "
+            f"job stored in it ({first}); the file was altered or mixed up with another run's"
+        ) from None
     return G.eval(), spec, folder, ckpt
 
 

@@ -69,6 +69,30 @@ def grad_norm(model: nn.Module) -> Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
+def _poison_if_not_finite(loss: Tensor) -> Tensor:
+    """``loss``, or NaN where it is not finite. A non-finite loss on one rank then gives NaN
+    gradients, which DDP averages onto every rank: all ranks skip the same update with no
+    extra collective. (×1.0 leaves a finite loss and its gradients bit-identical.)"""
+    return loss * torch.where(torch.isfinite(loss.detach()), 1.0, float("nan"))
+
+
+def _step_if_finite(model: nn.Module, opt, scaler, norm: Tensor | None) -> Tensor:
+    """Applies the update unless a gradient is not finite; returns 1.0 if it was skipped, else 0.
+
+    Under fp16 the grad scaler skips overflowing updates itself (and lowers its scale).
+    """
+    if scaler.is_enabled():
+        scaler.step(opt)
+        scaler.update()
+        return torch.zeros(())
+    norm = grad_norm(model) if norm is None else norm
+    if not bool(torch.isfinite(norm)):  # one host sync a step, as GradScaler does
+        opt.zero_grad(set_to_none=True)
+        return torch.ones(())
+    opt.step()
+    return torch.zeros(())
+
+
 def d_step(
     nets: Nets, real: Tensor, z: Tensor, keep_graph: bool = False, measure: bool = False
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -93,12 +117,12 @@ def d_step(
         d_loss = d_loss + nets.gp_weight * gp
         metrics["gp"] = gp.detach()
     nets.opt_d.zero_grad(set_to_none=True)
-    nets.scaler_d.scale(d_loss).backward()
+    nets.scaler_d.scale(_poison_if_not_finite(d_loss)).backward()
+    norm = None
     if measure:
         nets.scaler_d.unscale_(nets.opt_d)
-        metrics["d_grad_norm"] = grad_norm(nets.D)
-    nets.scaler_d.step(nets.opt_d)
-    nets.scaler_d.update()
+        norm = metrics["d_grad_norm"] = grad_norm(nets.D)
+    metrics["d_skipped"] = _step_if_finite(nets.D, nets.opt_d, nets.scaler_d, norm)
     if nets.loss.clip_weights:
         with torch.no_grad():
             for p in nets.D.parameters():
@@ -118,13 +142,13 @@ def g_step(nets: Nets, fake: Tensor, measure: bool = False) -> dict[str, Tensor]
         with nets.autocast(fake):
             g_loss = nets.loss.g(D(fake).float()).mean()
         nets.opt_g.zero_grad(set_to_none=True)
-        nets.scaler_g.scale(g_loss).backward()
+        nets.scaler_g.scale(_poison_if_not_finite(g_loss)).backward()
         metrics = {"g_loss": g_loss.detach()}
+        norm = None
         if measure:
             nets.scaler_g.unscale_(nets.opt_g)
-            metrics["g_grad_norm"] = grad_norm(nets.G)
-        nets.scaler_g.step(nets.opt_g)
-        nets.scaler_g.update()
+            norm = metrics["g_grad_norm"] = grad_norm(nets.G)
+        metrics["g_skipped"] = _step_if_finite(nets.G, nets.opt_g, nets.scaler_g, norm)
     finally:
         set_requires_grad(D, True)
     return metrics
@@ -135,13 +159,27 @@ def train_step(
 ) -> dict[str, Tensor]:
     """``len(reals)`` D steps (one a real batch) then one G step; ``sample_z(B)`` draws latents.
 
-    Returns the metrics of the last D step and of the G step.
+    Returns the metrics of the last D step and of the G step, and ``skipped``: the number of
+    updates (D and G) skipped because a loss or gradient was not finite. When any was skipped,
+    the buffers of G and D (BatchNorm statistics, which a NaN batch would poison) are put back
+    as they were before the step.
     """
+    buffers = [*nets.G.buffers(), *nets.D.buffers()]
+    saved = [b.detach().clone() for b in buffers]  # small: BatchNorm statistics
     metrics: dict[str, Tensor] = {}
+    skipped = torch.zeros(())
     for i, real in enumerate(reals):
         last = i == len(reals) - 1
         fake, metrics = d_step(
             nets, real, sample_z(real.shape[0]), keep_graph=last, measure=measure
         )
-    metrics.update(g_step(nets, fake, measure=measure))
+        skipped = skipped + metrics.pop("d_skipped")
+    g_metrics = g_step(nets, fake, measure=measure)
+    skipped = skipped + g_metrics.pop("g_skipped")
+    metrics.update(g_metrics)
+    if skipped:
+        with torch.no_grad():
+            for b, old in zip(buffers, saved):
+                b.copy_(old)
+    metrics["skipped"] = skipped.to(metrics["g_loss"].device)
     return metrics

@@ -50,6 +50,14 @@ def _resume_spec(args: argparse.Namespace):
     spec = dataclasses.replace(spec, run=before.run)
     latest = ckpts.latest(run_dir)
     if latest is None:
+        written = ckpts.checkpoints(run_dir)
+        if written:  # say why the newest one cannot be used
+            try:
+                ckpts.load(written[-1])
+            except CheckpointError as e:
+                raise CheckpointError(
+                    f"{e}; {run_dir} has no earlier checkpoint that loads"
+                ) from None
         raise CheckpointError(
             f"{run_dir}: no checkpoint to resume from; start a new run with distgan train JOB"
         )
@@ -57,8 +65,9 @@ def _resume_spec(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from distgan.train.launch import launch, preflight, ray_session, wait_seconds
-    from distgan.train.outputs import new_run_dir
+    from distgan.train import checkpoint as ckpts
+    from distgan.train.launch import check_job, launch, preflight, ray_session, wait_seconds
+    from distgan.train.outputs import new_run_dir, run_root
 
     if args.resume:
         spec, run_dir, resume_from = _resume_spec(args)
@@ -72,11 +81,15 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(dump_yaml(spec))
         return 0
     t0 = time.monotonic()
+    # Every check comes before the run directory, so a job that cannot run writes nothing; those
+    # that need no Ray come first.
+    manifest = check_job(spec, job_source)
+    if resume_from:
+        ckpts.check_compatible(ckpts.load(resume_from), spec, manifest.shape, resume_from)
     with ray_session():
-        # Every check comes before the run directory, so a job that cannot run writes nothing.
-        manifest, plan = preflight(spec, job_source)
+        manifest, plan = preflight(spec, job_source, manifest)
         if run_dir is None:
-            run_dir = new_run_dir(spec.run.root, spec.run.name)
+            run_dir = new_run_dir(run_root(spec.run), spec.run.name, spec.run.storage)
         write_resolved(spec, run_dir)
         try:
             metrics = launch(spec, run_dir, manifest, plan, job_source, resume_from=resume_from)
@@ -86,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
                 f"distgan train --resume {run_dir}\n"
             )
             return 130
+    if metrics.get("stopped"):  # the divergence guard gave up (train/guard.py)
+        sys.stderr.write(f"error: {metrics['stopped']}\n")
+        return 1
     step = int(metrics.get("step", 0))
     grids = sorted((Path(run_dir) / "samples").glob("step_*.png"))
     print(f"done: step {step} in {wait_seconds(t0)} · run {run_dir}")

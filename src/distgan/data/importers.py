@@ -137,6 +137,7 @@ def read_image_folder(
         channels = 1 if modes and all(mode in _GRAY_MODES for mode in modes) else 3
 
     images, labels, skipped = [], [], []
+    first_error = None  # (path, reason) of the first unreadable image
     for path in files:
         if limit is not None and len(images) == limit:
             break
@@ -144,14 +145,18 @@ def read_image_folder(
             with Image.open(path) as image:
                 images.append(_square(ImageOps.exif_transpose(image), resolution, channels))
         except _IMAGE_ERRORS as e:
-            if on_error == "fail":
-                raise DataError(
-                    f"{path}: unreadable image ({e}); pass `--on-error skip` to skip such files"
-                ) from None
+            # Under "fail" the scan goes on, so that the error can say how many there are.
+            first_error = first_error or (path, e)
             skipped.append(path.relative_to(root).as_posix())
             continue
         if classes is not None:
             labels.append(classes[_class_of(path, root)])
+    if first_error and on_error == "fail":
+        path, e = first_error
+        raise DataError(
+            f"{path}: unreadable image ({e}); {len(skipped)} of {len(files)} images are "
+            "unreadable; pass `--on-error skip` to skip such files"
+        )
     if not images:
         raise DataError(f"{root}: none of the {len(files)} images could be read")
     return np.stack(images), np.array(labels, np.int64) if classes is not None else None, skipped

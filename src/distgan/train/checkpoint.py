@@ -14,6 +14,7 @@ it and a checkpoint cannot execute code when loaded.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 
 from distgan.ema import EMA
 from distgan.errors import CheckpointError
-from distgan.models import unwrap
+from distgan.models import build_models, unwrap
 from distgan.step import Nets
 
 FORMAT = "distgan-checkpoint/1"
@@ -43,6 +44,8 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0  # batches of this epoch already consumed (exact resume)
     images_seen: int = 0
+    lr_scale: float = 1.0  # the divergence guard's factor on the job's learning rates
+    rollbacks: int = 0  # the divergence guard's rollbacks so far
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -83,21 +86,14 @@ def snapshot(
         "rng": rng_states,
         "metrics": {k: float(v) for k, v in metrics.items()},
         "job": job_yaml,
+        "guard": {"lr_scale": state.lr_scale, "rollbacks": state.rollbacks},
     }
 
 
 def restore(state: TrainState, ckpt: dict[str, Any], rank: int, source: str) -> None:
     """Loads a checkpoint into ``state``; this rank's RNG too when the world size matches."""
     nets = state.nets
-    try:
-        unwrap(nets.G).load_state_dict(ckpt["G"])
-        unwrap(nets.D).load_state_dict(ckpt["D"])
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(
-            f"{source}: its G/D do not match this job's model section ({first}); resume with "
-            "the job the checkpoint was written by (its job.resolved.yaml)"
-        ) from None
+    _load_weights(unwrap(nets.G), unwrap(nets.D), ckpt, source)
     if state.ema is not None:
         state.ema.load_state_dict(ckpt["G_ema"] or ckpt["G"])
     nets.opt_g.load_state_dict(ckpt["opt_g"])
@@ -108,8 +104,37 @@ def restore(state: TrainState, ckpt: dict[str, Any], rank: int, source: str) -> 
     state.epoch = int(ckpt["epoch"])
     state.batch_in_epoch = int(ckpt["batch_in_epoch"])
     state.images_seen = int(ckpt["images_seen"])
+    guard = ckpt.get("guard") or {}  # absent in checkpoints written before the guard
+    state.lr_scale = float(guard.get("lr_scale", 1.0))
+    state.rollbacks = int(guard.get("rollbacks", 0))
     if rank < len(ckpt["rng"]):
         set_rng_state(ckpt["rng"][rank])
+
+
+def _load_weights(G: torch.nn.Module, D: torch.nn.Module, ckpt: dict[str, Any], source: str):
+    try:
+        G.load_state_dict(ckpt["G"])
+        D.load_state_dict(ckpt["D"])
+    except (RuntimeError, KeyError, TypeError, AttributeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise CheckpointError(
+            f"{source}: its G/D do not match this job's model section ({first}); resume with "
+            "the job the checkpoint was written by (its job.resolved.yaml)"
+        ) from None
+
+
+def check_compatible(ckpt: dict[str, Any], spec, shape: tuple[int, int, int], source: str) -> None:
+    """CheckpointError unless ``ckpt`` was trained on images of ``shape`` and its G and D load
+    into the models of ``spec`` (a JobSpec). Run on the driver before a resume writes anything."""
+    trained = tuple(ckpt.get("image_shape") or ())
+    if trained != tuple(shape):
+        raise CheckpointError(
+            f"{source}: trained on {'×'.join(map(str, trained))} images, but data.source now "
+            f"holds {'×'.join(map(str, shape))} images; resume with the data the run was "
+            "trained on, or start a new run"
+        )
+    G, D = build_models(spec.model.arch, spec.model.z_dim, spec.model.width, shape)
+    _load_weights(G, D, ckpt, source)
 
 
 def save(ckpt: dict[str, Any], folder: str | Path) -> Path:
@@ -132,13 +157,29 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's own text suggests weights_only=False, which is exactly what must not be done.
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        if not found:
+            raise CheckpointError(
+                f"{path}: not a loadable distgan checkpoint (not a torch file, or damaged); use "
+                "an earlier checkpoint"
+            ) from None
+        code = found.group(1)
+        raise CheckpointError(
+            f"{path}: refused: unpickling it would run Python code ({code}); distgan loads only "
+            "tensors, so use a checkpoint that distgan wrote"
+        ) from None
     except Exception as e:  # noqa: BLE001 - any failure to unpickle means the file is unusable
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"{path}: not a loadable distgan checkpoint ({reason}); use an earlier checkpoint"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a distgan checkpoint (format {FORMAT} expected)")
+        raise CheckpointError(
+            f"{path}: not a distgan checkpoint (format {FORMAT} expected); pass a checkpoint "
+            "folder that distgan train wrote (RUN/checkpoints/step_N) or a run directory"
+        )
     return ckpt
 
 

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distgan.config import METRIC_NAMES, JobSpec, to_dict
-from distgan.data import EMBEDDED_DIR, ShardManifest, read_manifest
+from distgan.data import EMBEDDED_DIR, ShardManifest, read_manifest, verify_shards
 from distgan.errors import ClusterError, DataError, JobError
 from distgan.models import build_models
 from distgan.train.checkpoint import CHECKPOINTS
+from distgan.train.outputs import is_uri
 
 # Quiet Ray's internals so the user sees distgan's progress (see DESIGN.md, "Log noise").
 RAY_ENV = {
@@ -154,19 +155,38 @@ def _progress_line(m: dict, total: int) -> str:
         f"D(G(z)) {m.get('d_fake', float('nan')):.2f}",
         f"{m.get('images_per_s', 0):,.0f} img/s",
         *(f"{k} {m[k]:.4g}" for k in METRIC_NAMES if k in m),
+        *(["D wins"] if m.get("d_wins") else []),  # the divergence guard's flags
+        *([f"skipped {m['skipped']:.2f}/step"] if m.get("skipped") else []),
+        *([f"rollbacks {int(m['rollbacks'])} lr ×{m['lr_scale']:g}"] if m.get("rollbacks") else []),
         f"{elapsed // 60}:{elapsed % 60:02d}",
     ]
     return "  ".join(parts)
 
 
-def preflight(spec: JobSpec, job_source: str) -> tuple[ShardManifest, Plan]:
+def check_job(spec: JobSpec, job_source: str) -> ShardManifest:
+    """The checks that need no Ray: the manifest, each shard's Parquet footer, schema and row
+    count (not its hash: that reads every byte), and that the model serves the data's shape.
+    Returns the manifest; DataError or JobError naming the job file and the field."""
+    manifest = resolve_data(spec, job_source)
+    try:
+        verify_shards(manifest, hashes=False)
+    except DataError as e:
+        raise DataError(f"{job_source}: data.source: {e}") from None
+    check_model(spec, manifest.shape, job_source)
+    return manifest
+
+
+def preflight(
+    spec: JobSpec, job_source: str, manifest: ShardManifest | None = None
+) -> tuple[ShardManifest, Plan]:
     """Everything that can fail before a run directory exists: data, model, cluster resources,
     and (with ``eval.every``) the feature network and the real reference statistics.
 
-    Needs a Ray connection (``ray_session``) for the cluster's resources.
+    Needs a Ray connection (``ray_session``) for the cluster's resources. ``manifest``: what
+    ``check_job`` returned, when the caller ran it already.
     """
-    manifest = resolve_data(spec, job_source)
-    check_model(spec, manifest.shape, job_source)
+    if manifest is None:
+        manifest = check_job(spec, job_source)
     try:
         p = plan(spec, manifest, *_cluster_resources())
     except ClusterError as e:
@@ -187,8 +207,12 @@ def launch(
     job_source: str,
     resume_from: str | None = None,
     out=None,
+    callbacks: tuple = (),
 ) -> dict:
-    """Trains ``spec`` into ``run_dir`` on the connected Ray cluster; returns the last metrics."""
+    """Trains ``spec`` into ``run_dir`` on the connected Ray cluster; returns the last metrics.
+
+    ``callbacks``: Ray Train user callbacks (a Tune trial passes the one that reports to Tune).
+    """
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -215,15 +239,18 @@ def launch(
             num_workers=p.workers,
             use_gpu=p.use_gpu,
             resources_per_worker={"CPU": p.cpus_per_worker, **({"GPU": 1} if p.use_gpu else {})},
+            placement_strategy=spec.scale.placement,
         ),
         run_config=ray.train.RunConfig(
             name=CHECKPOINTS,
-            storage_path=str(run_dir),
+            storage_path=checkpoint_storage(spec, run_dir),
             failure_config=ray.train.FailureConfig(max_failures=spec.scale.max_failures),
             checkpoint_config=_checkpoint_config(spec, p),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            callbacks=list(callbacks),
         ),
         datasets={"train": dataset},
+        dataset_config=_data_config(spec),
     )
     device = "GPU" if p.use_gpu else "CPU"
     print(
@@ -234,7 +261,47 @@ def launch(
         file=out,
         flush=True,
     )
-    return _fit_with_progress(trainer, run_dir, spec.train.steps, out)
+    metrics = _fit_with_progress(trainer, run_dir, spec.train.steps, out)
+    if is_uri(spec.run.storage):
+        copy_run_files(run_dir, checkpoint_storage(spec, run_dir))
+    return metrics
+
+
+def checkpoint_storage(spec: JobSpec, run_dir: Path) -> str:
+    """Ray Train's storage_path: the run directory, or ``<run.storage URI>/<run dir name>``
+    (Ray writes the checkpoints there through pyarrow)."""
+    if is_uri(spec.run.storage):
+        return f"{spec.run.storage.rstrip('/')}/{run_dir.name}"
+    return str(run_dir)
+
+
+def copy_run_files(run_dir: Path, uri: str) -> None:
+    """Copies the run's own files (job.resolved.yaml, metrics.jsonl, samples/, best/) beside
+    its checkpoints under ``uri``, once training is done."""
+    import pyarrow.fs
+
+    fs, base = pyarrow.fs.FileSystem.from_uri(uri)
+    local = pyarrow.fs.LocalFileSystem()
+    for path in sorted(run_dir.rglob("*")):
+        relative = path.relative_to(run_dir)
+        if relative.parts[0] == CHECKPOINTS or not path.is_file():
+            continue  # Ray Train wrote the checkpoints to the URI already
+        target = f"{base}/{relative.as_posix()}"
+        fs.create_dir(target.rsplit("/", 1)[0], recursive=True)  # a no-op on object stores
+        pyarrow.fs.copy_files(str(path), target, local, fs)
+
+
+def _data_config(spec: JobSpec):
+    """Splits the data among the workers, or with ``train.deterministic`` hands every worker the
+    whole dataset in file order (each keeps every world-th row): Ray Data's split hands blocks to
+    whichever worker asks first, so the rows a worker gets vary from run to run."""
+    import ray.train
+    from ray.data import ExecutionOptions
+
+    if not spec.train.deterministic:
+        return ray.train.DataConfig()
+    options = ExecutionOptions(preserve_order=True)
+    return ray.train.DataConfig(datasets_to_split=[], execution_options=options)
 
 
 def _checkpoint_config(spec: JobSpec, p: Plan):

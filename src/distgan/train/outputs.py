@@ -23,11 +23,27 @@ _RUN = re.compile(r"^(\d{5})-")
 BEST = "best"  # the best checkpoint by the job's eval.metric
 
 
-def new_run_dir(root: str | Path, name: str) -> Path:
-    """Creates ``root/<next id>-<name>``; the id is one more than the highest already there."""
+def is_uri(location: str) -> bool:
+    """``s3://bucket/runs`` and the like (pyarrow file systems), as opposed to a local path."""
+    return "://" in location
+
+
+def run_root(run) -> Path:
+    """The local folder that holds run directories: ``run.storage`` when it is a (shared)
+    path, else ``run.root``. With a URI storage the run directory stays under ``run.root`` and
+    its files are copied to the URI (see train/launch.py)."""
+    storage = run.storage
+    return Path(storage if storage and not is_uri(storage) else run.root).expanduser()
+
+
+def new_run_dir(root: str | Path, name: str, storage: str = "") -> Path:
+    """Creates ``root/<next id>-<name>``; the id is one more than the highest already there,
+    or at the ``storage`` URI (a cluster's local root starts empty, and Ray Train would resume a
+    run it finds under a reused name)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    taken = [int(m.group(1)) for p in root.iterdir() if (m := _RUN.match(p.name))]
+    names = [p.name for p in root.iterdir()] + (_uri_entries(storage) if is_uri(storage) else [])
+    taken = [int(m.group(1)) for n in names if (m := _RUN.match(n))]
     run_id = max(taken, default=-1) + 1
     while True:
         path = root / f"{run_id:05d}-{name}"
@@ -36,6 +52,14 @@ def new_run_dir(root: str | Path, name: str) -> Path:
             return path
         except FileExistsError:
             run_id += 1
+
+
+def _uri_entries(uri: str) -> list[str]:
+    import pyarrow.fs
+
+    fs, base = pyarrow.fs.FileSystem.from_uri(uri)
+    selector = pyarrow.fs.FileSelector(base, allow_not_found=True)
+    return [info.base_name for info in fs.get_file_info(selector)]
 
 
 def existing_run_dir(path: str | Path) -> Path:

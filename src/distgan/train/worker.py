@@ -48,6 +48,17 @@ def build_nets(spec, shape: tuple[int, int, int], device: torch.device, wrap) ->
     )
 
 
+def apply_optim_settings(nets: Nets, spec, lr_scale: float = 1.0) -> None:
+    """Sets the job's learning rates (× ``lr_scale``, the divergence guard's factor after its
+    rollbacks) and betas on both optimizers. Called after a restore: the job's settings win over
+    the checkpoint's, so that a resumed run (or a PBT clone) trains with the learning rates it
+    was given."""
+    for opt, lr in ((nets.opt_g, spec.optim.lr_g), (nets.opt_d, spec.optim.lr_d)):
+        for group in opt.param_groups:
+            group["lr"] = lr * lr_scale
+            group["betas"] = (spec.optim.beta1, spec.optim.beta2)
+
+
 def _prepare(model: torch.nn.Module, is_discriminator: bool) -> torch.nn.Module:
     # D sees a real and a fake batch per step; DDP's buffer broadcast must not run between them.
     kwargs = {"broadcast_buffers": False} if is_discriminator else None
@@ -66,6 +77,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.get_local_world_size()))
     ray.data.DataContext.get_current().enable_progress_bars = False
 
+    if spec.train.deterministic:
+        torch.use_deterministic_algorithms(True)
     torch.manual_seed(spec.train.seed)  # the same initial weights on every rank
     nets = build_nets(spec, shape, device, _prepare)
     ema = EMA(unwrap(nets.G), spec.train.ema_decay) if spec.train.ema else None
@@ -80,15 +93,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         path = config["resume_from"]
         ckpts.restore(state, ckpts.load(path, device), rank, source=path)
 
-    # The job's optimizer settings win over the restored ones, so that a resumed run (or a PBT
-    # clone) trains with the learning rates it was given.
-    for opt, lr in ((nets.opt_g, spec.optim.lr_g), (nets.opt_d, spec.optim.lr_d)):
-        for group in opt.param_groups:
-            group["lr"], group["betas"] = lr, (spec.optim.beta1, spec.optim.beta2)
+    apply_optim_settings(nets, spec, state.lr_scale)
 
     per_worker = spec.train.batch_size // world
     shard = ray.train.get_dataset_shard("train")
-    if config["cache"]:
+    if spec.train.deterministic:
+        # Every worker is handed the whole dataset in file order (launch.py); it keeps its rows.
+        images = load_shard(shard, shape)[rank::world].clone()
+        source = InMemoryBatches(images, per_worker, spec.train.seed, rank, device)
+    elif config["cache"]:
         source = InMemoryBatches(
             load_shard(shard, shape), per_worker, spec.train.seed, rank, device
         )

@@ -1,0 +1,106 @@
+"""Mode coverage (the GAN literature's stability test) for several losses, as BENCHMARKS.md tables.
+
+    .venv/bin/python benchmarks/modes.py                         # grid25 and stacked, 2 losses
+    .venv/bin/python benchmarks/modes.py --loss hinge --loss wgan-gp --grid-steps 4000
+
+- grid25: the reference MLP GAN (distgan.metrics.modes.train_synthetic) on 25 Gaussians on a
+  5×5 grid; 2,500 samples scored: modes covered, share of high-quality samples, reverse KL.
+- stacked Fashion-MNIST: a 3-channel DCGAN on three random Fashion-MNIST images stacked as
+  channels (1,000 modes); 10,000 samples, each channel labelled by the shipped classifier.
+  Its real-data row shows what the classifier sees on stacks of real images.
+
+Plain PyTorch on this process (no Ray): the losses are compared, not the orchestration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from distgan.data import EMBEDDED_DIR, load_arrays, read_manifest
+from distgan.metrics.features import load_feature_extractor
+from distgan.metrics.modes import (
+    SOURCES,
+    count_stacked_modes,
+    make_nets,
+    n_critic,
+    score_modes,
+    stacked_dataset,
+    train_synthetic,
+)
+from distgan.step import train_step
+
+Z_DIM = 100
+
+
+def grid25(losses: list[str], steps: int) -> None:
+    print(f"grid25: mlp GAN, {steps} G steps, batch 256, Adam 1e-4 (0.5, 0.9), 2,500 samples")
+    print("| loss | modes covered (of 25) | high-quality samples | reverse KL | seconds |")
+    print("|---|---|---|---|---|")
+    for loss in losses:
+        G, history = train_synthetic(SOURCES["grid25"], loss, steps)
+        with torch.no_grad():
+            z = torch.randn(2500, 64, generator=torch.Generator().manual_seed(1))
+            s = score_modes(G(z), SOURCES["grid25"])
+        print(
+            f"| {loss} | {s['modes']} | {s['high_quality']:.3f} | {s['reverse_kl']:.3f} "
+            f"| {history[-1]['seconds']:.0f} |",
+            flush=True,
+        )
+
+
+def stacked(losses: list[str], steps: int, width: int, batch: int) -> None:
+    images, labels = load_arrays(read_manifest(EMBEDDED_DIR))  # (10000, 1, 28, 28) uint8
+    gen = torch.Generator().manual_seed(0)
+    data, _ = stacked_dataset(images, labels, 50_000, gen)  # (50000, 3, 28, 28) uint8
+    classifier = load_feature_extractor("fashion-mnist")
+
+    def classify(x: torch.Tensor) -> torch.Tensor:
+        return classifier.extract(x)[1].argmax(1)
+
+    print()
+    print(
+        f"stacked Fashion-MNIST (1,000 modes): dcgan width {width}, {steps} G steps, batch "
+        f"{batch}, Adam 1e-4 (0.5, 0.9), 10,000 samples"
+    )
+    print("| loss | modes seen (of 1,000) | reverse KL | seconds |")
+    print("|---|---|---|---|")
+    real = data[:10_000].float().div(127.5).sub(1)
+    s = count_stacked_modes(real, classify)
+    print(f"| real stacks (reference) | {s['modes']} | {s['reverse_kl']:.3f} | - |", flush=True)
+    for loss in losses:
+        torch.manual_seed(0)
+        nets = make_nets("dcgan", (3, 28, 28), loss, Z_DIM, width)
+        k = n_critic(loss)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            idx = torch.randint(len(data), (k, batch), generator=gen)
+            reals = [data[i].float().div_(127.5).sub_(1) for i in idx]  # k × (B, 3, 28, 28)
+            train_step(nets, reals, lambda b: torch.randn(b, Z_DIM, generator=gen))
+        seconds = time.perf_counter() - t0
+        with torch.no_grad():
+            G = nets.G.eval()
+            z = torch.randn(10_000, Z_DIM, generator=torch.Generator().manual_seed(1))
+            fakes = torch.cat([G(c) for c in z.split(500)])
+        s = count_stacked_modes(fakes, classify)
+        print(f"| {loss} | {s['modes']} | {s['reverse_kl']:.3f} | {seconds:.0f} |", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--loss", action="append", help="losses (default nonsaturating, hinge)")
+    ap.add_argument("--grid-steps", type=int, default=3000)
+    ap.add_argument("--stacked-steps", type=int, default=1500)
+    ap.add_argument("--width", type=int, default=32, help="stacked DCGAN base width")
+    ap.add_argument("--batch", type=int, default=64, help="stacked batch")
+    args = ap.parse_args()
+    losses = args.loss or ["nonsaturating", "hinge"]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    grid25(losses, args.grid_steps)
+    stacked(losses, args.stacked_steps, args.width, args.batch)
+
+
+if __name__ == "__main__":
+    main()
