@@ -129,7 +129,7 @@ def test_unknown_section_suggests_the_closest(tmp_path):
 
 def test_unknown_section_with_nothing_close_lists_the_sections(tmp_path):
     message = job_error(write_job(tmp_path, "zzz: {}\n"))
-    assert "known keys: data, model, loss, optim, train, scale, eval, run" in message
+    assert "known keys: data, model, loss, optim, train, scale, eval, guard, tune, run" in message
 
 
 def test_section_that_is_not_a_mapping(tmp_path):

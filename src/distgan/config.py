@@ -28,6 +28,7 @@ ARCHS = ("mlp", "dcgan")
 LOSS_KINDS = ("minimax", "nonsaturating", "wgan", "wgan-gp", "hinge", "lsgan")
 PRECISIONS = ("fp32", "bf16", "fp16")
 CACHE_MODES = ("auto", "memory", "stream")
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray placement groups
 # The metrics of distgan.metrics (kept in sync by a test; config imports nothing below it).
 METRIC_NAMES = ("fid", "kid", "precision", "recall", "classifier_score", "class_coverage")
 
@@ -83,6 +84,34 @@ class TrainSpec:
     ema_decay: float = _f(0.999, "EMA decay per G step", min=0.0, max=0.999999)
     precision: str = _f("fp32", "autocast precision", choices=PRECISIONS)
     seed: int = _f(0, "seed of weights, latents and data order", min=0)
+    deterministic: bool = _f(
+        False,
+        "exact resume on CPU: deterministic kernels, and every worker reads the data in a fixed "
+        "order (each keeps its share in memory)",
+    )
+
+
+@dataclass(frozen=True)
+class GuardSpec:
+    """The divergence guard (train/guard.py): non-finite steps are skipped, rolled back, stopped."""
+
+    max_bad_steps: int = _f(
+        20,
+        "non-finite steps in a row (each skipped) before a rollback to the last checkpoint",
+        min=1,
+    )
+    lr_factor: float = _f(
+        0.5, "learning rates are multiplied by this at each rollback", gt=0.0, max=1.0
+    )
+    max_rollbacks: int = _f(3, "rollbacks allowed; the next divergence stops the run", min=0)
+    d_win_loss: float = _f(
+        0.01,
+        "D's mean loss over a log interval below which D is flagged as winning; 0 = off",
+        min=0.0,
+    )
+    inject_nan: str = _f(
+        "", "testing aid: steps 'A-B' whose latents are NaN on rank 0, each once; empty = never"
+    )
 
 
 @dataclass(frozen=True)
@@ -93,6 +122,9 @@ class ScaleSpec:
         0.0, "CPUs reserved a worker; 0 = leave one CPU for Ray Data", min=0.0
     )
     max_failures: int = _f(0, "worker-group restarts from the last checkpoint", min=0)
+    placement: str = _f(
+        "PACK", "PACK: fewest nodes; SPREAD: one worker a node where possible", choices=PLACEMENTS
+    )
 
 
 @dataclass(frozen=True)
@@ -108,10 +140,42 @@ class EvalSpec:
     seed: int = _f(0, "seed of the evaluation latents and of the real subset", min=0)
 
 
+SCHEDULERS = ("fifo", "asha", "pbt")
+TUNE_MODES = ("auto", "min", "max")
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """A search (``distgan tune``); ``distgan train`` ignores it and trains the base values."""
+
+    space: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "dotted key -> 'loguniform(1e-5, 1e-3)', 'choice([mlp, dcgan])', ..."},
+    )
+    num_samples: int = _f(4, "trials (each grid point is repeated this many times)", min=1)
+    metric: str = _f("fid", "the objective, measured every eval.every steps", choices=METRIC_NAMES)
+    mode: str = _f("auto", "min or max; auto = the metric's own direction", choices=TUNE_MODES)
+    scheduler: str = _f("fifo", "fifo, asha (early stopping) or pbt", choices=SCHEDULERS)
+    max_concurrent_trials: int = _f(1, "trials running at once; 0 = as many as fit", min=0)
+    seed: int = _f(0, "seed of the sampled values (the same seed draws the same trials)", min=0)
+    grace_period: int = _f(0, "asha: steps before a trial can be stopped; 0 = eval.every", min=0)
+    reduction_factor: int = _f(2, "asha: 1/reduction_factor of the trials go on at a rung", min=2)
+    perturbation_interval: int = _f(0, "pbt: steps between exploits; 0 = 2 × eval.every", min=0)
+    quantile_fraction: float = _f(0.25, "pbt: bottom fraction cloned from the top", gt=0.0, max=0.5)
+    resample_probability: float = _f(
+        0.25, "pbt: chance to resample instead of ×0.8 or ×1.2", min=0.0, max=1.0
+    )
+
+
 @dataclass(frozen=True)
 class RunSpec:
     name: str = _f("", "run name; empty = the job file's stem")
     root: str = _f("runs", "folder that holds run directories")
+    storage: str = _f(
+        "",
+        "where run directories go on a cluster: a shared path, or a pyarrow URI (s3://, gs://) "
+        "for checkpoints and a copy of the run's files; empty = run.root",
+    )
 
 
 @dataclass(frozen=True)
@@ -123,6 +187,8 @@ class JobSpec:
     train: TrainSpec = field(default_factory=TrainSpec)
     scale: ScaleSpec = field(default_factory=ScaleSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
+    guard: GuardSpec = field(default_factory=GuardSpec)
+    tune: TuneSpec = field(default_factory=TuneSpec)
     run: RunSpec = field(default_factory=RunSpec)
 
 
@@ -182,6 +248,11 @@ def from_dict(
     """Validates a plain dict (as YAML gives it) into a JobSpec."""
     spec = _build(JobSpec, raw, prefix="", source=source, field_sources=field_sources or {})
     _check_cross_fields(spec, source, field_sources or {})
+    if spec.tune.space:
+        # The expressions are parsed by the search's own module (pure Python, no Ray).
+        from distgan.tune.space import check_space
+
+        check_space(spec, (field_sources or {}).get("tune", source))
     return spec
 
 
@@ -301,6 +372,10 @@ def _check_value(value: Any, kind: Any, rules: Any, dotted: str, source: str) ->
         if "max" in rules and number > rules["max"]:
             raise fail(f"a number of at most {rules['max']}")
         return number
+    if typing.get_origin(kind) is dict:
+        if not isinstance(value, dict):
+            raise fail("a mapping of dotted keys to expressions such as 'loguniform(1e-5, 1e-3)'")
+        return {str(k): v for k, v in value.items()}  # each value is checked by check_space
     if kind is str:
         if not isinstance(value, str):
             raise fail("a string")
@@ -347,4 +422,14 @@ def _check_cross_fields(spec: JobSpec, source: str, field_sources: dict[str, str
         raise JobError(
             f"{src('train.precision')}: train.precision: fp16 needs a GPU (scale.use_gpu: true); "
             "use bf16 or fp32 on CPU"
+        )
+    if spec.guard.inject_nan and not re.fullmatch(r"\d+-\d+", spec.guard.inject_nan):
+        raise JobError(
+            f"{src('guard.inject_nan')}: guard.inject_nan: expected steps as 'A-B' (e.g. '13-15'), "
+            f"got {spec.guard.inject_nan!r}; leave it empty outside tests"
+        )
+    if spec.train.deterministic and spec.data.cache == "stream":
+        raise JobError(
+            f"{src('data.cache')}: data.cache: stream reads data in a varying order, which "
+            "train.deterministic cannot keep; use data.cache: memory (or auto)"
         )
