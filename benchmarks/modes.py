@@ -95,11 +95,14 @@ def main() -> None:
     ap.add_argument("--stacked-steps", type=int, default=1500)
     ap.add_argument("--width", type=int, default=32, help="stacked DCGAN base width")
     ap.add_argument("--batch", type=int, default=64, help="stacked batch")
+    ap.add_argument("--only", choices=["grid25", "stacked"], help="run one of the two")
     args = ap.parse_args()
     losses = args.loss or ["nonsaturating", "hinge"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    grid25(losses, args.grid_steps)
-    stacked(losses, args.stacked_steps, args.width, args.batch)
+    if args.only != "stacked":
+        grid25(losses, args.grid_steps)
+    if args.only != "grid25":
+        stacked(losses, args.stacked_steps, args.width, args.batch)
 
 
 if __name__ == "__main__":

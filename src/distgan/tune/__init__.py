@@ -1,0 +1,1 @@
+"""Searches over a job's values with Ray Tune (``distgan tune JOB``); see ``search.py``."""

@@ -1,0 +1,126 @@
+"""What a finished search leaves: a table on screen, ``results.csv``, ``best.yaml``, samples.
+
+    rows = trial_rows(grid, spec)                 # one TrialRow per trial, best first
+    write_results(rows, spec, search_dir)         # results.csv, best.yaml, best_samples/
+    print(format_table(rows, spec))
+
+``best.yaml`` is the searched job with the best trial's values filled in and no ``tune`` section,
+ready for ``distgan train best.yaml`` or for submission.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distgan.config import JobSpec, TuneSpec, dump_yaml
+from distgan.tune.search import search_mode
+from distgan.tune.space import sampled_values, trial_spec
+from distgan.tune.trials import trial_run_dir
+
+RESULTS = "results.csv"
+BEST_JOB = "best.yaml"
+BEST_SAMPLES = "best_samples"
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    trial_id: str
+    status: str  # done (ran all train.steps), stopped (by the scheduler or time), error
+    values: dict[str, Any]  # the space's keys -> this trial's (last) values
+    best: float  # the best tune.metric it reached (NaN: never measured)
+    best_step: int
+    steps: int  # the last step it trained
+
+
+def trial_rows(grid, spec: JobSpec) -> list[TrialRow]:
+    """One row per trial of a ResultGrid, best first (trials never measured last)."""
+    metric, higher = spec.tune.metric, search_mode(spec) == "max"
+    rows = []
+    for result in grid:
+        df = result.metrics_dataframe
+        best, best_step, steps = math.nan, 0, 0
+        if df is not None and metric in df and df[metric].notna().any():
+            scores = df[metric].astype(float)
+            i = scores.idxmax() if higher else scores.idxmin()
+            best, best_step = float(scores[i]), int(df["step"][i])
+            steps = int(df["step"].max())
+        if result.error is not None:
+            status = "error"
+        else:
+            status = "done" if steps >= spec.train.steps else "stopped"
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        rows.append(
+            TrialRow(trial_id, status, sampled_values(result.config, spec), best, best_step, steps)
+        )
+
+    def key(row: TrialRow) -> float:
+        if math.isnan(row.best):
+            return math.inf
+        return -row.best if higher else row.best
+
+    return sorted(rows, key=key)
+
+
+def best_job(spec: JobSpec, row: TrialRow) -> JobSpec:
+    """The searched job with ``row``'s values, no tune section, and a run name of its own."""
+    best = trial_spec(spec, row.values, f"best trial {row.trial_id}")
+    run = dataclasses.replace(best.run, name=f"{spec.run.name}-best")
+    return dataclasses.replace(best, tune=TuneSpec(), run=run)
+
+
+def write_results(rows: list[TrialRow], spec: JobSpec, search_dir: Path) -> Path | None:
+    """Writes results.csv and, when a trial measured the metric, best.yaml and best_samples/.
+
+    Returns the path of best.yaml, or None when no trial measured anything."""
+    keys = list(spec.tune.space)
+    metric = spec.tune.metric
+    with open(search_dir / RESULTS, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["trial_id", "status", *keys, f"best_{metric}", "best_step", "steps"])
+        for r in rows:
+            w.writerow([r.trial_id, r.status, *(r.values.get(k) for k in keys),
+                        r.best, r.best_step, r.steps])  # fmt: skip
+    if not rows or math.isnan(rows[0].best):
+        return None
+    winner = rows[0]
+    header = (
+        f"# The best trial ({winner.trial_id}) of the search {search_dir}:\n"
+        f"# {metric} {winner.best:.6g} at step {winner.best_step}, with "
+        + ", ".join(f"{k}={v}" for k, v in winner.values.items())
+        + f"\n#   distgan train {search_dir / BEST_JOB}\n"
+    )
+    path = search_dir / BEST_JOB
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(header + dump_yaml(best_job(spec, winner)))
+    tmp.replace(path)
+    samples = trial_run_dir(search_dir, winner.trial_id) / "samples"
+    if samples.is_dir():
+        shutil.rmtree(search_dir / BEST_SAMPLES, ignore_errors=True)
+        shutil.copytree(samples, search_dir / BEST_SAMPLES)
+    return path
+
+
+def format_table(rows: list[TrialRow], spec: JobSpec) -> str:
+    """The trials as an aligned text table, best first."""
+    keys = list(spec.tune.space)
+    head = ["trial", "status", *keys, spec.tune.metric, "at step", "steps"]
+    body = [
+        [r.trial_id, r.status, *(_fmt(r.values.get(k)) for k in keys),
+         _fmt(r.best), str(r.best_step), str(r.steps)]
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in [head, *body]]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.4g}"
+    return str(value)

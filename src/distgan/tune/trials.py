@@ -1,0 +1,216 @@
+"""What one trial of a search runs, in the trial's own Ray process.
+
+    trainable = trainer_trial(context)   # fifo, asha: a TorchTrainer with the job's scale
+    trainable = pbt_trial(context)       # pbt: the loop in this process, Tune checkpoints
+
+Every trial trains the base job with its sampled values (``tune/space.py: trial_spec``) into
+``<search>/trials/<trial_id>/``, a run directory like ``distgan train``'s (job.resolved.yaml,
+metrics.jsonl, samples/, best/), and reports to Tune only the evaluations (the reports that carry
+``tune.metric``; Tune rejects a result without it).
+
+Two shapes, because of Ray 2.60 (DESIGN.md, "Tune"):
+- ``trainer_trial`` runs a TorchTrainer (DDP over ``scale.workers``) whose reports reach Tune
+  through a Train callback. ASHA stops it well, but Tune sees no checkpoint of it, so PBT could
+  never exploit one.
+- ``pbt_trial`` trains in the trial's process (world size 1, the global batch) and hands Tune the
+  whole adversarial state with every evaluation. When PBT clones a trial, the clone restarts with
+  the donor's checkpoint and its own perturbed config: it restores G, D, G_ema, both optimizers
+  and the step, then sets its own learning rates on the optimizers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray.tune
+import torch
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from distgan.config import JobSpec, dump_yaml, from_dict, write_resolved
+from distgan.data import ShardManifest
+from distgan.train.launch import Plan
+
+TRIALS = "trials"  # inside the search directory: one run directory per trial
+EXPLOITS = "exploits.jsonl"  # inside the search directory: one line per PBT clone
+ORIGIN = "origin.json"  # inside each PBT checkpoint: which trial wrote it
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    """What every trial needs from the driver (pickled into the trainable)."""
+
+    job: dict  # the base JobSpec as a dict, eval.metric set to tune.metric
+    job_source: str
+    search_dir: str  # absolute
+    manifest: ShardManifest
+    plan: Plan  # a trial's workers and CPUs, with the evaluation config
+
+
+def trial_run_dir(search_dir: str | Path, trial_id: str) -> Path:
+    return Path(search_dir) / TRIALS / trial_id
+
+
+def _start_trial(context: SearchContext, config: dict[str, Any]) -> tuple[JobSpec, Path, str]:
+    """The trial's JobSpec, its run directory (with job.resolved.yaml) and its id."""
+    from distgan.tune.space import sampled_values, trial_spec
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    base = from_dict(context.job, source=context.job_source)
+    spec = trial_spec(
+        base, sampled_values(config, base), f"{context.job_source} (trial {trial_id})"
+    )
+    run_dir = trial_run_dir(context.search_dir, trial_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_resolved(spec, run_dir)
+    return spec, run_dir, trial_id
+
+
+class EvaluationReports(TuneReportCallback):
+    """Forwards to Tune the Train reports that carry the objective (rank 0's metrics)."""
+
+    def __init__(self, metric: str):
+        super().__init__()
+        self.metric = metric
+
+    def after_report(self, run_context, metrics, checkpoint):
+        if self.metric in metrics[0]:
+            super().after_report(run_context, metrics, checkpoint)
+
+
+def trainer_trial(context: SearchContext):
+    """A Tune function trainable that runs one TorchTrainer with the job's scale."""
+
+    def train_trial(config: dict[str, Any]) -> None:
+        from distgan.train.launch import launch
+
+        spec, run_dir, _ = _start_trial(context, config)
+        # The progress lines go to the trial's folder; the search prints one line per evaluation.
+        with open(run_dir / "progress.log", "a") as out:
+            launch(
+                spec,
+                run_dir,
+                context.manifest,
+                context.plan,
+                context.job_source,
+                out=out,
+                callbacks=(EvaluationReports(spec.tune.metric),),
+            )
+
+    return train_trial
+
+
+def pbt_trial(context: SearchContext):
+    """A Tune function trainable that trains in its own process and reports Tune checkpoints."""
+
+    def train_pbt_trial(config: dict[str, Any]) -> None:
+        from distgan.data import load_arrays
+        from distgan.data.reader import InMemoryBatches
+        from distgan.ema import EMA
+        from distgan.train import checkpoint as ckpts
+        from distgan.train.evaluation import InTrainingEvaluator
+        from distgan.train.loop import run
+        from distgan.train.outputs import RunOutputs
+        from distgan.train.worker import apply_optim_settings, build_nets
+
+        spec, run_dir, trial_id = _start_trial(context, config)
+        p = context.plan
+        device = torch.device("cuda" if p.use_gpu else "cpu")
+        torch.set_num_threads(max(1, round(p.workers * p.cpus_per_worker)))
+        shape = context.manifest.shape
+        torch.manual_seed(spec.train.seed)
+        nets = build_nets(spec, shape, device, lambda model, is_d: model)
+        ema = EMA(nets.G, spec.train.ema_decay) if spec.train.ema else None
+        state = ckpts.TrainState(nets, ema, shape)
+        torch.manual_seed(spec.train.seed + 1)
+
+        exploit = None
+        restored = ray.tune.get_checkpoint()  # our own (resume) or a donor's (PBT exploit)
+        if restored is not None:
+            with restored.as_directory() as folder:
+                ckpt = ckpts.load(folder, device)
+                origin = json.loads((Path(folder) / ORIGIN).read_text())
+            ckpts.restore(state, ckpt, 0, source=str(restored.path))
+            if origin["trial_id"] != trial_id:
+                donor_lrs = [ckpt[k]["param_groups"][0]["lr"] for k in ("opt_g", "opt_d")]
+                exploit = {"trial": trial_id, "donor": origin["trial_id"], "step": state.step,
+                           "donor_lr_g": donor_lrs[0], "donor_lr_d": donor_lrs[1]}  # fmt: skip
+        apply_optim_settings(nets, spec)
+        if exploit is not None:
+            exploit["lr_g"] = nets.opt_g.param_groups[0]["lr"]
+            exploit["lr_d"] = nets.opt_d.param_groups[0]["lr"]
+            with open(Path(context.search_dir) / EXPLOITS, "a") as f:
+                f.write(json.dumps(exploit) + "\n")
+
+        images, _ = load_arrays(context.manifest)  # (N, C, H, W) uint8
+        batches = InMemoryBatches(
+            torch.from_numpy(images), spec.train.batch_size, spec.train.seed, 0, device
+        )
+        evaluate = InTrainingEvaluator(spec, p.evaluation, device)
+        extra = {"exploited_from": exploit["donor"]} if exploit else {}
+
+        def report(metrics: dict[str, float], snapshot: dict | None) -> None:
+            if spec.tune.metric not in metrics or snapshot is None:
+                return  # Tune takes evaluations only; each one comes with the whole state
+            with tempfile.TemporaryDirectory(prefix="distgan-pbt-") as folder:
+                ckpts.save(snapshot, folder)
+                (Path(folder) / ORIGIN).write_text(json.dumps({"trial_id": trial_id}))
+                checkpoint = ray.tune.Checkpoint.from_directory(folder)
+                ray.tune.report({**metrics, **extra}, checkpoint=checkpoint)
+            extra.clear()
+
+        run(
+            state,
+            batches,
+            spec,
+            device=device,
+            report=report,
+            outputs=RunOutputs(run_dir),
+            job_yaml=dump_yaml(spec),
+            evaluate=evaluate,
+        )
+
+    return train_pbt_trial
+
+
+class SearchProgress(ray.tune.Callback):
+    """The driver's lines: one per evaluation of a trial, one per PBT clone, one per trial end."""
+
+    def __init__(self, metric: str, keys: list[str]):
+        self.metric = metric
+        self.keys = keys
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("exploited_from"):
+            print(
+                f"exploit: trial {trial.trial_id} takes trial {result['exploited_from']}'s state "
+                f"(G, D, G_ema, optimizers, step) and goes on with "
+                f"{_values(trial.config, self.keys)}",
+                file=sys.stdout,
+                flush=True,
+            )
+        value = result.get(self.metric)
+        print(
+            f"trial {trial.trial_id}  step {int(result.get('step', 0)):>6}  "
+            f"{self.metric} {value:.4g}  {_values(trial.config, self.keys)}",
+            file=sys.stdout,
+            flush=True,
+        )
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        print(f"trial {trial.trial_id} done", file=sys.stdout, flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        print(f"trial {trial.trial_id} failed: see {trial.path}", file=sys.stdout, flush=True)
+
+
+def _values(config: dict, keys: list[str]) -> str:
+    return "  ".join(f"{k}={_fmt(config.get(k))}" for k in keys)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,112 @@
+"""Searches on a real Ray cluster through ``distgan tune``: ASHA stops a hopeless trial, PBT
+clones a trial with the donor's whole state and new learning rates, best.yaml trains."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from distgan.cli import main
+from distgan.config import load_job
+from distgan.train import checkpoint as ckpts
+from distgan.train.outputs import read_metrics
+from distgan.tune.trials import EXPLOITS, TRIALS
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(autouse=True)
+def cache_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def tiny_job(tmp_path, name: str, steps: int, tune: dict) -> dict:
+    return {
+        "data": {"source": "embedded"},
+        "model": {"arch": "mlp", "width": 32, "z_dim": 16},
+        "train": {"steps": steps, "batch_size": 32, "log_every": 10, "checkpoint_every": 1000,
+                  "sample_every": steps, "ema": False},
+        "eval": {"every": 20, "n_samples": 128, "n_real": 500},
+        "scale": {"workers": 2},
+        "tune": tune,
+        "run": {"name": name, "root": str(tmp_path / "runs")},
+    }  # fmt: skip
+
+
+def search(tmp_path, job: dict, capsys) -> tuple:
+    path = tmp_path / f"{job['run']['name']}.yaml"
+    path.write_text(yaml.safe_dump(job))
+    assert main(["tune", str(path)]) == 0
+    out = capsys.readouterr().out
+    (search_dir,) = (tmp_path / "runs").glob("*-tune")
+    with open(search_dir / "results.csv") as f:
+        rows = {r["optim.lr_g"]: r for r in csv.DictReader(f)}
+    return search_dir, rows, out
+
+
+def test_asha_stops_a_hopeless_trial_and_best_yaml_trains(ray_cluster, tmp_path, capsys):
+    # Trials run one after the other: the good one sets the rungs, the hopeless one
+    # (G's Adam at a learning rate of 1.0) falls below them at its first rung.
+    tune = {"space": {"optim.lr_g": "grid([2e-4, 1.0])"}, "num_samples": 1,
+            "scheduler": "asha", "grace_period": 20, "max_concurrent_trials": 1}  # fmt: skip
+    search_dir, rows, out = search(tmp_path, tiny_job(tmp_path, "asha", 60, tune), capsys)
+
+    good, bad = rows["0.0002"], rows["1.0"]
+    assert (good["status"], int(good["steps"])) == ("done", 60)
+    # Stopped at its first rung (step 20); Tune's stop lands a report or so later.
+    assert bad["status"] == "stopped" and int(bad["steps"]) < 60
+    assert float(good["best_fid"]) < float(bad["best_fid"])
+    assert "fid" in out and "best:" in out  # progress lines and the table
+
+    best = load_job(search_dir / "best.yaml")
+    assert best.optim.lr_g == 2e-4 and best.tune.space == {}
+    assert best.model.width == 32 and best.train.steps == 60
+    assert list((search_dir / "best_samples").glob("step_*.png"))
+    # Each trial is a run directory of its own, trained by a TorchTrainer with the job's scale.
+    assert len(list((search_dir / TRIALS).glob("*/checkpoints"))) == 2
+
+    # best.yaml is a job: it trains as is (shortened here).
+    assert main(["train", str(search_dir / "best.yaml"), "--set", "train.steps=20"]) == 0
+    (run_dir,) = (tmp_path / "runs").glob("*-asha-best")
+    assert read_metrics(run_dir)[-1]["step"] == 20
+
+
+def test_pbt_clones_the_donor_state_and_applies_new_learning_rates(ray_cluster, tmp_path, capsys):
+    tune = {"space": {"optim.lr_g": "loguniform(1e-4, 3e-3)",
+                      "optim.lr_d": "loguniform(1e-4, 3e-3)"},
+            "num_samples": 2, "scheduler": "pbt", "max_concurrent_trials": 2,
+            "perturbation_interval": 20, "quantile_fraction": 0.5,
+            "resample_probability": 0.0}  # fmt: skip
+    job = tiny_job(tmp_path, "pbt", 80, tune)
+    search_dir, rows, out = search(tmp_path, job, capsys)
+
+    exploits = [json.loads(line) for line in (search_dir / EXPLOITS).read_text().splitlines()]
+    assert exploits, "PBT never cloned a trial"
+    assert "exploit: trial" in out
+    for e in exploits:
+        # The clone restored the donor's step (a checkpoint the donor reported) ...
+        donor_steps = {m["step"] for m in read_metrics(search_dir / TRIALS / e["donor"])}
+        assert e["step"] % 20 == 0 and e["step"] in donor_steps
+        # ... and its optimizers hold its own perturbed rates (×0.8 or ×1.2), not the donor's.
+        for k in ("lr_g", "lr_d"):
+            assert not math.isclose(e[k], e[f"donor_{k}"])
+            assert any(math.isclose(e[k], e[f"donor_{k}"] * f) for f in (0.8, 1.2))
+        # It went on from the donor's step to the end.
+        steps = [m["step"] for m in read_metrics(search_dir / TRIALS / e["trial"])]
+        assert e["step"] + 10 in steps and steps[-1] == 80
+
+    # The clone's last checkpoint (its Tune checkpoint) holds the rates of its final config.
+    clone = exploits[-1]["trial"]
+    (trial_path,) = (search_dir / "tune").glob(f"train_pbt_trial_{clone}_*")
+    last = sorted(trial_path.glob("checkpoint_*"))[-1]
+    state = ckpts.load(last)
+    config = json.loads((trial_path / "params.json").read_text())
+    assert state["step"] == 80
+    assert math.isclose(state["opt_g"]["param_groups"][0]["lr"], config["optim.lr_g"])
+    assert all(torch.isfinite(t).all() for t in state["G"].values())
+    assert {r["status"] for r in rows.values()} == {"done"}
