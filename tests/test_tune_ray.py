@@ -109,4 +109,13 @@ def test_pbt_clones_the_donor_state_and_applies_new_learning_rates(ray_cluster, 
     assert state["step"] == 80
     assert math.isclose(state["opt_g"]["param_groups"][0]["lr"], config["optim.lr_g"])
     assert all(torch.isfinite(t).all() for t in state["G"].values())
+    # Every trial trained to the end, and results.csv says so, with each trial's best figure.
+    for trial in (search_dir / TRIALS).iterdir():
+        assert read_metrics(trial)[-1]["step"] == 80, trial.name
     assert {r["status"] for r in rows.values()} == {"done"}
+    with open(search_dir / "results.csv") as f:
+        for r in csv.DictReader(f):
+            fids = [
+                m["fid"] for m in read_metrics(search_dir / TRIALS / r["trial_id"]) if "fid" in m
+            ]
+            assert math.isclose(float(r["best_fid"]), min(fids)), r

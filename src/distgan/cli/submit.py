@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from distgan.cli import add_overrides_flag
 from distgan.errors import ClusterError
 
 
@@ -29,14 +30,7 @@ def add_parser(verbs) -> None:
     )
     p.add_argument("job", help="job file, e.g. jobs/quickstart.yaml")
     add_address_flag(p)
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a job field, e.g. --set run.storage=s3://bucket/runs (repeatable)",
-    )
+    add_overrides_flag(p, "run.storage=s3://bucket/runs")
     p.add_argument("--wait", action="store_true", help="follow the job's log until it ends")
     p.set_defaults(run=run)
 

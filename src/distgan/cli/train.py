@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from distgan.cli import add_overrides_flag
 from distgan.config import dump_yaml, load_job, write_resolved
 from distgan.errors import CheckpointError, JobError
 
@@ -20,14 +21,7 @@ from distgan.errors import CheckpointError, JobError
 def add_parser(verbs) -> None:
     p = verbs.add_parser("train", help="train a job on Ray", description=__doc__.split("\n")[0])
     p.add_argument("job", nargs="?", help="job file, e.g. jobs/quickstart.yaml")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a job field, e.g. --set optim.lr_g=1e-4 (repeatable)",
-    )
+    add_overrides_flag(p, "optim.lr_g=1e-4")
     p.add_argument("--dry-run", action="store_true", help="print the resolved job and exit")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.set_defaults(run=run)

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from distgan.cli import add_overrides_flag
 from distgan.config import load_job, write_resolved
 from distgan.errors import JobError
 
@@ -29,14 +30,7 @@ def add_parser(verbs) -> None:
     p.add_argument(
         "job", nargs="?", help="job file with a tune section, e.g. jobs/tune_quickstart.yaml"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a job field, e.g. --set tune.num_samples=8 (repeatable)",
-    )
+    add_overrides_flag(p, "tune.num_samples=8")
     p.add_argument("--resume", metavar="SEARCH_DIR", help="continue an interrupted search")
     p.set_defaults(run=run)
 
@@ -92,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         if interrupted:
             sys.stderr.write(f"interrupted; continue with: distgan tune --resume {search_dir}\n")
             return 130
-    rows = trial_rows(grid, spec)
+    rows = trial_rows(grid, spec, search_dir)
     best = write_results(rows, spec, Path(search_dir))
     print(format_table(rows, spec))
     print(

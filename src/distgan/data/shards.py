@@ -104,7 +104,7 @@ def write_shards(
         shard_labels = None if labels is None else labels[start:stop]
         with _atomic_file(out / name) as f:
             _write_parquet(f, schema, images[start:stop], shard_labels)
-        shards.append(ShardInfo(name, stop - start, _sha256(out / name)))
+        shards.append(ShardInfo(name, stop - start, file_sha256(out / name)))
 
     written = {s.file for s in shards}
     for stale in out.iterdir():
@@ -218,7 +218,7 @@ def verify_shards(manifest: ShardManifest, hashes: bool = True) -> None:
             raise DataError(f"{path}: has {meta.num_rows} rows, manifest says {info.count}; {_FIX}")
         if not hashes:
             continue
-        digest = _sha256(Path(path))
+        digest = file_sha256(Path(path))
         if digest != info.sha256:
             raise DataError(
                 f"{path}: sha256 is {digest}, manifest says {info.sha256}; the "
@@ -350,7 +350,7 @@ def _atomic_file(path: Path) -> Iterator[BinaryIO]:
     os.replace(temp, path)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(2**20):

@@ -11,7 +11,6 @@ feature network of their own (Inception, say) as TorchScript can load that file 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distgan.data import load_arrays, read_manifest
+from distgan.data.shards import file_sha256
 from distgan.errors import CheckpointError, DataError
 
 FORMAT = "distgan-features/1"
@@ -145,7 +145,7 @@ def fit_features(
     info = {
         "format": FORMAT,
         "accuracy": accuracy,
-        "sha256": _sha256(out),
+        "sha256": file_sha256(out),
         "in_shape": list(manifest.shape),
         "num_classes": num_classes,
         "dim": FEATURE_DIM,
@@ -324,7 +324,7 @@ def _load_file(path: Path, name: str, device: str) -> FeatureExtractor:
     fix = "pass a features.pt from `distgan eval fit-features` or a TorchScript module"
     if not path.is_file():
         raise CheckpointError(f"{path}: no such feature network file; {fix}")
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if _is_torchscript(path):
         try:
             module = torch.jit.load(str(path), map_location="cpu")
@@ -420,14 +420,6 @@ def _command(dataset_dir: Path, test_dir: str | Path | None, epochs: int, out: P
     if test_dir is not None:
         parts += ["--test", str(test_dir)]
     return " ".join([*parts, "--epochs", str(epochs), "--out", str(out)])
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(2**20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _shape(shape) -> str:

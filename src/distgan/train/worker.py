@@ -112,11 +112,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         name = ckpts.checkpoint_dir_name(int(metrics["step"]))
         if snapshot is None:
             ray.train.report(metrics, checkpoint_dir_name=name)
-            return
-        with tempfile.TemporaryDirectory(prefix="distgan-ckpt-") as folder:
-            ckpts.save(snapshot, folder)
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+        else:
+            with tempfile.TemporaryDirectory(prefix="distgan-ckpt-") as folder:
+                ckpts.save(snapshot, folder)
+                checkpoint = ray.train.Checkpoint.from_directory(folder)
+                ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+        # Ray Train keeps one unconsumed report per worker and registers its checkpoint when the
+        # controller next polls (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, launch.py). This second
+        # report waits for that, so a worker killed from here on restarts from this checkpoint,
+        # never the one before: at most one checkpoint interval is lost.
+        ray.train.report(metrics)
 
     evaluate = None
     if config.get("eval"):

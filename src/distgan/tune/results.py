@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from distgan.config import JobSpec, TuneSpec, dump_yaml
+from distgan.train.outputs import read_metrics
 from distgan.tune.search import search_mode
 from distgan.tune.space import sampled_values, trial_spec
 from distgan.tune.trials import trial_run_dir
@@ -38,23 +39,36 @@ class TrialRow:
     steps: int  # the last step it trained
 
 
-def trial_rows(grid, spec: JobSpec) -> list[TrialRow]:
-    """One row per trial of a ResultGrid, best first (trials never measured last)."""
+def trial_rows(grid, spec: JobSpec, search_dir: str | Path | None = None) -> list[TrialRow]:
+    """One row per trial of a ResultGrid, best first (trials never measured last).
+
+    A trial's figures come from its own ``metrics.jsonl`` under ``search_dir`` where it has one:
+    Tune's metrics table of a trial that PBT restored can lack the results after the restore.
+    """
     metric, higher = spec.tune.metric, search_mode(spec) == "max"
     rows = []
     for result in grid:
-        df = result.metrics_dataframe
-        best, best_step, steps = math.nan, 0, 0
-        if df is not None and metric in df and df[metric].notna().any():
-            scores = df[metric].astype(float)
-            i = scores.idxmax() if higher else scores.idxmin()
-            best, best_step = float(scores[i]), int(df["step"][i])
-            steps = int(df["step"].max())
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        own = trial_run_dir(search_dir, trial_id) if search_dir is not None else None
+        if own is not None and (own / "metrics.jsonl").is_file():
+            logged = read_metrics(own)
+            points = [(float(m[metric]), int(m["step"])) for m in logged if metric in m]
+            steps = max((int(m["step"]) for m in logged), default=0)
+        else:
+            df = result.metrics_dataframe
+            points, steps = [], 0
+            if df is not None and metric in df and df[metric].notna().any():
+                rows_df = df[df[metric].notna()]
+                points = list(zip(rows_df[metric].astype(float), rows_df["step"].astype(int)))
+                steps = int(df["step"].max())
+        points = [(v, s) for v, s in points if not math.isnan(v)]
+        best, best_step = math.nan, 0
+        if points:
+            best, best_step = (max if higher else min)(points, key=lambda p: p[0])
         if result.error is not None:
             status = "error"
         else:
             status = "done" if steps >= spec.train.steps else "stopped"
-        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         rows.append(
             TrialRow(trial_id, status, sampled_values(result.config, spec), best, best_step, steps)
         )
