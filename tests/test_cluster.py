@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from distgan import submit as submit_module
 from distgan.cli import main
 from distgan.config import load_job
 
@@ -208,8 +209,12 @@ def test_plain_http_to_a_remote_address_needs_a_token(monkeypatch, tmp_path, cap
     monkeypatch.setenv("HOME", str(tmp_path))
     for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(k, raising=False)
-    # Refused before any connection is tried (nothing listens at this address).
-    assert main(["submit", "jobs/quickstart.yaml", "--address", "http://10.255.255.1:8265"]) == 2
+    # Refused before any connection is tried; should that check break, the test fails here
+    # instead of sending anything to a non-loopback address.
+    with monkeypatch.context() as m:
+        m.setattr(submit_module, "Jobs", lambda *a, **k: pytest.fail("tried to connect"))
+        argv = ["submit", "jobs/quickstart.yaml", "--address", "http://10.255.255.1:8265"]
+        assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     assert "refusing to send a job over plain http" in err
