@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml constraints.txt
 train: $(STAMP)
 	$(BIN)/distgan train $(JOB)
 
+# Two pytest workers, each with its own Ray head (tests/conftest.py: Ray tests are mostly
+# process start-up, which leaves a core idle a third of the time).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

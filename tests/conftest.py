@@ -3,7 +3,12 @@
 ``ray_cluster``: a real Ray head (`ray start --head --block`) on 127.0.0.1 with explicit ports,
 2 CPUs and its own temp dir, started once per session. At the end it stops exactly the processes
 it started (the `ray start` process and its descendants), never `ray stop`, which would end
-every Ray process on the machine. The ports start at DISTGAN_TEST_RAY_PORT (default 46379).
+every Ray process on the machine. The ports start at DISTGAN_TEST_RAY_PORT (default 46379),
+1,000 higher for each pytest-xdist worker (``ray_port_base``).
+
+``make test`` runs two pytest-xdist workers (``-n 2 --dist loadgroup``): the Ray test files go
+in two groups of about equal length, one a worker, each worker with its own Ray head, and the
+other tests fill in around them.
 """
 
 from __future__ import annotations
@@ -21,6 +26,35 @@ import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+# Ray tests -> xdist group (by "file" or "file::test name prefix"); the two groups take
+# about the same time.
+RAY_GROUPS = {
+    "test_faults.py::test_nan_on_one_rank_then_a_killed_driver": "ray-a",
+    "test_train_ray.py": "ray-a",
+    "test_tune_ray.py": "ray-a",
+    "test_faults.py::test_two_workers_killed": "ray-b",
+    "test_eval_ray.py": "ray-b",
+    "test_cluster.py": "ray-b",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = f"{item.path.name}::{item.name}"
+        for prefix, group in RAY_GROUPS.items():
+            if name == prefix or name.startswith(prefix if "::" in prefix else prefix + "::"):
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
+
+
+def ray_port_base() -> int:
+    """The first port of this pytest process's Ray instances: DISTGAN_TEST_RAY_PORT (default
+    46379), 1,000 higher for each xdist worker, so two workers never share a port."""
+    base = int(os.environ.get("DISTGAN_TEST_RAY_PORT", "46379"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # gw0, gw1, ...
+    return base + 1000 * int(worker.removeprefix("gw") or 0)
 
 
 def ray_head_command(base_port: int, temp_dir: str, num_cpus: int = 2) -> list[str]:
@@ -66,7 +100,7 @@ def ray_cluster():
     """The address of a 2-CPU Ray head on 127.0.0.1; RAY_ADDRESS points at it during the tests."""
     import ray
 
-    base = int(os.environ.get("DISTGAN_TEST_RAY_PORT", "46379"))
+    base = ray_port_base()
     temp_dir = tempfile.mkdtemp(prefix="dgray-", dir="/tmp")  # short: socket paths are limited
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     log = open(Path(temp_dir) / "head.log", "w")  # noqa: SIM115 - open for the whole session

@@ -1,7 +1,7 @@
 """distgan on a real Ray cluster: a head and a worker node started by ``cluster/local.sh`` on
 127.0.0.1 in token mode, jobs sent through the Jobs API with the real CLI.
 
-The cluster's ports start at DISTGAN_TEST_RAY_PORT + 500 (the ``ray_cluster`` fixture of
+The cluster's ports start at conftest.ray_port_base() + 500 (the ``ray_cluster`` fixture of
 conftest.py uses the ports just above DISTGAN_TEST_RAY_PORT); everything it starts is stopped
 by ``cluster/local.sh down`` at the end, and the teardown checks that nothing is left.
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import ray_port_base
 
 from distgan import submit as submit_module
 from distgan.cli import main
@@ -55,7 +56,7 @@ class Cluster:
 def cluster():
     """A head and one worker node (2 logical CPUs each), token auth on with a token of its
     own (never ~/.ray/auth_token)."""
-    base = int(os.environ.get("DISTGAN_TEST_RAY_PORT", "46379")) + 500
+    base = ray_port_base() + 500
     root = Path(tempfile.mkdtemp(prefix="dgcl-", dir="/tmp"))  # short: socket paths are limited
     token = secrets.token_hex(32)
     (root / "token").write_text(token)
@@ -220,7 +221,7 @@ def test_plain_http_to_a_remote_address_needs_a_token(monkeypatch, tmp_path, cap
     assert "refusing to send a job over plain http" in err
 
     # A cluster that is not there: one line naming the address and what to do.
-    closed = f"http://127.0.0.1:{int(os.environ.get('DISTGAN_TEST_RAY_PORT', '46379')) + 999}"
+    closed = f"http://127.0.0.1:{ray_port_base() + 999}"
     assert main(["status", "some-job", "--address", closed]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: {closed}: cannot reach the Ray Jobs API there; start a cluster")

@@ -37,6 +37,10 @@ RAY_ENV = {
     # The controller takes each worker's report (and registers its checkpoint) at this period;
     # Ray's default of 2 s would stall every checkpoint step that long (worker.py).
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    # read_parquet starts 32 footer-reader actors (a process each) by default, built for
+    # thousands of remote files; distgan's shards are local and few, and one actor with its
+    # 128 IO threads reads their footers. On 2 cores the 32 processes cost ~10 s a run.
+    "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
 }
 MEMORY_CACHE_LIMIT = 4 << 30  # bytes of uint8 pixels a worker keeps in memory under cache: auto
 
