@@ -127,7 +127,7 @@ def ray_cluster():
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        stop_tree(head.pid)
+        stop_tree(head.pid, timeout=5)  # the test head holds nothing worth a longer wait
         log.close()
         for k, v in saved.items():
             if v is None:
