@@ -14,7 +14,9 @@ FASHION ?= $(firstword $(wildcard /usr/share/datasets/fashion-mnist ../shared/da
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	# constraints.txt pins torch to 2.13.0 (the local CPU build where one is provided) and Ray to 2.60.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install -q --no-compile -c constraints.txt -e '.[test]'
+	# Byte-compiled on every core (pip compiles on one); one torch file is Python 3.12 only.
+	$(BIN)/python -m compileall -q -j 0 -x py312_intrinsics $(VENV)/lib > /dev/null
 	touch $(STAMP)
 
 train: $(STAMP)

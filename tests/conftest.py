@@ -6,9 +6,9 @@ it started (the `ray start` process and its descendants), never `ray stop`, whic
 every Ray process on the machine. The ports start at DISTGAN_TEST_RAY_PORT (default 46379),
 1,000 higher for each pytest-xdist worker (``ray_port_base``).
 
-``make test`` runs two pytest-xdist workers (``-n 2 --dist loadgroup``): the Ray test files go
-in two groups of about equal length, one a worker, each worker with its own Ray head, and the
-other tests fill in around them.
+``make test`` runs two pytest-xdist workers (``-n 2 --dist loadgroup``): the Ray tests carry an
+``xdist_group`` mark, "ray-a" or "ray-b" (two groups of about equal length, one a worker, each
+worker with its own Ray head), and the other tests fill in around them.
 """
 
 from __future__ import annotations
@@ -26,27 +26,6 @@ import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-# Ray tests -> xdist group (by "file" or "file::test name prefix"); the two groups take
-# about the same time.
-RAY_GROUPS = {
-    "test_faults.py::test_nan_on_one_rank_then_a_killed_driver": "ray-a",
-    "test_train_ray.py": "ray-a",
-    "test_tune_ray.py": "ray-a",
-    "test_faults.py::test_two_workers_killed": "ray-b",
-    "test_eval_ray.py": "ray-b",
-    "test_cluster.py": "ray-b",
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        name = f"{item.path.name}::{item.name}"
-        for prefix, group in RAY_GROUPS.items():
-            if name == prefix or name.startswith(prefix if "::" in prefix else prefix + "::"):
-                item.add_marker(pytest.mark.xdist_group(group))
-                break
 
 
 def ray_port_base() -> int:

@@ -24,7 +24,7 @@ from distgan import submit as submit_module
 from distgan.cli import main
 from distgan.config import load_job
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("ray-b")]  # conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_SH = REPO / "cluster" / "local.sh"

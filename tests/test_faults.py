@@ -319,6 +319,7 @@ def assert_no_token(*places: Path) -> None:
 
 
 @pytest.mark.ray
+@pytest.mark.xdist_group("ray-b")  # conftest.py
 def test_two_workers_killed_mid_run_lose_at_most_one_interval_each(ray_cluster, tmp_path):
     steps, every, log_every = 300, 50, 10
     job = write_job(
@@ -378,6 +379,7 @@ def wait_for_no_train_workers(address: str, timeout: float = 90) -> None:
 
 
 @pytest.mark.ray
+@pytest.mark.xdist_group("ray-a")  # conftest.py
 def test_nan_on_one_rank_then_a_killed_driver_resume_to_the_run_never_stopped(
     ray_cluster, tmp_path
 ):

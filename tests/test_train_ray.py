@@ -17,7 +17,7 @@ from distgan.config import load_job
 from distgan.train import checkpoint as ckpts
 from distgan.train.outputs import read_metrics
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray-a")]  # conftest.py
 
 BATCH = 32
 

@@ -18,7 +18,7 @@ from distgan.train.launch import check_job
 from distgan.train.outputs import read_metrics
 from distgan.tune.trials import EXPLOITS, TRIALS
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray-a")]  # conftest.py
 
 
 @pytest.fixture(autouse=True)
@@ -82,13 +82,18 @@ def test_asha_stops_a_hopeless_trial_and_writes_a_best_yaml_job(ray_cluster, tmp
     check_job(best, str(search_dir / "best.yaml"))
 
 
+END = 70  # steps of each PBT trial
+
+
 def test_pbt_clones_the_donor_state_and_applies_new_learning_rates(ray_cluster, tmp_path, capsys):
     tune = {"space": {"optim.lr_g": "loguniform(1e-4, 3e-3)",
                       "optim.lr_d": "loguniform(1e-4, 3e-3)"},
             "num_samples": 2, "scheduler": "pbt", "max_concurrent_trials": 2,
             "perturbation_interval": 20, "quantile_fraction": 0.5,
-            "resample_probability": 0.0}  # fmt: skip
-    job = tiny_job(tmp_path, "pbt", 80, tune)
+            "resample_probability": 0.0, "synch": True}  # fmt: skip
+    # synch: both trials wait at steps 20, 40 and 60, so PBT compares them whatever their
+    # speeds; 70 steps leave the end off the perturbation points.
+    job = tiny_job(tmp_path, "pbt", END, tune)
     search_dir, rows, out = search(tmp_path, job, capsys)
 
     exploits = [json.loads(line) for line in (search_dir / EXPLOITS).read_text().splitlines()]
@@ -104,7 +109,7 @@ def test_pbt_clones_the_donor_state_and_applies_new_learning_rates(ray_cluster, 
             assert any(math.isclose(e[k], e[f"donor_{k}"] * f) for f in (0.8, 1.2))
         # It went on from the donor's step to the end.
         steps = [m["step"] for m in read_metrics(search_dir / TRIALS / e["trial"])]
-        assert e["step"] + 10 in steps and steps[-1] == 80
+        assert e["step"] + 10 in steps and steps[-1] == END
 
     # The clone's last checkpoint (its Tune checkpoint) holds the rates of its final config.
     clone = exploits[-1]["trial"]
@@ -112,12 +117,12 @@ def test_pbt_clones_the_donor_state_and_applies_new_learning_rates(ray_cluster, 
     last = sorted(trial_path.glob("checkpoint_*"))[-1]
     state = ckpts.load(last)
     config = json.loads((trial_path / "params.json").read_text())
-    assert state["step"] == 80
+    assert state["step"] == END
     assert math.isclose(state["opt_g"]["param_groups"][0]["lr"], config["optim.lr_g"])
     assert all(torch.isfinite(t).all() for t in state["G"].values())
     # Every trial trained to the end, and results.csv says so, with each trial's best figure.
     for trial in (search_dir / TRIALS).iterdir():
-        assert read_metrics(trial)[-1]["step"] == 80, trial.name
+        assert read_metrics(trial)[-1]["step"] == END, trial.name
     assert {r["status"] for r in rows.values()} == {"done"}
     with open(search_dir / "results.csv") as f:
         for r in csv.DictReader(f):

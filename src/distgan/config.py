@@ -165,6 +165,9 @@ class TuneSpec:
     resample_probability: float = _f(
         0.25, "pbt: chance to resample instead of ×0.8 or ×1.2", min=0.0, max=1.0
     )
+    synch: bool = _f(
+        False, "pbt: every trial waits at each perturbation, so exploits do not depend on speed"
+    )
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,7 @@ def build_scheduler(spec: JobSpec):
             perturbation_interval=t.perturbation_interval or 2 * spec.eval.every,
             quantile_fraction=t.quantile_fraction,
             resample_probability=t.resample_probability,
+            synch=t.synch,
             hyperparam_mutations={
                 k: to_ray(d) for k, d in domains.items() if k.startswith("optim.")
             },
