@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distgan.data import EMBEDDED_DIR, load_arrays, read_idx, read_manifest
+from distgan.data import EMBEDDED_DIR, read_idx, read_manifest
 from distgan.generate import generate, load_generator
 from distgan.metrics import FeatureSet, compute_metrics
-from distgan.metrics.evaluate import real_reference
+from distgan.metrics.evaluate import real_reference, real_subset
 from distgan.metrics.features import load_feature_extractor
 from distgan.metrics.stats import class_coverage
 
@@ -150,11 +150,7 @@ def main() -> None:
 
     net, accuracy = fit_independent(Path(args.test), (test, torch.from_numpy(test_y).long()),
                                     args.independent)  # fmt: skip
-    real_images, _ = load_arrays(manifest)
-    pick = np.random.default_rng(0).permutation(len(real_images))[: args.n]
-    ind_reference = _independent(
-        net, torch.from_numpy(real_images[np.sort(pick)]).float().div_(127.5).sub_(1)
-    )
+    ind_reference = _independent(net, real_subset(manifest, args.n, seed=0))  # distgan's subset
     print()
     print(f"independent: pixel MLP, {args.independent} epochs on 60,000 training images, "
           f"t10k accuracy {accuracy:.3f}")  # fmt: skip
@@ -166,11 +162,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     ind_fids, ind_scores = [], []
     for (name, images), fid in zip(rows, fids):
-        m = compute_metrics(["fid", "classifier_score", "class_coverage"], ind_reference,
-                            _independent(net, images))  # fmt: skip
+        fake = _independent(net, images)
+        m = compute_metrics(["fid", "classifier_score", "class_coverage"], ind_reference, fake)
         ind_fids.append(m["fid"])
         ind_scores.append(m["classifier_score"])
-        probs = _independent(net, images).probs
+        probs = fake.probs
         confident = probs[probs.max(1) >= 0.9]
         covered = class_coverage(confident, 10) * 10 if len(confident) else 0
         print(

@@ -2,7 +2,7 @@
 127.0.0.1 in token mode, jobs sent through the Jobs API with the real CLI.
 
 The cluster's ports start at conftest.ray_port_base() + 500 (the ``ray_cluster`` fixture of
-conftest.py uses the ports just above DISTGAN_TEST_RAY_PORT); everything it starts is stopped
+conftest.py uses the ports just above ray_port_base()); everything it starts is stopped
 by ``cluster/local.sh down`` at the end, and the teardown checks that nothing is left.
 """
 

@@ -30,6 +30,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 CACHE_MODES = ("auto", "memory", "stream")
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray placement groups
 # The metrics of distgan.metrics (kept in sync by a test; config imports nothing below it).
+RESOLVED_JOB = "job.resolved.yaml"  # every run's (and search's) own copy of its job, resolved
 METRIC_NAMES = ("fid", "kid", "precision", "recall", "classifier_score", "class_coverage")
 
 
@@ -270,7 +271,7 @@ def dump_yaml(spec: JobSpec) -> str:
 
 def write_resolved(spec: JobSpec, run_dir: Path) -> Path:
     """Writes ``job.resolved.yaml`` into the run directory, the first file of every run."""
-    path = Path(run_dir) / "job.resolved.yaml"
+    path = Path(run_dir) / RESOLVED_JOB
     tmp = path.with_suffix(".tmp")
     tmp.write_text(dump_yaml(spec))
     tmp.replace(path)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from distgan.cli import add_overrides_flag
-from distgan.config import dump_yaml, load_job, write_resolved
+from distgan.config import RESOLVED_JOB, dump_yaml, load_job, write_resolved
 from distgan.errors import CheckpointError, JobError
 
 
@@ -32,9 +32,9 @@ def _resume_spec(args: argparse.Namespace):
     from distgan.train.outputs import existing_run_dir
 
     run_dir = existing_run_dir(args.resume)
-    job_file = Path(args.job) if args.job else run_dir / "job.resolved.yaml"
+    job_file = Path(args.job) if args.job else run_dir / RESOLVED_JOB
     spec = load_job(job_file, args.overrides)
-    before = load_job(run_dir / "job.resolved.yaml")
+    before = load_job(run_dir / RESOLVED_JOB)
     for section in ("model", "data"):
         if getattr(spec, section) != getattr(before, section):
             raise JobError(
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume:
         spec, run_dir, resume_from = _resume_spec(args)
-        job_source = str(args.job or Path(run_dir) / "job.resolved.yaml")
+        job_source = str(args.job or Path(run_dir) / RESOLVED_JOB)
     else:
         if not args.job:
             raise JobError("distgan train: a job file is required (or --resume RUN_DIR)")

@@ -15,10 +15,8 @@ import time
 from pathlib import Path
 
 from distgan.cli import add_overrides_flag
-from distgan.config import load_job, write_resolved
+from distgan.config import RESOLVED_JOB, load_job, write_resolved
 from distgan.errors import JobError
-
-JOB_FILE = "job.resolved.yaml"
 
 
 def add_parser(verbs) -> None:
@@ -37,20 +35,20 @@ def add_parser(verbs) -> None:
 
 def _resume_spec(args: argparse.Namespace):
     search_dir = Path(args.resume)
-    if not (search_dir / JOB_FILE).is_file():
+    if not (search_dir / RESOLVED_JOB).is_file():
         raise JobError(
-            f"{search_dir}: not a distgan search directory (no {JOB_FILE}); pass a folder "
+            f"{search_dir}: not a distgan search directory (no {RESOLVED_JOB}); pass a folder "
             "runs/<id>-<name>-tune/"
         )
-    spec = load_job(search_dir / JOB_FILE)
+    spec = load_job(search_dir / RESOLVED_JOB)
     if args.job or args.overrides:
-        given = load_job(args.job or search_dir / JOB_FILE, args.overrides)
+        given = load_job(args.job or search_dir / RESOLVED_JOB, args.overrides)
         if given != spec:
             raise JobError(
                 f"{args.job or '--set'}: differs from the search being resumed ({search_dir}); "
                 f"resume with its own job: distgan tune --resume {search_dir}"
             )
-    return spec, search_dir, str(search_dir / JOB_FILE)
+    return spec, search_dir, str(search_dir / RESOLVED_JOB)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -54,6 +54,14 @@ def _to_unit(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).float().div_(127.5).sub_(1.0)
 
 
+def real_subset(manifest: ShardManifest, n: int, seed: int) -> torch.Tensor:
+    """``n`` real images (all if fewer) in [-1, 1]: a seeded random subset, in file order."""
+    images, _ = load_arrays(manifest)  # (N, C, H, W) uint8
+    pick = np.random.default_rng(seed).permutation(len(images))[:n]
+    pick.sort()  # the same subset in file order, whatever the seed's permutation
+    return _to_unit(images[pick])
+
+
 def real_reference(
     manifest: ShardManifest, extractor: FeatureExtractor, n: int, seed: int
 ) -> Reference:
@@ -67,10 +75,7 @@ def real_reference(
         probs = cached["probs"] if cached["probs"].size else None
         feats = FeatureSet(cached["features"], probs)
     else:
-        images, _ = load_arrays(manifest)  # (N, C, H, W) uint8
-        pick = np.random.default_rng(seed).permutation(len(images))[:count]
-        pick.sort()  # the same subset in file order, whatever the seed's permutation
-        f, p = extractor.extract(_to_unit(images[pick]), batch_size=REAL_BATCH)
+        f, p = extractor.extract(real_subset(manifest, count, seed), batch_size=REAL_BATCH)
         feats = FeatureSet(f.numpy(), None if p is None else p.numpy())
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distgan.config import RESOLVED_JOB
 from distgan.errors import CheckpointError
 from distgan.images import save_grid
 from distgan.train import checkpoint as ckpts
@@ -64,9 +65,9 @@ def _uri_entries(uri: str) -> list[str]:
 
 def existing_run_dir(path: str | Path) -> Path:
     path = Path(path)
-    if not (path / "job.resolved.yaml").is_file():
+    if not (path / RESOLVED_JOB).is_file():
         raise CheckpointError(
-            f"{path}: not a distgan run directory (no job.resolved.yaml); pass a folder under runs/"
+            f"{path}: not a distgan run directory (no {RESOLVED_JOB}); pass a folder under runs/"
         )
     return path
 
