@@ -28,8 +28,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check distgan tests benchmarks
+	$(BIN)/ruff format --check distgan tests benchmarks
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py

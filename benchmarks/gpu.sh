@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU figures of BENCHMARKS.md, on a machine with one CUDA GPU where PyTorch and Ray 2.60
-# import (distgan itself from src/, no install needed):
+# import (distgan itself from the checkout, no install needed):
 #   bash benchmarks/gpu.sh [OUT_DIR]
 # 1. jobs/quickstart.yaml with scale.use_gpu: true and one worker (its progress and samples);
 # 2. benchmarks/throughput.py --device cuda: distgan's images/s against a plain PyTorch loop.
@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/gpu-check}
 mkdir -p "$out"
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled
 ray() { python3 -c 'import sys; from ray.scripts.scripts import main; sys.argv[0] = "ray"; main()' "$@"; }
 tmp=$(mktemp -d /tmp/dgray-XXXX)
 # --block keeps the head in the foreground of its own process group, which the trap ends.

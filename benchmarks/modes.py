@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/modes.py                         # grid25 and stacked, 2 losses
     .venv/bin/python benchmarks/modes.py --loss hinge --loss wgan-gp --grid-steps 4000
 
-- grid25: the reference MLP GAN (distgan.metrics.modes.train_synthetic) on 25 Gaussians on a
+- grid25: the reference MLP GAN (distgan.train.synthetic.train_synthetic) on 25 Gaussians on a
   5×5 grid; 2,500 samples scored: modes covered, share of high-quality samples, reverse KL.
 - stacked Fashion-MNIST: a 3-channel DCGAN on three random Fashion-MNIST images stacked as
   channels (1,000 modes); 10,000 samples, each channel labelled by the shipped classifier.
@@ -21,16 +21,9 @@ import torch
 
 from distgan.data import EMBEDDED_DIR, load_arrays, read_manifest
 from distgan.metrics.features import load_feature_extractor
-from distgan.metrics.modes import (
-    SOURCES,
-    count_stacked_modes,
-    make_nets,
-    n_critic,
-    score_modes,
-    stacked_dataset,
-    train_synthetic,
-)
+from distgan.metrics.modes import SOURCES, count_stacked_modes, score_modes, stacked_dataset
 from distgan.step import train_step
+from distgan.train.synthetic import make_nets, n_critic, train_synthetic
 
 Z_DIM = 100
 

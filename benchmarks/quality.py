@@ -33,11 +33,12 @@ import numpy as np
 import torch
 
 from distgan.data import EMBEDDED_DIR, read_idx, read_manifest
-from distgan.generate import generate, load_generator
+from distgan.generate import load_generator
 from distgan.metrics import FeatureSet, compute_metrics
 from distgan.metrics.evaluate import real_reference, real_subset
 from distgan.metrics.features import load_feature_extractor
 from distgan.metrics.stats import class_coverage
+from distgan.models import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = ROOT.parent / "shared" / "datasets" / "fashion-mnist"

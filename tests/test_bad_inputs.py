@@ -164,7 +164,9 @@ def test_bad_input_gives_one_line_exit_2_and_writes_nothing(
 ):
     monkeypatch.chdir(tmp_path)  # a job without run.root would write runs/ here
     job = tmp_path / "job.yaml"
-    if "job" in case:
+    if isinstance(case.get("job"), bytes):
+        job.write_bytes(case["job"])
+    elif "job" in case:
         job.write_text(_fill(case["job"], root, job))
     before_root, before_cwd = _tree(root), _tree(tmp_path)
     argv = [_fill(a, root, job) for a in case["argv"]]

@@ -43,8 +43,8 @@ def job_error(path: Path, overrides: tuple[str, ...] = ()) -> str:
 # --- loading -------------------------------------------------------------------------------
 
 
-def test_empty_file_gives_the_defaults_and_the_stem_as_name(tmp_path):
-    spec = load_job(write_job(tmp_path, "", name="tiny_run.yaml"))
+def test_one_section_gives_the_defaults_and_the_stem_as_name(tmp_path):
+    spec = load_job(write_job(tmp_path, "data: {source: embedded}\n", name="tiny_run.yaml"))
     assert spec == JobSpec(run=RunSpec(name="tiny_run"))
     assert spec.model.arch == "dcgan"
     assert spec.model.z_dim == 100
@@ -256,34 +256,36 @@ def test_overrides_are_typed_through_yaml_and_win_over_the_file(tmp_path):
 
 
 def test_later_override_of_the_same_key_wins(tmp_path):
-    spec = load_job(write_job(tmp_path, ""), ["train.steps=3", "train.steps=4"])
+    spec = load_job(
+        write_job(tmp_path, "data: {source: embedded}\n"), ["train.steps=3", "train.steps=4"]
+    )
     assert spec.train.steps == 4
 
 
 def test_bad_override_message_starts_with_the_override(tmp_path):
-    message = job_error(write_job(tmp_path, ""), ("optim.lr_g=fast",))
+    message = job_error(write_job(tmp_path, "data: {source: embedded}\n"), ("optim.lr_g=fast",))
     assert message.startswith("--set optim.lr_g=fast: optim.lr_g: expected ")
 
 
 def test_unknown_override_key_suggests_the_closest(tmp_path):
-    message = job_error(write_job(tmp_path, ""), ("optim.lr_gg=1",))
+    message = job_error(write_job(tmp_path, "data: {source: embedded}\n"), ("optim.lr_gg=1",))
     assert message.startswith("--set optim.lr_gg=1: optim.lr_gg: unknown key")
     assert "did you mean 'lr_g'?" in message
 
 
 def test_unknown_override_section_names_the_override(tmp_path):
-    message = job_error(write_job(tmp_path, ""), ("optimm.lr_g=1",))
+    message = job_error(write_job(tmp_path, "data: {source: embedded}\n"), ("optimm.lr_g=1",))
     assert message.startswith("--set optimm.lr_g=1: optimm: unknown key")
     assert "did you mean 'optim'?" in message
 
 
 def test_override_without_equals_explains_key_value(tmp_path):
-    message = job_error(write_job(tmp_path, ""), ("foo",))
+    message = job_error(write_job(tmp_path, "data: {source: embedded}\n"), ("foo",))
     assert message.startswith("--set foo: expected KEY=VALUE")
 
 
 def test_override_without_section_explains_section_field(tmp_path):
-    message = job_error(write_job(tmp_path, ""), ("steps=3",))
+    message = job_error(write_job(tmp_path, "data: {source: embedded}\n"), ("steps=3",))
     assert message.startswith("--set steps=3: expected SECTION.FIELD")
 
 
@@ -309,7 +311,7 @@ def test_resolved_job_is_validated_too(tmp_path):
 
 
 def test_spec_is_frozen(tmp_path):
-    spec = load_job(write_job(tmp_path, ""))
+    spec = load_job(write_job(tmp_path, "data: {source: embedded}\n"))
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.optim.lr_g = 1.0
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -351,7 +353,7 @@ def test_cli_bad_job_prints_one_error_line_and_writes_nothing(tmp_path, monkeypa
 
 def test_cli_bad_override_prints_one_error_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    path = write_job(tmp_path, "")
+    path = write_job(tmp_path, "data: {source: embedded}\n")
     assert main(["train", str(path), "--dry-run", "--set", "optim.lr_g=fast"]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1
@@ -360,7 +362,7 @@ def test_cli_bad_override_prints_one_error_line(tmp_path, monkeypatch, capsys):
 
 def test_cli_unknown_flag_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    path = write_job(tmp_path, "")
+    path = write_job(tmp_path, "data: {source: embedded}\n")
     with pytest.raises(SystemExit) as info:
         main(["train", str(path), "--bogus"])
     assert info.value.code == 2

@@ -15,8 +15,8 @@ from distgan.metrics.modes import (
     ring8,
     score_modes,
     stacked_dataset,
-    train_synthetic,
 )
+from distgan.train.synthetic import train_synthetic
 
 RING, GRID = SOURCES["ring8"], SOURCES["grid25"]
 

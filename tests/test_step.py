@@ -205,7 +205,7 @@ def test_short_training_plays_the_game_the_right_way():
 
 # --- layering: no Ray, no torch.distributed --------------------------------------------------
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[1]
 
 
 def imported_names(tree: ast.AST) -> set[str]:

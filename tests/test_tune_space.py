@@ -13,8 +13,9 @@ import pytest
 from distgan.cli import main
 from distgan.config import TuneSpec, dump_yaml, load_job, load_resolved
 from distgan.errors import JobError
+from distgan.search_space import Domain, parse_space
 from distgan.tune.search import build_scheduler, check_search, search_mode
-from distgan.tune.space import Domain, parse_space, trial_spec
+from distgan.tune.space import trial_spec
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
-"""Generators from checkpoints, and batched sampling.
+"""Generators from checkpoints.
 
     G, spec, folder, ckpt = load_generator("runs/00003-quickstart")  # latest, EMA weights
-    x = generate(G, spec.model.z_dim, n=1000, seed=0)  # (1000, C, H, W) in [-1, 1]
+    x = generate(G, spec.model.z_dim, n=1000, seed=0)  # distgan.models: (1000, C, H, W) in [-1, 1]
 
 Used by ``distgan sample``, ``distgan eval`` and the in-training evaluation.
 """
@@ -53,13 +53,3 @@ def load_generator(source: str | Path) -> tuple[torch.nn.Module, JobSpec, Path, 
             f"job stored in it ({first}); the file was altered or mixed up with another run's"
         ) from None
     return G.eval(), spec, folder, ckpt
-
-
-@torch.no_grad()
-def generate(
-    G: torch.nn.Module, z_dim: int, n: int, seed: int, batch: int = 500, device="cpu"
-) -> torch.Tensor:
-    """``n`` samples (n, C, H, W) in [-1, 1] on the CPU; the same seed gives the same latents."""
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, z_dim, generator=g)
-    return torch.cat([G(z[i : i + batch].to(device)).float().cpu() for i in range(0, n, batch)])

@@ -1,8 +1,6 @@
 """Mode coverage, the GAN literature's stability test: how many modes of a known mixture G hits.
 
-    G, history = train_synthetic(SOURCES["grid25"], "nonsaturating", steps=5000)
-    with torch.no_grad():
-        score = score_modes(G(torch.randn(2500, 64)), SOURCES["grid25"])
+    score = score_modes(G(torch.randn(2500, 64)), SOURCES["grid25"])   # G from train/synthetic.py
     # {"modes": 25, "modes_total": 25, "high_quality": 0.93, "reverse_kl": 0.02}
 
     stacked, mode_ids = stacked_dataset(images, labels, 60_000, generator)  # 1,000 modes
@@ -24,15 +22,10 @@ is what makes the test hard.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-from distgan.losses import get_loss
-from distgan.models import build_models
-from distgan.step import Nets, train_step
 
 Tensor = torch.Tensor
 
@@ -164,59 +157,3 @@ def count_stacked_modes(
         "modes_total": STACKED_MODES,
         "reverse_kl": reverse_kl_uniform(counts),
     }
-
-
-def make_nets(
-    arch: str, shape: tuple[int, int, int], loss_kind: str, z_dim: int, width: int
-) -> Nets:
-    """G, D and Adam (lr 1e-4, betas (0.5, 0.9): the usual toy-problem setting) for
-    ``loss_kind``."""
-    G, D = build_models(arch, z_dim, width, shape)
-    return Nets(
-        G=G,
-        D=D,
-        opt_g=torch.optim.Adam(G.parameters(), lr=1e-4, betas=(0.5, 0.9)),
-        opt_d=torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.5, 0.9)),
-        loss=get_loss(loss_kind),
-    )
-
-
-def n_critic(loss_kind: str) -> int:
-    """D steps per G step: 5 for the Wasserstein critics (Gulrajani et al. 2017), else 1."""
-    return 5 if loss_kind in ("wgan", "wgan-gp") else 1
-
-
-def train_synthetic(
-    source: SyntheticModes,
-    loss_kind: str,
-    steps: int,
-    batch: int = 256,
-    seed: int = 0,
-    z_dim: int = 64,
-    width: int = 128,
-    log_every: int = 500,
-) -> tuple[torch.nn.Module, list[dict[str, float]]]:
-    """Trains the mlp GAN on ``source`` for ``steps`` G steps, on this process, without Ray.
-
-    Each G step follows ``n_critic(loss_kind)`` D steps, each on a fresh real batch of ``batch``.
-    Returns (G in eval mode, history): one dict per ``log_every`` steps and one at the end, with
-    "step", "seconds", the step's metrics, and "modes" / "high_quality" of 2,500 samples.
-    """
-    torch.manual_seed(seed)  # G's and D's initial weights
-    gen = torch.Generator().manual_seed(seed)  # real batches and latents
-    nets = make_nets("mlp", (2, 1, 1), loss_kind, z_dim, width)
-    k = n_critic(loss_kind)
-    history: list[dict[str, float]] = []
-    t0 = time.perf_counter()
-    for step in range(1, steps + 1):
-        reals = [source.sample(batch, gen) for _ in range(k)]  # k × (B, 2, 1, 1)
-        metrics = train_step(nets, reals, lambda b: torch.randn(b, z_dim, generator=gen))
-        if step % log_every == 0 or step == steps:
-            with torch.no_grad():
-                score = score_modes(nets.G(torch.randn(2500, z_dim, generator=gen)), source)
-            history.append(
-                {"step": step, "seconds": time.perf_counter() - t0}
-                | {name: float(v) for name, v in metrics.items()}
-                | {"modes": score["modes"], "high_quality": score["high_quality"]}
-            )
-    return nets.G.eval(), history

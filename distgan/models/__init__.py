@@ -3,6 +3,7 @@
     G, D = build_models("dcgan", z_dim=100, width=32, shape=(1, 28, 28))
     x = G(torch.randn(8, 100))   # (8, 1, 28, 28) in [-1, 1]
     logits = D(x)                # (8,)
+    x = generate(G, z_dim=100, n=1000, seed=0)   # (1000, 1, 28, 28) in [-1, 1], batched
 
 An architecture is a function ``(z_dim, width, shape) -> (G, D)`` registered with
 ``@register_model("name")``. It raises ``ValueError`` for a shape it cannot serve; the caller
@@ -11,20 +12,11 @@ turns that into a user-facing error naming the job field.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+import torch
 from torch import nn
 
-ModelBuilder = Callable[[int, int, tuple[int, int, int]], tuple[nn.Module, nn.Module]]
-MODELS: dict[str, ModelBuilder] = {}
-
-
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    def wrap(builder: ModelBuilder) -> ModelBuilder:
-        MODELS[name] = builder
-        return builder
-
-    return wrap
+from distgan.models import dcgan, mlp  # noqa: F401  (each registers its architecture)
+from distgan.models.registry import MODELS
 
 
 def build_models(
@@ -41,4 +33,9 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-from distgan.models import dcgan, mlp  # noqa: E402,F401  (registers the architectures)
+@torch.no_grad()
+def generate(G: nn.Module, z_dim: int, n: int, seed: int, batch: int = 500, device="cpu"):
+    """``n`` samples (n, C, H, W) in [-1, 1] on the CPU; the same seed gives the same latents."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, z_dim, generator=g)
+    return torch.cat([G(z[i : i + batch].to(device)).float().cpu() for i in range(0, n, batch)])

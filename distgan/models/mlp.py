@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from distgan.models import register_model
+from distgan.models.registry import register_model
 
 
 def _mlp(sizes: list[int]) -> list[nn.Module]:

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from distgan.errors import JobError
-from distgan.generate import generate, load_generator
+from distgan.generate import load_generator
 from distgan.images import save_grid, to_uint8
+from distgan.models import generate
 
 
 def add_parser(verbs) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from distgan.cli import add_overrides_flag
+from distgan.cli.flags import add_overrides_flag
 from distgan.errors import ClusterError
 
 

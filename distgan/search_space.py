@@ -1,4 +1,4 @@
-"""A job's ``tune.space``: dotted JobSpec keys mapped to search expressions.
+"""The grammar of a job's ``tune.space``: dotted JobSpec keys mapped to search expressions.
 
     tune:
       space:
@@ -7,14 +7,12 @@
         model.width: grid([16, 32])
 
     domains = parse_space(spec, "jobs/x.yaml")      # {"optim.lr_g": Domain(...), ...}
-    param_space = {k: to_ray(d) for k, d in domains.items()}   # Ray Tune's search space
-    trial = trial_spec(spec, {"optim.lr_g": 3e-4}, "trial 1a2b")  # the job with those values
 
 The expressions are ``uniform(low, high)``, ``loguniform(low, high)``, ``randint(low, high)``
 (both ends included), ``choice([a, b, ...])`` (sampled) and ``grid([a, b, ...])`` (every value,
 each ``num_samples`` times). Every value a trial can get is checked against the field's own rules
-when the job loads, so a bad space fails before anything starts. No Ray here, except in
-``to_ray``.
+when the job loads (``config.load_job`` calls ``parse_space``), so a bad space fails before
+anything starts. Pure Python, beside ``config``: the search itself (``tune/``) builds on both.
 """
 
 from __future__ import annotations
@@ -29,6 +27,7 @@ from typing import Any
 import yaml
 
 from distgan.errors import JobError
+from distgan.fields import check_value
 
 KINDS = ("uniform", "loguniform", "randint", "choice", "grid")
 # A trial's scale is the job's own, and run/tune describe the search itself.
@@ -63,8 +62,6 @@ def tunable_fields(spec_cls: type) -> dict[str, tuple[Any, dict]]:
 
 def parse_space(spec, source: str) -> dict[str, Domain]:
     """Parses and checks ``spec.tune.space``; raises JobError naming ``tune.space.<key>``."""
-    from distgan.config import _check_value  # the field rules of the JobSpec, in one place
-
     fields = tunable_fields(type(spec))
     domains = {}
     for key, text in spec.tune.space.items():
@@ -86,7 +83,7 @@ def parse_space(spec, source: str) -> dict[str, Domain]:
         if domain.kind == "randint" and kind not in (int, float):
             raise JobError(f"{where}: randint gives integers; use choice for this field")
         values = tuple(
-            _check_value(v, int if domain.kind == "randint" else kind, rules, f"tune.space.{key}",
+            check_value(v, int if domain.kind == "randint" else kind, rules, f"tune.space.{key}",
                          source)
             for v in domain.values
         )  # fmt: skip
@@ -101,11 +98,6 @@ def parse_space(spec, source: str) -> dict[str, Domain]:
                 raise JobError(f"{where}: loguniform needs low > 0, got {low:g}; use uniform")
         domains[key] = Domain(domain.kind, values)
     return domains
-
-
-def check_space(spec, source: str) -> None:
-    """Raises JobError when ``spec.tune.space`` cannot be searched (called by ``load_job``)."""
-    parse_space(spec, source)
 
 
 def parse_domain(text: Any, where: str) -> Domain:
@@ -135,35 +127,3 @@ def parse_domain(text: Any, where: str) -> Domain:
     if len(args) != 2 or any(isinstance(v, (list, dict)) for v in args):
         raise JobError(f"{where}: {kind} takes two numbers, {kind}(low, high); got {text!r}")
     return Domain(kind, tuple(args))
-
-
-def to_ray(domain: Domain):
-    """The Ray Tune search-space object of a parsed domain."""
-    from ray import tune
-
-    low_high = domain.values
-    if domain.kind == "uniform":
-        return tune.uniform(*low_high)
-    if domain.kind == "loguniform":
-        return tune.loguniform(*low_high)
-    if domain.kind == "randint":
-        return tune.randint(low_high[0], low_high[1] + 1)  # Ray's high is excluded
-    if domain.kind == "choice":
-        return tune.choice(list(domain.values))
-    return tune.grid_search(list(domain.values))
-
-
-def trial_spec(spec, values: dict[str, Any], source: str):
-    """``spec`` with ``values`` (dotted key -> value) filled in, validated again as a whole."""
-    from distgan.config import from_dict, to_dict
-
-    raw = to_dict(spec)
-    for key, value in values.items():
-        section, name = key.split(".")
-        raw[section][name] = value
-    return from_dict(raw, source=source)
-
-
-def sampled_values(config: dict[str, Any], spec) -> dict[str, Any]:
-    """The values of a trial's config that the space defines (Tune may add its own keys)."""
-    return {k: config[k] for k in spec.tune.space if k in config}

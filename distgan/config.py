@@ -11,10 +11,7 @@ number, got 'fast'``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +20,8 @@ from typing import Any
 import yaml
 
 from distgan.errors import JobError
+from distgan.fields import check_value, close_hint
+from distgan.search_space import parse_space
 
 ARCHS = ("mlp", "dcgan")
 LOSS_KINDS = ("minimax", "nonsaturating", "wgan", "wgan-gp", "hinge", "lsgan")
@@ -203,11 +202,12 @@ def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> J
     """Reads a job file, applies ``a.b=c`` overrides, and returns the validated JobSpec."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise JobError(f"{path}: no such job file; the jobs that ship are in jobs/") from None
     except OSError as e:
         raise JobError(f"{path}: cannot read the job file ({e.strerror})") from None
+    text = _job_text(path, data)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -216,10 +216,15 @@ def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> J
         problem = getattr(e, "problem", None) or "invalid YAML"
         raise JobError(f"{path}:{where}: {problem}; fix the YAML syntax there") from None
     if raw is None:
-        raw = {}
+        raise JobError(
+            f"{path}: the job file is empty (nothing but blanks or comments); name at least the "
+            "data section, e.g. 'data: {source: embedded}', or start from jobs/quickstart.yaml"
+        )
     if not isinstance(raw, dict):
         raise JobError(
-            f"{path}: expected a mapping of sections (data, model, ...), got a list or value"
+            f"{path}: expected a mapping of sections (data, model, ...), got a "
+            f"{'list' if isinstance(raw, list) else 'single value'}; start from "
+            "jobs/quickstart.yaml"
         )
     sources: dict[str, str] = {}
     for item in overrides:
@@ -231,6 +236,22 @@ def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> J
     if not spec.run.name:
         spec = dataclasses.replace(spec, run=dataclasses.replace(spec.run, name=path.stem))
     return spec
+
+
+def _job_text(path: Path, data: bytes) -> str:
+    """The file's text: UTF-8 (a byte-order mark allowed); anything else is refused."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(data) > 1 and b"\x00" in data[:2]):
+        raise JobError(
+            f"{path}: the job file is UTF-16 text; save it as UTF-8 (e.g. iconv -f UTF-16 "
+            f"-t UTF-8 {path.name} > job.yaml)"
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise JobError(
+            f"{path}: not a text job file (byte 0x{data[e.start]:02x} at offset {e.start} is not "
+            "UTF-8); pass a YAML job such as jobs/quickstart.yaml, not an image or checkpoint"
+        ) from None
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -253,10 +274,7 @@ def from_dict(
     spec = _build(JobSpec, raw, prefix="", source=source, field_sources=field_sources or {})
     _check_cross_fields(spec, source, field_sources or {})
     if spec.tune.space:
-        # The expressions are parsed by the search's own module (pure Python, no Ray).
-        from distgan.tune.space import check_space
-
-        check_space(spec, (field_sources or {}).get("tune", source))
+        parse_space(spec, (field_sources or {}).get("tune", source))
     return spec
 
 
@@ -307,13 +325,6 @@ def _set_dotted(raw: dict, dotted: str, value: Any, source: str | None = None) -
     return out
 
 
-def _hint(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
-    if close:
-        return f"did you mean '{close[0]}'?"
-    return "known keys: " + ", ".join(choices)
-
-
 def _build(cls: type, raw: Any, prefix: str, source: str, field_sources: dict[str, str]) -> Any:
     where = prefix.rstrip(".") or "the job"
     if raw is None:
@@ -326,7 +337,7 @@ def _build(cls: type, raw: Any, prefix: str, source: str, field_sources: dict[st
         if key not in fields:
             dotted = f"{prefix}{key}"
             src = field_sources.get(dotted, source)
-            raise JobError(f"{src}: {dotted}: unknown key; {_hint(str(key), list(fields))}")
+            raise JobError(f"{src}: {dotted}: unknown key; {close_hint(str(key), list(fields))}")
     values = {}
     for name, f in fields.items():
         dotted = f"{prefix}{name}"
@@ -335,75 +346,8 @@ def _build(cls: type, raw: Any, prefix: str, source: str, field_sources: dict[st
         if dataclasses.is_dataclass(kind):
             values[name] = _build(kind, raw.get(name), f"{dotted}.", source, field_sources)
         elif name in raw:
-            values[name] = _check_value(raw[name], kind, f.metadata, dotted, src)
+            values[name] = check_value(raw[name], kind, f.metadata, dotted, src)
     return cls(**values)
-
-
-_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
-def _check_value(value: Any, kind: Any, rules: Any, dotted: str, source: str) -> Any:
-    def fail(expected: str) -> JobError:
-        return JobError(f"{source}: {dotted}: expected {expected}, got {value!r}")
-
-    if typing.get_origin(kind) in (typing.Union, types.UnionType):
-        kind = next(a for a in typing.get_args(kind) if a is not type(None))
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise fail("true or false")
-        return value
-    if kind in (int, float):
-        number = value
-        # YAML 1.1 reads 2e-4 as a string; accept any plain number written as one.
-        if isinstance(number, str) and _NUMBER.match(number.strip()):
-            number = float(number)
-        if (
-            isinstance(number, bool)
-            or not isinstance(number, (int, float))
-            or not math.isfinite(number)
-        ):
-            raise fail(_expected_number(kind, rules))
-        if kind is int:
-            if float(number) != int(number):
-                raise fail("an integer")
-            number = int(number)
-        else:
-            number = float(number)
-        if "gt" in rules and not number > rules["gt"]:
-            raise fail("a positive number" if rules["gt"] == 0 else f"a number above {rules['gt']}")
-        if "min" in rules and number < rules["min"]:
-            raise fail(f"a number of at least {rules['min']}")
-        if "max" in rules and number > rules["max"]:
-            raise fail(f"a number of at most {rules['max']}")
-        return number
-    if typing.get_origin(kind) is dict:
-        if not isinstance(value, dict):
-            raise fail("a mapping of dotted keys to expressions such as 'loguniform(1e-5, 1e-3)'")
-        return {str(k): v for k, v in value.items()}  # each value is checked by check_space
-    if kind is str:
-        if not isinstance(value, str):
-            raise fail("a string")
-        choices = rules.get("choices")
-        if choices and value not in choices:
-            hint = _hint(value, list(choices))
-            raise JobError(
-                f"{source}: {dotted}: {value!r} is not one of {', '.join(choices)}; {hint}"
-            )
-        return value
-    raise TypeError(f"unsupported field type {kind!r} for {dotted}")  # a bug, not user input
-
-
-def _expected_number(kind: type, rules: Any) -> str:
-    noun = "an integer" if kind is int else "a number"
-    if rules.get("gt") == 0:
-        return f"a positive {'integer' if kind is int else 'number'}"
-    if "gt" in rules:
-        return f"{noun} above {rules['gt']}"
-    if "min" in rules and "max" in rules:
-        return f"{noun} from {rules['min']} to {rules['max']}"
-    if "min" in rules:
-        return f"{noun} of at least {rules['min']}"
-    return noun
 
 
 def _check_cross_fields(spec: JobSpec, source: str, field_sources: dict[str, str]) -> None:

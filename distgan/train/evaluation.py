@@ -17,10 +17,10 @@ from distgan import dist
 from distgan.config import JobSpec
 from distgan.data import ShardManifest, read_manifest
 from distgan.errors import DataError, JobError, UserError
-from distgan.generate import generate
 from distgan.metrics import FeatureSet, compute_metrics, get_metric
 from distgan.metrics.evaluate import real_reference
 from distgan.metrics.features import load_feature_extractor
+from distgan.models import generate
 from distgan.train.checkpoint import TrainState
 from distgan.train.loop import sampling_generator
 

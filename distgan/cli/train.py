@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from distgan.cli import add_overrides_flag
+from distgan.cli.flags import add_overrides_flag
 from distgan.config import RESOLVED_JOB, dump_yaml, load_job, write_resolved
 from distgan.errors import CheckpointError, JobError
 

@@ -11,9 +11,10 @@ own only when ``RAY_AUTH_MODE=token`` is set in the client. The token is never p
 put in the job's runtime environment.
 
 What travels to the cluster: the project folder as the job's ``working_dir`` (without ``.git``,
-virtual environments, ``runs/``, ``data/`` or caches) and ``src/distgan`` as a ``py_module``, so
-the submitted code (not whatever version a node has installed) runs in the driver and in every
-worker. The entrypoint is ``python -m distgan.cli train JOB --set ...``.
+virtual environments, ``runs/``, ``data/`` or caches). Ray runs the driver in that folder and puts
+it first on every worker's ``sys.path``, so the submitted ``distgan/`` (not whatever version a node
+has installed) runs in the driver and in every worker. The entrypoint is
+``python -m distgan.cli train JOB --set ...``.
 """
 
 from __future__ import annotations
@@ -33,13 +34,11 @@ from distgan.errors import ClusterError, JobError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # Ray's dashboard (and Jobs API) port on this machine
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-# gitignore patterns for the working_dir upload. Ray applies them to the py_module too, relative
-# to src/distgan, so "/data" would drop distgan's own data package: local data under /data is
-# excluded entry by entry instead (see _local_data_excludes).
+# gitignore patterns for the working_dir upload, anchored at the project's root ("/data" is the
+# project's local data, not the package's own distgan/data).
 EXCLUDES = [
-    ".git", ".venv", "venv", "/env", "/runs", "/build", "/dist", "/.gpu", "/.whl",
+    ".git", ".venv", "venv", "/env", "/runs", "/data", "/build", "/dist", "/.gpu", "/.whl",
     "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache",
-    "/src",  # shipped as a py_module instead (see module docstring)
 ]  # fmt: skip
 
 
@@ -206,12 +205,12 @@ def connect(address_flag: str | None = None) -> Jobs:
 
 
 def project_root() -> Path | None:
-    """The checkout distgan runs from (it has pyproject.toml and src/distgan), or None when
+    """The checkout distgan runs from (it has pyproject.toml beside distgan/), or None when
     distgan is installed as a package (then the cluster's image must provide it)."""
     import distgan
 
-    root = Path(distgan.__file__).resolve().parents[2]
-    if (root / "pyproject.toml").is_file() and (root / "src" / "distgan").is_dir():
+    root = Path(distgan.__file__).resolve().parents[1]
+    if (root / "pyproject.toml").is_file() and (root / "distgan").is_dir():
         return root
     return None
 
@@ -248,28 +247,10 @@ def entrypoint(job_rel: str, overrides: list[str]) -> str:
 
 
 def runtime_env(root: Path | None, job_dir: Path) -> dict:
-    """The project (or, for an installed distgan, the job's folder) and distgan's source."""
+    """The project, distgan's source with it (or, for an installed distgan, the job's folder)."""
     # No env_vars: `distgan train` sets its own through ray.init, and Ray refuses a job whose
     # runtime env and its driver's ray.init name the same variable.
-    env: dict = {}
-    if root is None:
-        env["working_dir"] = str(job_dir)
-        env["excludes"] = [e for e in EXCLUDES if e != "/src"]
-    else:
-        env["working_dir"] = str(root)
-        env["excludes"] = EXCLUDES + _local_data_excludes(root)
-        env["py_modules"] = [str(root / "src" / "distgan")]
-    return env
-
-
-def _local_data_excludes(root: Path) -> list[str]:
-    """``/data/<entry>`` for each entry of the project's data folder, except names that
-    distgan's own data package also has (a clash would drop part of the package)."""
-    data = root / "data"
-    if not data.is_dir():
-        return []
-    own = {p.name for p in (root / "src" / "distgan" / "data").iterdir()}
-    return [f"/data/{p.name}" for p in sorted(data.iterdir()) if p.name not in own]
+    return {"working_dir": str(root or job_dir), "excludes": list(EXCLUDES)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from distgan.data import ShardManifest, load_arrays
-from distgan.generate import generate
 from distgan.metrics import FeatureSet
 from distgan.metrics.features import FeatureExtractor
+from distgan.models import generate
 
 REAL_BATCH = 1000
 

@@ -25,18 +25,6 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USER_ERROR)
 
 
-def add_overrides_flag(parser: argparse.ArgumentParser, example: str) -> None:
-    """``--set KEY=VALUE`` (repeatable) into ``args.overrides``: JobSpec overrides."""
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"override a job field, e.g. --set {example} (repeatable)",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     from distgan.cli import data, jobs, sample, submit, train, tune
     from distgan.cli import eval as eval_verb

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from distgan.config import JobSpec, to_dict
 from distgan.errors import ClusterError, JobError
-from distgan.tune.space import parse_space, to_ray
+from distgan.search_space import parse_space
+from distgan.tune.space import to_ray
 
 EXPERIMENT = "tune"  # Tune's experiment folder inside the search directory
 TRIAL_DRIVER_CPUS = 0.01  # what a fifo/asha trial's own process holds (Tune refuses 0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distgan.models import register_model
+from distgan.models.registry import register_model
 
 # resolution -> (size of the first feature map, number of 2× upsamplings)
 _LAYOUT = {28: (7, 2), 32: (4, 3), 64: (4, 4)}

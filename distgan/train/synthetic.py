@@ -1,0 +1,76 @@
+"""Trains GANs on the synthetic mixtures of ``metrics/modes.py``, in one process, without Ray.
+
+    G, history = train_synthetic(SOURCES["grid25"], "nonsaturating", steps=5000)
+    with torch.no_grad():
+        score = score_modes(G(torch.randn(2500, 64)), SOURCES["grid25"])
+
+The mode-coverage benchmark (``benchmarks/modes.py``) and its test use it; the scoring stays in
+``metrics/``, which measures and never trains.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from distgan.losses import get_loss
+from distgan.metrics.modes import SyntheticModes, score_modes
+from distgan.models import build_models
+from distgan.step import Nets, train_step
+
+
+def make_nets(
+    arch: str, shape: tuple[int, int, int], loss_kind: str, z_dim: int, width: int
+) -> Nets:
+    """G, D and Adam (lr 1e-4, betas (0.5, 0.9): the usual toy-problem setting) for
+    ``loss_kind``."""
+    G, D = build_models(arch, z_dim, width, shape)
+    return Nets(
+        G=G,
+        D=D,
+        opt_g=torch.optim.Adam(G.parameters(), lr=1e-4, betas=(0.5, 0.9)),
+        opt_d=torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.5, 0.9)),
+        loss=get_loss(loss_kind),
+    )
+
+
+def n_critic(loss_kind: str) -> int:
+    """D steps per G step: 5 for the Wasserstein critics (Gulrajani et al. 2017), else 1."""
+    return 5 if loss_kind in ("wgan", "wgan-gp") else 1
+
+
+def train_synthetic(
+    source: SyntheticModes,
+    loss_kind: str,
+    steps: int,
+    batch: int = 256,
+    seed: int = 0,
+    z_dim: int = 64,
+    width: int = 128,
+    log_every: int = 500,
+) -> tuple[torch.nn.Module, list[dict[str, float]]]:
+    """Trains the mlp GAN on ``source`` for ``steps`` G steps, on this process, without Ray.
+
+    Each G step follows ``n_critic(loss_kind)`` D steps, each on a fresh real batch of ``batch``.
+    Returns (G in eval mode, history): one dict per ``log_every`` steps and one at the end, with
+    "step", "seconds", the step's metrics, and "modes" / "high_quality" of 2,500 samples.
+    """
+    torch.manual_seed(seed)  # G's and D's initial weights
+    gen = torch.Generator().manual_seed(seed)  # real batches and latents
+    nets = make_nets("mlp", (2, 1, 1), loss_kind, z_dim, width)
+    k = n_critic(loss_kind)
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        reals = [source.sample(batch, gen) for _ in range(k)]  # k × (B, 2, 1, 1)
+        metrics = train_step(nets, reals, lambda b: torch.randn(b, z_dim, generator=gen))
+        if step % log_every == 0 or step == steps:
+            with torch.no_grad():
+                score = score_modes(nets.G(torch.randn(2500, z_dim, generator=gen)), source)
+            history.append(
+                {"step": step, "seconds": time.perf_counter() - t0}
+                | {name: float(v) for name, v in metrics.items()}
+                | {"modes": score["modes"], "high_quality": score["high_quality"]}
+            )
+    return nets.G.eval(), history
