@@ -40,7 +40,10 @@ def _f(default: Any, help: str, **rules: Any) -> Any:
 
 @dataclass(frozen=True)
 class DataSpec:
-    source: str = _f("embedded", "'embedded' or a folder of Parquet shards with manifest.json")
+    source: str = _f(
+        "embedded",
+        "'embedded', or a folder or URI (s3://bucket/data) of Parquet shards with manifest.json",
+    )
     cache: str = _f(
         "auto",
         "memory: each worker keeps its shard in memory; stream: re-read every epoch",
@@ -125,6 +128,12 @@ class ScaleSpec:
     placement: str = _f(
         "PACK", "PACK: fewest nodes; SPREAD: one worker a node where possible", choices=PLACEMENTS
     )
+    wait_minutes: float = _f(
+        15.0,
+        "on a cluster with an autoscaler, minutes to wait for the nodes the job lacks; "
+        "0 = fail at once",
+        min=0.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -176,8 +185,9 @@ class RunSpec:
     root: str = _f("runs", "folder that holds run directories")
     storage: str = _f(
         "",
-        "where run directories go on a cluster: a shared path, or a pyarrow URI (s3://, gs://) "
-        "for checkpoints and a copy of the run's files; empty = run.root",
+        "where run directories live: a path or a pyarrow URI (s3://bucket/runs, gs://..., with "
+        "?endpoint_override=HOST:PORT&scheme=http for S3-compatible stores); every file of the "
+        "run is written there as it goes; empty = run.root (one machine only)",
     )
 
 
@@ -207,6 +217,14 @@ def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> J
         raise JobError(f"{path}: no such job file; the jobs that ship are in jobs/") from None
     except OSError as e:
         raise JobError(f"{path}: cannot read the job file ({e.strerror})") from None
+    return parse_job(data, str(path), overrides, default_name=path.stem)
+
+
+def parse_job(
+    data: bytes, path: str, overrides: list[str] | tuple[str, ...] = (), default_name: str = ""
+) -> JobSpec:
+    """A job file's bytes (read from ``path``, a file or a URI) with ``a.b=c`` overrides applied,
+    validated; ``run.name`` defaults to ``default_name``."""
     text = _job_text(path, data)
     try:
         raw = yaml.safe_load(text)
@@ -232,18 +250,18 @@ def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> J
         raw = _set_dotted(raw, dotted, value, source=f"--set {item}")
         sources[dotted] = f"--set {item}"
         sources.setdefault(dotted.split(".")[0], f"--set {item}")
-    spec = from_dict(raw, source=str(path), field_sources=sources)
+    spec = from_dict(raw, source=path, field_sources=sources)
     if not spec.run.name:
-        spec = dataclasses.replace(spec, run=dataclasses.replace(spec.run, name=path.stem))
+        spec = dataclasses.replace(spec, run=dataclasses.replace(spec.run, name=default_name))
     return spec
 
 
-def _job_text(path: Path, data: bytes) -> str:
+def _job_text(path: str, data: bytes) -> str:
     """The file's text: UTF-8 (a byte-order mark allowed); anything else is refused."""
     if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(data) > 1 and b"\x00" in data[:2]):
         raise JobError(
             f"{path}: the job file is UTF-16 text; save it as UTF-8 (e.g. iconv -f UTF-16 "
-            f"-t UTF-8 {path.name} > job.yaml)"
+            f"-t UTF-8 {Path(path).name} > job.yaml)"
         )
     try:
         return data.decode("utf-8-sig")
@@ -285,15 +303,6 @@ def to_dict(spec: Any) -> dict:
 
 def dump_yaml(spec: JobSpec) -> str:
     return yaml.safe_dump(to_dict(spec), sort_keys=False)
-
-
-def write_resolved(spec: JobSpec, run_dir: Path) -> Path:
-    """Writes ``job.resolved.yaml`` into the run directory, the first file of every run."""
-    path = Path(run_dir) / RESOLVED_JOB
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(dump_yaml(spec))
-    tmp.replace(path)
-    return path
 
 
 def load_resolved(text: str, source: str) -> JobSpec:

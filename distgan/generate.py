@@ -15,11 +15,25 @@ import torch
 from distgan.config import JobSpec, load_resolved
 from distgan.errors import CheckpointError
 from distgan.models import build_models
+from distgan.storage import display, is_uri, join, open_location
 from distgan.train import checkpoint as ckpts
 
 
-def resolve_checkpoint(source: str | Path) -> Path:
-    """A checkpoint folder: ``source`` itself, or the latest loadable one of a run directory."""
+def resolve_checkpoint(source: str | Path) -> str | Path:
+    """A checkpoint folder: ``source`` itself, or the latest loadable one of a run directory.
+    ``source`` is a local path or a URI (a run in object storage, see storage.py)."""
+    if is_uri(str(source)):
+        loc = open_location(str(source), field="RUN")
+        if loc.is_file(ckpts.STATE_FILE):
+            return loc.uri
+        if loc.name == ckpts.STATE_FILE and loc.is_file():
+            return loc.parent().uri
+        if not loc.exists():
+            raise CheckpointError(f"{loc}: no such run or checkpoint in the storage")
+        folder = ckpts.latest(loc.uri)
+        if folder is None:
+            raise CheckpointError(f"{loc}: no loadable checkpoint in this run yet")
+        return folder
     source = Path(source)
     if (source / ckpts.STATE_FILE).is_file():
         return source
@@ -33,14 +47,14 @@ def resolve_checkpoint(source: str | Path) -> Path:
     return folder
 
 
-def load_generator(source: str | Path) -> tuple[torch.nn.Module, JobSpec, Path, dict]:
+def load_generator(source: str | Path) -> tuple[torch.nn.Module, JobSpec, str | Path, dict]:
     """The EMA generator (G if the run kept no EMA) of a checkpoint, in eval mode.
 
     Returns (G, the job it was trained by, the checkpoint folder, the checkpoint dict).
     """
     folder = resolve_checkpoint(source)
     ckpt = ckpts.load(folder)
-    spec = load_resolved(ckpt["job"], source=f"{folder}/{ckpts.STATE_FILE}")
+    spec = load_resolved(ckpt["job"], source=display(join(str(folder), ckpts.STATE_FILE)))
     G, _ = build_models(
         spec.model.arch, spec.model.z_dim, spec.model.width, tuple(ckpt["image_shape"])
     )
@@ -49,7 +63,8 @@ def load_generator(source: str | Path) -> tuple[torch.nn.Module, JobSpec, Path, 
     except (RuntimeError, KeyError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise CheckpointError(
-            f"{folder}/{ckpts.STATE_FILE}: its generator does not match the model section of the "
-            f"job stored in it ({first}); the file was altered or mixed up with another run's"
+            f"{display(join(str(folder), ckpts.STATE_FILE))}: its generator does not match the "
+            f"model section of the job stored in it ({first}); the file was altered or mixed up "
+            "with another run's"
         ) from None
     return G.eval(), spec, folder, ckpt

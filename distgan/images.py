@@ -5,6 +5,7 @@ save_grid(to_uint8(G(z)), "samples/step_000500.png")
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -31,13 +32,19 @@ def grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarra
     return out
 
 
+def grid_png(images: np.ndarray, nrow: int | None = None) -> bytes:
+    """The PNG bytes of a grid of (N, C, H, W) uint8 images."""
+    g = grid(images, nrow)
+    mode = "L" if g.shape[2] == 1 else "RGB"
+    buffer = io.BytesIO()
+    Image.fromarray(g[:, :, 0] if mode == "L" else g, mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def save_grid(images: np.ndarray, path: str | Path, nrow: int | None = None) -> Path:
     """Writes a PNG grid of (N, C, H, W) uint8 images (written to a temporary name, renamed)."""
     path = Path(path)
-    g = grid(images, nrow)
-    mode = "L" if g.shape[2] == 1 else "RGB"
-    img = Image.fromarray(g[:, :, 0] if mode == "L" else g, mode)
     tmp = path.with_name(path.name + ".tmp")
-    img.save(tmp, format="PNG")
+    tmp.write_bytes(grid_png(images, nrow))
     tmp.replace(path)
     return path

@@ -20,9 +20,9 @@ from distgan.config import (
     dump_yaml,
     load_job,
     load_resolved,
-    write_resolved,
 )
 from distgan.errors import JobError
+from distgan.train.outputs import write_resolved
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_JOBS = sorted((REPO / "jobs").glob("*.yaml"))
@@ -298,8 +298,8 @@ def test_resolved_yaml_round_trips_to_an_equal_spec(tmp_path):
         path, ["optim.lr_g=1e-5", "loss.kind=wgan-gp", "train.ema=false", "data.source=d/x"]
     )
     assert load_resolved(dump_yaml(spec), "inline") == spec
-    written = write_resolved(spec, tmp_path)
-    assert written == tmp_path / "job.resolved.yaml"
+    write_resolved(spec, tmp_path)
+    written = tmp_path / "job.resolved.yaml"
     again = load_resolved(written.read_text(), str(written))
     assert again == spec
     assert again.run.name == "007" and again.optim.lr_g == 1e-5

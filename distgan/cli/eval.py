@@ -10,9 +10,10 @@ dataset (a small CNN classifier) and stores it beside the dataset.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from distgan.config import RESOLVED_JOB
 from distgan.errors import DataError, JobError
+from distgan.storage import display, join, open_location
 
 DEFAULT_METRICS = "fid,kid,precision,recall"
 
@@ -74,11 +75,11 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise JobError(f"{flag}: expected at least 2 samples, got {value}")
     G, spec, folder, ckpt = load_generator(args.source)
     if args.real:
-        real_dir = Path(args.real)
+        real_dir = args.real
     elif spec.data.source == "embedded":
-        real_dir = EMBEDDED_DIR
+        real_dir = str(EMBEDDED_DIR)
     else:
-        real_dir = Path(spec.data.source)
+        real_dir = spec.data.source
     try:
         manifest = read_manifest(real_dir)
     except DataError as e:
@@ -92,10 +93,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise JobError(f"--metrics: {e}; pick other metrics or --features") from None
     proto = protocol(reference, extractor, args.n, args.seed)
 
-    source = Path(args.source)
-    out = Path(args.out) if args.out else (source if source.is_dir() else folder) / "eval.json"
-    write_eval_json(out, str(folder), int(ckpt["step"]), figures, proto)
-    print(f"{folder} (step {ckpt['step']})")
+    if args.out:
+        out = args.out
+    else:  # beside the run's other files (a run directory given), else in the checkpoint
+        given = open_location(args.source, field="RUN")
+        out = join(given.uri if given.is_file(RESOLVED_JOB) else str(folder), "eval.json")
+    written = write_eval_json(out, str(folder), int(ckpt["step"]), figures, proto)
+    print(f"{display(str(folder))} (step {ckpt['step']})")
     print(f"{'metric':<18}{'value':>12}")
     for k, v in figures.items():
         print(f"{k:<18}{v:>12.4f}")
@@ -103,5 +107,5 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"features {proto['features']} ({proto['features_sha256'][:12]}) · real {proto['real']}: "
         f"{proto['real_count']:,} images · fake {proto['fake_count']:,} · seed {proto['seed']}"
     )
-    print(f"written: {out}")
+    print(f"written: {written}")
     return 0

@@ -15,6 +15,7 @@ from distgan.errors import JobError
 from distgan.generate import load_generator
 from distgan.images import save_grid, to_uint8
 from distgan.models import generate
+from distgan.storage import display
 
 
 def add_parser(verbs) -> None:
@@ -39,5 +40,5 @@ def run(args: argparse.Namespace) -> int:
         np.save(out, images)
     else:
         save_grid(images, out)
-    print(f"{out}: {args.n} samples from {folder}")
+    print(f"{out}: {args.n} samples from {display(str(folder))}")
     return 0

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 import time
-from pathlib import Path
 
 from distgan.cli.flags import add_overrides_flag
-from distgan.config import RESOLVED_JOB, dump_yaml, load_job, write_resolved
+from distgan.config import RESOLVED_JOB, dump_yaml, load_job, parse_job
 from distgan.errors import CheckpointError, JobError
+from distgan.storage import display, join
 
 
 def add_parser(verbs) -> None:
@@ -28,44 +29,49 @@ def add_parser(verbs) -> None:
 
 
 def _resume_spec(args: argparse.Namespace):
+    """The job to continue (the run's own, with ``--set`` overrides), the run (a folder or a
+    URI) and the checkpoint to start from."""
     from distgan.train import checkpoint as ckpts
     from distgan.train.outputs import existing_run_dir
 
-    run_dir = existing_run_dir(args.resume)
-    job_file = Path(args.job) if args.job else run_dir / RESOLVED_JOB
-    spec = load_job(job_file, args.overrides)
-    before = load_job(run_dir / RESOLVED_JOB)
+    run = existing_run_dir(args.resume)
+    resolved = run.child(RESOLVED_JOB)
+    if args.job:
+        job_file = args.job
+        spec = load_job(job_file, args.overrides)
+    else:
+        job_file = str(resolved)
+        spec = parse_job(resolved.read_bytes(), job_file, args.overrides)
+    before = parse_job(resolved.read_bytes(), str(resolved))
     for section in ("model", "data"):
         if getattr(spec, section) != getattr(before, section):
             raise JobError(
-                f"{job_file}: {section}: differs from the run being resumed ({run_dir}); "
+                f"{job_file}: {section}: differs from the run being resumed ({run}); "
                 f"resume with the run's own {section} section"
             )
     spec = dataclasses.replace(spec, run=before.run)
-    latest = ckpts.latest(run_dir)
+    latest = ckpts.latest(run.uri)
     if latest is None:
-        written = ckpts.checkpoints(run_dir)
+        written = ckpts.checkpoints(run.uri)
         if written:  # say why the newest one cannot be used
             try:
                 ckpts.load(written[-1])
             except CheckpointError as e:
-                raise CheckpointError(
-                    f"{e}; {run_dir} has no earlier checkpoint that loads"
-                ) from None
+                raise CheckpointError(f"{e}; {run} has no earlier checkpoint that loads") from None
         raise CheckpointError(
-            f"{run_dir}: no checkpoint to resume from; start a new run with distgan train JOB"
+            f"{run}: no checkpoint to resume from; start a new run with distgan train JOB"
         )
-    return spec, run_dir, str(latest / ckpts.STATE_FILE)
+    return spec, run, join(str(latest), ckpts.STATE_FILE)
 
 
 def run(args: argparse.Namespace) -> int:
     from distgan.train import checkpoint as ckpts
     from distgan.train.launch import check_job, launch, preflight, ray_session, wait_seconds
-    from distgan.train.outputs import new_run_dir, run_root
+    from distgan.train.outputs import new_run_dir, sample_grids, storage_home, write_resolved
 
     if args.resume:
         spec, run_dir, resume_from = _resume_spec(args)
-        job_source = str(args.job or Path(run_dir) / RESOLVED_JOB)
+        job_source = str(args.job or run_dir.child(RESOLVED_JOB))
     else:
         if not args.job:
             raise JobError("distgan train: a job file is required (or --resume RUN_DIR)")
@@ -76,30 +82,34 @@ def run(args: argparse.Namespace) -> int:
         return 0
     t0 = time.monotonic()
     # Every check comes before the run directory, so a job that cannot run writes nothing; those
-    # that need no Ray come first.
+    # that need no Ray come first (the data, the model, the storage).
     manifest = check_job(spec, job_source)
     if resume_from:
         ckpts.check_compatible(ckpts.load(resume_from), spec, manifest.shape, resume_from)
     with ray_session():
         manifest, plan = preflight(spec, job_source, manifest)
         if run_dir is None:
-            run_dir = new_run_dir(run_root(spec.run), spec.run.name, spec.run.storage)
+            run_dir = new_run_dir(storage_home(spec.run), spec.run.name)
         write_resolved(spec, run_dir)
         try:
             metrics = launch(spec, run_dir, manifest, plan, job_source, resume_from=resume_from)
         except KeyboardInterrupt:
             sys.stderr.write(
                 f"interrupted; continue from the last checkpoint with: "
-                f"distgan train --resume {run_dir}\n"
+                f"distgan train --resume {shlex.quote(run_dir.uri)}\n"
             )
             return 130
     if metrics.get("stopped"):  # the divergence guard gave up (train/guard.py)
         sys.stderr.write(f"error: {metrics['stopped']}\n")
         return 1
     step = int(metrics.get("step", 0))
-    grids = sorted((Path(run_dir) / "samples").glob("step_*.png"))
-    print(f"done: step {step} in {wait_seconds(t0)} · run {run_dir}")
+    grids = sample_grids(run_dir)
+    took = wait_seconds(t0)
+    if resume_from:  # the whole run's training time, then this part's
+        total = int(metrics.get("elapsed_s", 0))
+        took = f"{total // 60}m{total % 60:02d}s of training (this part {took})"
+    print(f"done: step {step} in {took} · run {run_dir}")
     if grids:
-        print(f"samples: {grids[-1]}")
-    print(f"more samples: distgan sample {run_dir} --n 64 --out grid.png")
+        print(f"samples: {display(join(run_dir.uri, 'samples', grids[-1]))}")
+    print(f"more samples: distgan sample {shlex.quote(run_dir.uri)} --n 64 --out grid.png")
     return 0

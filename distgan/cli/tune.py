@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from distgan.cli.flags import add_overrides_flag
-from distgan.config import RESOLVED_JOB, load_job, write_resolved
+from distgan.config import RESOLVED_JOB, load_job
 from distgan.errors import JobError
 
 
@@ -53,7 +53,7 @@ def _resume_spec(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from distgan.train.launch import ray_session, wait_seconds
-    from distgan.train.outputs import new_run_dir
+    from distgan.train.outputs import new_run_dir, write_resolved
     from distgan.tune.results import format_table, trial_rows, write_results
     from distgan.tune.search import check_search, run_search
 
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     with ray_session():
         if search_dir is None:
-            search_dir = new_run_dir(spec.run.root, f"{spec.run.name}-tune")
+            search_dir = Path(new_run_dir(spec.run.root, f"{spec.run.name}-tune").path)
             write_resolved(spec, search_dir)
         t = spec.tune
         print(

@@ -13,10 +13,12 @@ source, and each shard's row count and sha256::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from distgan.errors import DataError
+from distgan.storage import Location, display, is_uri, join, open_location
 
 FORMAT = "distgan-shards/1"
 MANIFEST_NAME = "manifest.json"
@@ -63,8 +66,12 @@ class ShardManifest:
 
     @property
     def shard_paths(self) -> list[str]:
-        """Absolute paths of the shard files, in order."""
-        return [str(Path(self.root, s.file).resolve()) for s in self.shards]
+        """The shard files in order: absolute paths, or URIs for a dataset in object storage."""
+        return [join(self.root, s.file) for s in self.shards]
+
+    def location(self) -> Location:
+        """The dataset's folder (or prefix) opened through its file system."""
+        return open_location(self.root, field="data.source")
 
 
 def write_shards(
@@ -91,6 +98,8 @@ def write_shards(
         )
     if shard_size < 1:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
+    if is_uri(str(out_dir)):
+        return _write_remote(images, labels, str(out_dir), shard_size, source)
     out = Path(out_dir)
     _prepare_folder(out)
 
@@ -133,17 +142,21 @@ def write_shards(
 
 
 def read_manifest(folder: str | Path) -> ShardManifest:
-    """Reads and checks ``folder/manifest.json``; DataError naming the path and the fix."""
-    root = Path(folder)
-    path = root / MANIFEST_NAME
-    if not root.is_dir():
+    """Reads and checks ``folder/manifest.json`` (a local folder, or a prefix in object
+    storage such as ``s3://bucket/data``); DataError naming the path and the fix."""
+    loc = open_location(folder, field="data.source")
+    root = display(loc.uri)
+    path = display(join(loc.uri, MANIFEST_NAME))
+    if loc.is_local and not Path(loc.path).is_dir():
         raise DataError(
             f"{root}: no such dataset folder; create it with `distgan data import SRC --out {root}`"
         )
-    if not path.is_file():
-        raise DataError(f"{root} has no {MANIFEST_NAME}; create one with `distgan data import`")
+    if not loc.is_file(MANIFEST_NAME):
+        raise DataError(
+            f"{root} has no {MANIFEST_NAME}; create one with `distgan data import SRC --out {root}`"
+        )
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(loc.read_text(MANIFEST_NAME))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: invalid JSON ({e}); {_FIX}") from None
     if not isinstance(data, dict):
@@ -181,9 +194,10 @@ def read_manifest(folder: str | Path) -> ShardManifest:
             f"{path}: shard counts add up to {sum(s['count'] for s in shards)}, "
             f"but 'count' is {count}; {_FIX}"
         )
+    present = set(loc.list())
     for s in shards:
-        if not (root / s["file"]).is_file():
-            raise DataError(f"{root / s['file']}: shard listed in {path} is missing; {_FIX}")
+        if s["file"] not in present:
+            raise DataError(f"{join(root, s['file'])}: shard listed in {path} is missing; {_FIX}")
     return ShardManifest(
         count=count,
         shape=tuple(shape),
@@ -191,7 +205,7 @@ def read_manifest(folder: str | Path) -> ShardManifest:
         label_counts=None if label_counts is None else {int(k): n for k, n in label_counts.items()},
         source=source,
         shards=tuple(ShardInfo(s["file"], s["count"], s["sha256"]) for s in shards),
-        root=str(root.resolve()),
+        root=loc.uri,
     )
 
 
@@ -202,10 +216,12 @@ def verify_shards(manifest: ShardManifest, hashes: bool = True) -> None:
     Returns None; raises DataError naming the first shard file that does not match.
     """
     expected = _schema(manifest.labels is not None)
+    loc = manifest.location()
     for info, path in zip(manifest.shards, manifest.shard_paths, strict=True):
+        path = display(path)
         try:
-            with pq.ParquetFile(path) as parquet:
-                meta = parquet.metadata
+            with loc.fs.open_input_file(loc.child(info.file).path) as f:
+                meta = pq.ParquetFile(f).metadata
                 schema = meta.schema.to_arrow_schema()
         except (pa.ArrowException, OSError) as e:
             raise DataError(f"{path}: truncated or corrupt Parquet file ({e}); {_FIX}") from None
@@ -218,7 +234,7 @@ def verify_shards(manifest: ShardManifest, hashes: bool = True) -> None:
             raise DataError(f"{path}: has {meta.num_rows} rows, manifest says {info.count}; {_FIX}")
         if not hashes:
             continue
-        digest = file_sha256(Path(path))
+        digest = _stream_sha256(loc, info.file)
         if digest != info.sha256:
             raise DataError(
                 f"{path}: sha256 is {digest}, manifest says {info.sha256}; the "
@@ -234,9 +250,11 @@ def load_arrays(manifest: ShardManifest) -> tuple[np.ndarray, np.ndarray | None]
     labels = None if manifest.labels is None else np.empty(manifest.count, dtype=np.int64)
     columns = ["image"] if labels is None else ["image", "label"]
     row = 0
+    loc = manifest.location()
     for info, path in zip(manifest.shards, manifest.shard_paths, strict=True):
+        path = display(path)
         try:
-            table = pq.read_table(path, columns=columns)
+            table = pq.read_table(loc.child(info.file).path, columns=columns, filesystem=loc.fs)
         except (pa.ArrowException, OSError) as e:
             raise DataError(f"{path}: truncated or corrupt Parquet file ({e}); {_FIX}") from None
         if table.num_rows != info.count:
@@ -348,6 +366,40 @@ def _atomic_file(path: Path) -> Iterator[BinaryIO]:
         temp.unlink(missing_ok=True)
         raise
     os.replace(temp, path)
+
+
+def _stream_sha256(loc: Location, name: str) -> str:
+    digest = hashlib.sha256()
+    with loc.fs.open_input_stream(loc.child(name).path) as f:
+        while block := f.read(2**20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_remote(
+    images: np.ndarray, labels: np.ndarray | None, uri: str, shard_size: int, source: str
+) -> ShardManifest:
+    """``write_shards`` into object storage: written in a local temporary folder, then uploaded
+    shard by shard, the manifest last (so no reader pairs a new manifest with missing shards)."""
+    out = open_location(uri, field="--out")
+    foreign = [n for n in out.list() if not (n == MANIFEST_NAME or _SHARD_NAME.fullmatch(n))]
+    if foreign:
+        raise DataError(
+            f"{display(uri)}: holds {', '.join(sorted(foreign)[:3])}, so it is not a distgan "
+            "shard prefix; choose an empty or new --out"
+        )
+    with tempfile.TemporaryDirectory(prefix="distgan-shards-") as tmp:
+        local = write_shards(images, labels, tmp, shard_size=shard_size, source=source)
+        if out.is_file(MANIFEST_NAME):  # the old manifest goes first, as locally
+            out.fs.delete_file(out.child(MANIFEST_NAME).path)
+        for info in local.shards:
+            out.upload(Path(tmp, info.file), info.file)
+        written = {info.file for info in local.shards}
+        for stale in out.list():
+            if _SHARD_NAME.fullmatch(stale) and stale not in written:
+                out.fs.delete_file(out.child(stale).path)
+        out.upload(Path(tmp, MANIFEST_NAME), MANIFEST_NAME)
+    return dataclasses.replace(local, root=out.uri)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -25,6 +25,7 @@ from distgan.data import ShardManifest, load_arrays
 from distgan.metrics import FeatureSet
 from distgan.metrics.features import FeatureExtractor
 from distgan.models import generate
+from distgan.storage import display, open_location
 
 REAL_BATCH = 1000
 
@@ -107,14 +108,16 @@ def protocol(reference: Reference, extractor: FeatureExtractor, fake_count: int,
     }
 
 
-def write_eval_json(path: Path, checkpoint: str, step: int, figures: dict, proto: dict) -> Path:
-    """``eval.json``: each figure beside its protocol."""
+def write_eval_json(
+    path: str | Path, checkpoint: str, step: int, figures: dict, proto: dict
+) -> str:
+    """``eval.json`` (a local path or a URI in the run's storage): each figure beside its
+    protocol."""
     record = {
-        "checkpoint": checkpoint,
+        "checkpoint": display(checkpoint),
         "step": step,
         "results": [{"metric": k, "value": v, "protocol": proto} for k, v in figures.items()],
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    target = open_location(str(path), field="--out")
+    target.parent().write_text(target.name, json.dumps(record, indent=2) + "\n")
+    return str(target)

@@ -13,6 +13,7 @@ it and a checkpoint cannot execute code when loaded.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
@@ -26,6 +27,7 @@ from distgan.ema import EMA
 from distgan.errors import CheckpointError
 from distgan.models import build_models, unwrap
 from distgan.step import Nets
+from distgan.storage import is_uri, join, open_location
 
 FORMAT = "distgan-checkpoint/1"
 STATE_FILE = "state.pt"
@@ -46,6 +48,7 @@ class TrainState:
     images_seen: int = 0
     lr_scale: float = 1.0  # the divergence guard's factor on the job's learning rates
     rollbacks: int = 0  # the divergence guard's rollbacks so far
+    train_seconds: float = 0.0  # training time of the whole run up to ``step`` (all parts)
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -107,6 +110,7 @@ def restore(state: TrainState, ckpt: dict[str, Any], rank: int, source: str) -> 
     guard = ckpt.get("guard") or {}  # absent in checkpoints written before the guard
     state.lr_scale = float(guard.get("lr_scale", 1.0))
     state.rollbacks = int(guard.get("rollbacks", 0))
+    state.train_seconds = float(ckpt.get("metrics", {}).get("elapsed_s", 0.0))
     if rank < len(ckpt["rng"]):
         set_rng_state(ckpt["rng"][rank])
 
@@ -148,15 +152,34 @@ def save(ckpt: dict[str, Any], folder: str | Path) -> Path:
     return path
 
 
+def to_bytes(ckpt: dict[str, Any]) -> bytes:
+    """The checkpoint as the bytes of a ``state.pt`` (for storage that is not a local disk)."""
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    return buffer.getvalue()
+
+
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Reads a checkpoint (a ``state.pt`` or its folder) without executing any code in it."""
+    """Reads a checkpoint (a ``state.pt`` or its folder, a local path or a storage URI)
+    without executing any code in it."""
+    if is_uri(str(path)):
+        folder = open_location(str(path), field="checkpoint")
+        if not folder.path.endswith(f"/{STATE_FILE}"):
+            folder = folder.child(STATE_FILE)
+        if not folder.is_file():
+            raise CheckpointError(f"{folder}: no such checkpoint file")
+        return _unpickle(io.BytesIO(folder.read_bytes()), str(folder), map_location)
     path = Path(path)
     if path.is_dir():
         path = path / STATE_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    return _unpickle(path, str(path), map_location)
+
+
+def _unpickle(source, path: str, map_location) -> dict[str, Any]:
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's own text suggests weights_only=False, which is exactly what must not be done.
         found = re.search(r"GLOBAL (\S+)", str(e))
@@ -183,8 +206,17 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     return ckpt
 
 
-def checkpoints(run_dir: str | Path) -> list[Path]:
-    """The run's checkpoint folders that hold a state file, oldest first."""
+def checkpoints(run_dir: str | Path) -> list[Path] | list[str]:
+    """The run's checkpoint folders that hold a state file, oldest first (Paths for a local run,
+    URIs for a run in object storage)."""
+    if is_uri(str(run_dir)):
+        root = open_location(str(run_dir), field="run").child(CHECKPOINTS)
+        steps = [(int(m.group(1)), n) for n in root.list() if (m := _STEP_DIR.match(n))]
+        return [
+            join(root.uri, name)
+            for _, name in sorted(steps)
+            if root.is_file(f"{name}/{STATE_FILE}")
+        ]
     root = Path(run_dir) / CHECKPOINTS
     found = []
     for d in root.glob("step_*") if root.is_dir() else ():
@@ -194,7 +226,7 @@ def checkpoints(run_dir: str | Path) -> list[Path]:
     return [d for _, d in sorted(found)]
 
 
-def latest(run_dir: str | Path) -> Path | None:
+def latest(run_dir: str | Path) -> Path | str | None:
     """The newest checkpoint folder of a run whose state file loads, or None."""
     for folder in reversed(checkpoints(run_dir)):
         try:

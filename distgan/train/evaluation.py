@@ -7,7 +7,6 @@ and extracts their features; rank 0 gathers them and computes the metric. No Ray
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,18 +18,16 @@ from distgan.data import ShardManifest, read_manifest
 from distgan.errors import DataError, JobError, UserError
 from distgan.metrics import FeatureSet, compute_metrics, get_metric
 from distgan.metrics.evaluate import real_reference
-from distgan.metrics.features import load_feature_extractor
+from distgan.metrics.features import SHIPPED, load_feature_extractor
 from distgan.models import generate
 from distgan.train.checkpoint import TrainState
 from distgan.train.loop import sampling_generator
 
 
-def prepare_evaluation(
-    spec: JobSpec, data_dir: Path, manifest: ShardManifest, job_source: str
-) -> dict[str, Any]:
-    """The workers' evaluation config: the feature network's file and the real features."""
+def prepare_evaluation(spec: JobSpec, manifest: ShardManifest, job_source: str) -> dict[str, Any]:
+    """The workers' evaluation config: the feature network and the real features."""
     e = spec.eval
-    real_dir = Path(e.real).expanduser() if e.real else data_dir
+    real_dir = e.real or manifest.root
     try:
         real = read_manifest(real_dir) if e.real else manifest
     except DataError as err:
@@ -46,7 +43,8 @@ def prepare_evaluation(
         raise type(err)(f"{job_source}: eval.features: {err}") from None
     reference = real_reference(real, extractor, e.n_real, e.seed)
     return {
-        "features_path": str(extractor.path),
+        # The shipped network by name: each node has its own copy (at its own path).
+        "features_path": extractor.name if extractor.name in SHIPPED else str(extractor.path),
         "higher_is_better": get_metric(e.metric).higher_is_better,
         "real_features": reference.features.features,
         "real_probs": reference.features.probs,

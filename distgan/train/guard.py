@@ -21,12 +21,12 @@ Only the losses whose D loss is never negative are flagged (not wgan, wgan-gp).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from distgan.config import JobSpec
+from distgan.storage import display, join
 from distgan.train.checkpoint import (
     TrainState,
     checkpoint_dir_name,
@@ -62,11 +62,11 @@ def inject_range(text: str) -> range:
 class Guard:
     """Counts non-finite steps, rolls back, lowers the learning rates, flags a winning D."""
 
-    def __init__(self, spec: JobSpec, rank: int, checkpoints_dir: str | Path | None = None):
+    def __init__(self, spec: JobSpec, rank: int, checkpoints_dir: str | None = None):
         self.spec = spec
         self.g = spec.guard
         self.rank = rank
-        self.checkpoints_dir = Path(checkpoints_dir) if checkpoints_dir else None
+        self.checkpoints_dir = checkpoints_dir  # a path or a URI (storage.py), for messages
         self.bad_in_row = 0
         self.rollbacks = 0
         self.good: dict[str, Any] | None = None  # the state at the last good checkpoint (CPU)
@@ -128,7 +128,7 @@ class Guard:
     def stop_message(self, state: TrainState) -> str:
         """One line: what happened, where the last good checkpoint is, and what to do."""
         if self.good_step and self.checkpoints_dir is not None:
-            folder = self.checkpoints_dir / checkpoint_dir_name(self.good_step)
+            folder = display(join(self.checkpoints_dir, checkpoint_dir_name(self.good_step)))
             where = f"the last good checkpoint is {folder}"
         elif self.good_step:
             where = f"the last good checkpoint is step {self.good_step}"

@@ -23,10 +23,11 @@ from pathlib import Path
 
 from distgan.config import METRIC_NAMES, JobSpec, to_dict
 from distgan.data import EMBEDDED_DIR, ShardManifest, read_manifest, verify_shards
-from distgan.errors import ClusterError, DataError, JobError
+from distgan.errors import ClusterError, DataError, JobError, StorageError, UserError
 from distgan.models import build_models
+from distgan.storage import Location, check_reachable, display, is_uri, open_location
 from distgan.train.checkpoint import CHECKPOINTS
-from distgan.train.outputs import is_uri
+from distgan.train.outputs import METRICS, read_status, write_status
 
 # Quiet Ray's internals so the user sees distgan's progress (see DESIGN.md, "Log noise").
 RAY_ENV = {
@@ -56,17 +57,35 @@ class Plan:
     evaluation: dict | None = None  # the workers' evaluation config (train/evaluation.py)
 
 
-def data_dir(spec: JobSpec) -> Path:
+def data_location(spec: JobSpec) -> str:
+    """The dataset's folder or URI (``embedded``: the copy inside the package)."""
     source = spec.data.source
-    return EMBEDDED_DIR if source == "embedded" else Path(source).expanduser()
+    return str(EMBEDDED_DIR) if source == "embedded" else source
 
 
 def resolve_data(spec: JobSpec, job_source: str) -> ShardManifest:
-    folder = data_dir(spec)
     try:
-        return read_manifest(folder)
-    except DataError as e:
-        raise DataError(f"{job_source}: data.source: {e}") from None
+        if is_uri(spec.data.source):
+            check_reachable(open_location(spec.data.source, "data.source"), "data.source", True)
+        return read_manifest(data_location(spec))
+    except (DataError, StorageError) as e:
+        raise type(e)(f"{job_source}: {_field_first(e, 'data.source')}") from None
+
+
+def _field_first(error: Exception, field: str) -> str:
+    """The error's text led by ``field``, once."""
+    text = str(error)
+    return text if text.startswith(f"{field}:") else f"{field}: {text}"
+
+
+def check_storage(spec: JobSpec, job_source: str) -> None:
+    """One question to the run's storage before anything is written: the endpoint answers, the
+    bucket exists and the credentials are accepted."""
+    if is_uri(spec.run.storage):
+        try:
+            check_reachable(open_location(spec.run.storage, "run.storage"), "run.storage")
+        except StorageError as e:
+            raise StorageError(f"{job_source}: {e}") from None
 
 
 def check_model(spec: JobSpec, shape: tuple[int, int, int], job_source: str) -> None:
@@ -145,13 +164,6 @@ def ray_session():
         ray.shutdown()
 
 
-def _cluster_resources() -> tuple[float, float]:
-    import ray
-
-    res = ray.cluster_resources()
-    return float(res.get("CPU", 0)), float(res.get("GPU", 0))
-
-
 def _progress_line(m: dict, total: int) -> str:
     elapsed = int(m.get("elapsed_s", 0))
     parts = [
@@ -174,6 +186,7 @@ def check_job(spec: JobSpec, job_source: str) -> ShardManifest:
     """The checks that need no Ray: the manifest, each shard's Parquet footer, schema and row
     count (not its hash: that reads every byte), and that the model serves the data's shape.
     Returns the manifest; DataError or JobError naming the job file and the field."""
+    check_storage(spec, job_source)
     manifest = resolve_data(spec, job_source)
     try:
         verify_shards(manifest, hashes=False)
@@ -184,7 +197,7 @@ def check_job(spec: JobSpec, job_source: str) -> ShardManifest:
 
 
 def preflight(
-    spec: JobSpec, job_source: str, manifest: ShardManifest | None = None
+    spec: JobSpec, job_source: str, manifest: ShardManifest | None = None, out=None
 ) -> tuple[ShardManifest, Plan]:
     """Everything that can fail before a run directory exists: data, model, cluster resources,
     and (with ``eval.every``) the feature network and the real reference statistics.
@@ -192,23 +205,23 @@ def preflight(
     Needs a Ray connection (``ray_session``) for the cluster's resources. ``manifest``: what
     ``check_job`` returned, when the caller ran it already.
     """
+    from distgan.train.cluster import check_shared_storage, node_count, plan_with_autoscaler
+
     if manifest is None:
         manifest = check_job(spec, job_source)
-    try:
-        p = plan(spec, manifest, *_cluster_resources())
-    except ClusterError as e:
-        raise ClusterError(f"{job_source}: {e}") from None
+    check_shared_storage(spec, job_source, node_count())
+    p = plan_with_autoscaler(spec, manifest, job_source, out or sys.stdout, plan)
     if spec.eval.every:
         from distgan.train.evaluation import prepare_evaluation
 
-        evaluation = prepare_evaluation(spec, data_dir(spec), manifest, job_source)
+        evaluation = prepare_evaluation(spec, manifest, job_source)
         p = dataclasses.replace(p, evaluation=evaluation)
     return manifest, p
 
 
 def launch(
     spec: JobSpec,
-    run_dir: Path,
+    run: Location | str | Path,
     manifest: ShardManifest,
     p: Plan,
     job_source: str,
@@ -216,7 +229,8 @@ def launch(
     out=None,
     callbacks: tuple = (),
 ) -> dict:
-    """Trains ``spec`` into ``run_dir`` on the connected Ray cluster; returns the last metrics.
+    """Trains ``spec`` into the run directory ``run`` (a local folder or a location in object
+    storage) on the connected Ray cluster; returns the last metrics.
 
     ``callbacks``: Ray Train user callbacks (a Tune trial passes the one that reports to Tune).
     """
@@ -226,17 +240,22 @@ def launch(
 
     from distgan.train.worker import train_loop_per_worker
 
-    run_dir = Path(run_dir).resolve()  # workers run in other working directories
+    if not isinstance(run, Location):  # workers run in other working directories
+        run = open_location(str(Path(run).resolve()), field="run.storage")
     out = out or sys.stdout
     ray.data.DataContext.get_current().enable_progress_bars = False
-    dataset = ray.data.read_parquet(manifest.shard_paths).select_columns(["image"])
+    data = open_location(manifest.root, field="data.source")
+    dataset = ray.data.read_parquet(
+        [data.child(s.file).path for s in manifest.shards],
+        filesystem=None if data.is_local else data.fs,
+    ).select_columns(["image"])
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "job": to_dict(spec),
             "job_source": job_source,
             "shape": list(manifest.shape),
-            "run_dir": str(run_dir),
+            "run_dir": run.uri,
             "cache": p.cache,
             "resume_from": resume_from,
             "eval": p.evaluation,
@@ -250,7 +269,9 @@ def launch(
         ),
         run_config=ray.train.RunConfig(
             name=CHECKPOINTS,
-            storage_path=checkpoint_storage(spec, run_dir),
+            # Ray Train writes the checkpoints into the run's own storage, through pyarrow.
+            storage_path=run.path,
+            storage_filesystem=None if run.is_local else run.fs,
             failure_config=ray.train.FailureConfig(max_failures=spec.scale.max_failures),
             checkpoint_config=_checkpoint_config(spec, p),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
@@ -261,41 +282,34 @@ def launch(
     )
     device = "GPU" if p.use_gpu else "CPU"
     print(
-        f"distgan: {run_dir} · {spec.model.arch} · {spec.loss.kind} · "
+        f"distgan: {run} · {spec.model.arch} · {spec.loss.kind} · "
         f"{p.workers} {device} worker{'s' * (p.workers > 1)} · "
         f"{manifest.count:,} images {'×'.join(map(str, manifest.shape))}"
-        + (f" · resuming from {resume_from}" if resume_from else ""),
+        + (f" · resuming from {display(resume_from)}" if resume_from else ""),
         file=out,
         flush=True,
     )
-    metrics = _fit_with_progress(trainer, run_dir, spec.train.steps, out)
-    if is_uri(spec.run.storage):
-        copy_run_files(run_dir, checkpoint_storage(spec, run_dir))
+    step = int(read_status(run).get("step", 0))
+    write_status(run, "running", step)
+    try:
+        metrics = _fit_with_progress(trainer, run, spec.train.steps, out)
+    except BaseException as e:
+        status = "stopped" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed"
+        write_status(run, status, _last_step(run, step), error=type(e).__name__)
+        raise
+    write_status(run, "done", int(metrics.get("step", 0)), **_best_of(metrics))
     return metrics
 
 
-def checkpoint_storage(spec: JobSpec, run_dir: Path) -> str:
-    """Ray Train's storage_path: the run directory, or ``<run.storage URI>/<run dir name>``
-    (Ray writes the checkpoints there through pyarrow)."""
-    if is_uri(spec.run.storage):
-        return f"{spec.run.storage.rstrip('/')}/{run_dir.name}"
-    return str(run_dir)
+def _last_step(run: Location, default: int) -> int:
+    from distgan.train.outputs import read_metrics
+
+    logged = read_metrics(run)
+    return int(logged[-1]["step"]) if logged else default
 
 
-def copy_run_files(run_dir: Path, uri: str) -> None:
-    """Copies the run's own files (job.resolved.yaml, metrics.jsonl, samples/, best/) beside
-    its checkpoints under ``uri``, once training is done."""
-    import pyarrow.fs
-
-    fs, base = pyarrow.fs.FileSystem.from_uri(uri)
-    local = pyarrow.fs.LocalFileSystem()
-    for path in sorted(run_dir.rglob("*")):
-        relative = path.relative_to(run_dir)
-        if relative.parts[0] == CHECKPOINTS or not path.is_file():
-            continue  # Ray Train wrote the checkpoints to the URI already
-        target = f"{base}/{relative.as_posix()}"
-        fs.create_dir(target.rsplit("/", 1)[0], recursive=True)  # a no-op on object stores
-        pyarrow.fs.copy_files(str(path), target, local, fs)
+def _best_of(metrics: dict) -> dict:
+    return {k: metrics[k] for k in METRIC_NAMES if k in metrics}
 
 
 def _data_config(spec: JobSpec):
@@ -324,8 +338,9 @@ def _checkpoint_config(spec: JobSpec, p: Plan):
     )
 
 
-def _fit_with_progress(trainer, run_dir: Path, total: int, out) -> dict:
-    """Runs ``trainer.fit()`` in a thread; prints rank 0's new metrics lines as they land."""
+def _fit_with_progress(trainer, run: Location, total: int, out) -> dict:
+    """Runs ``trainer.fit()`` in a thread; prints rank 0's new metrics lines as they land in the
+    run's storage (the driver may be on another machine than rank 0: it reads no local file)."""
     outcome: dict = {}
 
     def fit() -> None:
@@ -336,22 +351,35 @@ def _fit_with_progress(trainer, run_dir: Path, total: int, out) -> dict:
 
     thread = threading.Thread(target=fit, name="distgan-fit", daemon=True)
     thread.start()
-    path = run_dir / "metrics.jsonl"
-    offset = path.stat().st_size if path.exists() else 0  # a resumed run's earlier lines
+    shown = _metrics_lines(run)  # a resumed run's earlier lines are not shown again
+    last_step = int(json.loads(shown[-1])["step"]) if shown else -1
+
+    def show_new_lines() -> None:
+        nonlocal last_step
+        for line in _metrics_lines(run):
+            m = json.loads(line)
+            if m["step"] > last_step:
+                print(_progress_line(m, total), file=out, flush=True)
+                last_step = m["step"]
+
+    polls = 0
     while thread.is_alive():
         thread.join(timeout=1.0)
-        if not path.exists():
-            continue
-        with open(path) as f:
-            f.seek(offset)
-            chunk = f.read()
-        complete = chunk[: chunk.rfind("\n") + 1]  # a line still being written waits
-        offset += len(complete.encode())
-        for line in complete.splitlines():
-            print(_progress_line(json.loads(line), total), file=out, flush=True)
+        polls += 1
+        if thread.is_alive() and (run.is_local or polls % 2 == 0):  # object storage: every 2 s
+            show_new_lines()
+    show_new_lines()  # the lines written since the last poll
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"].return_value or {}
+
+
+def _metrics_lines(run: Location) -> list[str]:
+    try:
+        text = run.read_text(METRICS) if run.is_file(METRICS) else ""
+    except UserError:  # a transient storage hiccup costs one progress poll, not the run
+        return []
+    return [line for line in text.splitlines() if line.strip()]
 
 
 def wait_seconds(t0: float) -> str:

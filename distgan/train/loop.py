@@ -10,8 +10,9 @@ with checkpoints matters on a GPU: Ray Train 2.60 holds one unconsumed report pe
 drains it every 2 s, so a report every log step blocked a fast worker (measured on an H200: the
 quickstart ran at 6k img/s with a report every 100 steps, against 23k with one every 500).
 
-The run stops at ``train.steps`` or after ``train.max_minutes``, whichever comes first; the time
-limit is checked at log steps and agreed by all ranks, so they stop at the same step.
+The run stops at ``train.steps`` or after ``train.max_minutes`` of training (a resumed run's
+earlier parts count), whichever comes first; the time limit is checked at log steps and agreed by
+all ranks, so they stop at the same step.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from distgan.config import JobSpec
 from distgan.images import to_uint8
 from distgan.models import unwrap
 from distgan.step import train_step
-from distgan.train.checkpoint import CHECKPOINTS, TrainState, rng_state, snapshot
+from distgan.train.checkpoint import TrainState, rng_state, snapshot
 from distgan.train.guard import ROLLED_BACK, STOP, Guard
 from distgan.train.outputs import RunOutputs
 
@@ -131,7 +132,7 @@ def run(
     fixed_z = fixed_z.to(device)
 
     # Non-finite steps are skipped, then rolled back, then stop the run (train/guard.py).
-    guard = Guard(spec, dist.rank(), outputs.run_dir / CHECKPOINTS if outputs else None)
+    guard = Guard(spec, dist.rank(), outputs.checkpoints_uri if outputs else None)
     guard.remember(state)
 
     def sample_z(n: int) -> torch.Tensor:
@@ -140,6 +141,7 @@ def run(
     batches = _batches(source, state)
     meter = _Meter()
     started = time.monotonic()
+    earlier = state.train_seconds  # a resumed run's clock goes on from its checkpoint
     last_time, last_images = started, state.images_seen
     metrics: dict[str, float] = {}
     while state.step < t.steps:
@@ -167,7 +169,7 @@ def run(
         if not (log_now or checkpoint_now or sample_now):
             continue
         now = time.monotonic()
-        time_up = t.max_minutes > 0 and now - started >= 60 * t.max_minutes
+        time_up = t.max_minutes > 0 and earlier + now - started >= 60 * t.max_minutes
         final = step == t.steps or dist.any_rank(time_up, device)
         metrics = meter.reduce()
         metrics.update(
@@ -175,7 +177,7 @@ def run(
             epoch=state.epoch,
             images_seen=state.images_seen,
             images_per_s=(state.images_seen - last_images) / max(now - last_time, 1e-9),
-            elapsed_s=now - started,
+            elapsed_s=earlier + now - started,
         )
         last_time, last_images = now, state.images_seen
         if evaluate is not None and (checkpoint_now or final):

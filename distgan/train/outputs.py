@@ -1,122 +1,164 @@
-"""The run directory and what rank 0 writes into it.
+"""A run's home in its storage, and what rank 0 writes there as the run goes.
 
-runs/00003-quickstart/
+runs/00003-quickstart/          (or s3://bucket/runs/00003-quickstart, see storage.py)
     job.resolved.yaml        the job as it ran (written first)
+    status.json              running / done / failed / stopped, with the last step
     metrics.jsonl            one JSON object per log interval
     samples/step_000500.png  grids of G_ema on a fixed latent batch
-    checkpoints/step_0000500/state.pt
+    checkpoints/step_0000500/state.pt   (written by Ray Train into the same storage)
+    best/state.pt, best.json the best checkpoint by eval.metric
+
+Every file is written whole through ``storage.Location``, from whichever node rank 0 runs on, at
+the moment it is made: a run that fails or is stopped still leaves its files up to its last log
+interval. The driver reads progress from the same storage, never from its own disk.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import numpy as np
 
-from distgan.config import RESOLVED_JOB
+from distgan.config import RESOLVED_JOB, dump_yaml
 from distgan.errors import CheckpointError
-from distgan.images import save_grid
+from distgan.images import grid_png
+from distgan.storage import Location, display, open_location
 from distgan.train import checkpoint as ckpts
 
 _RUN = re.compile(r"^(\d{5})-")
 BEST = "best"  # the best checkpoint by the job's eval.metric
+METRICS = "metrics.jsonl"
+STATUS = "status.json"
 
 
-def is_uri(location: str) -> bool:
-    """``s3://bucket/runs`` and the like (pyarrow file systems), as opposed to a local path."""
-    return "://" in location
+def storage_home(run) -> str:
+    """Where a job's run directories go: ``run.storage`` (a path or a URI), else ``run.root``."""
+    return run.storage or run.root
 
 
-def run_root(run) -> Path:
-    """The local folder that holds run directories: ``run.storage`` when it is a (shared)
-    path, else ``run.root``. With a URI storage the run directory stays under ``run.root`` and
-    its files are copied to the URI (see train/launch.py)."""
-    storage = run.storage
-    return Path(storage if storage and not is_uri(storage) else run.root).expanduser()
+def new_run_dir(home: str, name: str) -> Location:
+    """Creates ``home/<next id>-<name>``; the id is one more than the highest already there.
 
-
-def new_run_dir(root: str | Path, name: str, storage: str = "") -> Path:
-    """Creates ``root/<next id>-<name>``; the id is one more than the highest already there,
-    or at the ``storage`` URI (a cluster's local root starts empty, and Ray Train would resume a
-    run it finds under a reused name)."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    names = [p.name for p in root.iterdir()] + (_uri_entries(storage) if is_uri(storage) else [])
-    taken = [int(m.group(1)) for n in names if (m := _RUN.match(n))]
+    Locally the folder is made exclusively (two runs started at once get different ids); in
+    object storage the run exists once its first file is written (``write_resolved``).
+    """
+    root = open_location(home, field="run.storage")
+    if root.is_local:
+        Path(root.path).mkdir(parents=True, exist_ok=True)
+    taken = [int(m.group(1)) for n in root.list() if (m := _RUN.match(n))]
     run_id = max(taken, default=-1) + 1
     while True:
-        path = root / f"{run_id:05d}-{name}"
+        run = root.child(f"{run_id:05d}-{name}")
+        if not root.is_local:
+            return run
         try:
-            path.mkdir()  # exclusive: two runs started at once get different ids
-            return path
+            Path(run.path).mkdir()  # exclusive
+            return run
         except FileExistsError:
             run_id += 1
 
 
-def _uri_entries(uri: str) -> list[str]:
-    import pyarrow.fs
-
-    fs, base = pyarrow.fs.FileSystem.from_uri(uri)
-    selector = pyarrow.fs.FileSelector(base, allow_not_found=True)
-    return [info.base_name for info in fs.get_file_info(selector)]
+def write_resolved(spec, run: Location | str | Path) -> None:
+    """``job.resolved.yaml``, the first file of every run (and of every search)."""
+    _as_location(run).write_text(RESOLVED_JOB, dump_yaml(spec))
 
 
-def existing_run_dir(path: str | Path) -> Path:
-    path = Path(path)
-    if not (path / RESOLVED_JOB).is_file():
+def existing_run_dir(source: str | Path) -> Location:
+    """A run directory (a folder or a URI) that holds ``job.resolved.yaml``."""
+    run = open_location(str(source), field="RUN")
+    if not run.is_file(RESOLVED_JOB):
         raise CheckpointError(
-            f"{path}: not a distgan run directory (no {RESOLVED_JOB}); pass a folder under runs/"
+            f"{display(str(source))}: not a distgan run directory (no {RESOLVED_JOB}); pass a "
+            "folder under runs/ or a run's URI in run.storage"
         )
-    return path
+    return run
+
+
+def write_status(run: Location, status: str, step: int = 0, **extra) -> None:
+    """``status.json``: what ``distgan runs`` shows for the run (running, done, failed, stopped)."""
+    record = {"status": status, "step": int(step), "updated": time.time(), **extra}
+    run.write_text(STATUS, json.dumps(record) + "\n")
+
+
+def read_status(run: Location) -> dict:
+    try:
+        return json.loads(run.read_text(STATUS)) if run.is_file(STATUS) else {}
+    except (ValueError, UnicodeDecodeError):
+        return {}
 
 
 class RunOutputs:
-    """Rank 0's writer of metrics and sample grids."""
+    """Rank 0's writer of metrics, sample grids and the best checkpoint, into the run's storage.
 
-    def __init__(self, run_dir: str | Path):
-        self.run_dir = Path(run_dir)
-        self.samples_dir = self.run_dir / "samples"
-        self.samples_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+    ``metrics.jsonl`` is rewritten whole at each log interval (object stores cannot append):
+    with one line per interval it stays small. A resumed run starts from the lines up to its
+    checkpoint's step, so the file never holds a step twice.
+    """
+
+    def __init__(self, run: Location | str, resume_step: int | None = None):
+        self.run = run if isinstance(run, Location) else open_location(run, field="run.storage")
+        lines = read_metrics(self.run)
+        if resume_step is not None:
+            lines = [m for m in lines if m.get("step", 0) <= resume_step]
+        self._lines = [json.dumps(m) for m in lines]
+        self._last_step = lines[-1]["step"] if lines else -1
+
+    @property
+    def checkpoints_uri(self) -> str:
+        return self.run.child(ckpts.CHECKPOINTS).uri
 
     def write_metrics(self, record: dict) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        step = record.get("step", 0)
+        if step <= self._last_step:  # a rolled-back stretch is logged again: keep the newest
+            kept = [line for line in self._lines if json.loads(line).get("step", 0) < step]
+            self._lines = kept
+        self._lines.append(json.dumps(record))
+        self._last_step = step
+        self.run.write_text(METRICS, "\n".join(self._lines) + "\n")
 
-    def write_samples(self, step: int, images: np.ndarray) -> Path:
-        return save_grid(images, self.samples_dir / f"step_{step:06d}.png")
+    def write_samples(self, step: int, images: np.ndarray) -> str:
+        name = f"samples/step_{step:06d}.png"
+        self.run.write_bytes(name, grid_png(images))
+        return self.run.child(name).uri
 
     def update_best(self, ckpt: dict, metric: str, higher_is_better: bool) -> bool:
-        """Copies ``ckpt`` to ``best/`` when its ``metric`` beats the best so far (kept on disk,
-        so it survives a resume). Returns whether it did."""
+        """Writes ``ckpt`` to ``best/`` when its ``metric`` beats the best so far (kept in the
+        run's storage, so it survives a resume). Returns whether it did."""
         value = ckpt["metrics"].get(metric)
         if value is None or value != value:  # missing or NaN never wins
             return False
-        best = read_best(self.run_dir)
+        best = read_best(self.run)
         if best is not None and best["metric"] == metric:
             old = best["value"]
             if (value <= old) if higher_is_better else (value >= old):
                 return False
-        folder = self.run_dir / BEST
-        folder.mkdir(exist_ok=True)
-        ckpts.save(ckpt, folder)
+        self.run.write_bytes(f"{BEST}/{ckpts.STATE_FILE}", ckpts.to_bytes(ckpt))
         record = {"metric": metric, "value": value, "step": ckpt["step"]}
-        tmp = folder / ".best.json.tmp"
-        tmp.write_text(json.dumps(record) + "\n")
-        tmp.replace(folder / "best.json")
+        self.run.write_text(f"{BEST}/best.json", json.dumps(record) + "\n")
         return True
 
 
-def read_best(run_dir: str | Path) -> dict | None:
+def _as_location(run: Location | str | Path) -> Location:
+    return run if isinstance(run, Location) else open_location(str(run), field="RUN")
+
+
+def read_best(run: Location | str | Path) -> dict | None:
     """``{"metric", "value", "step"}`` of the run's best checkpoint, or None."""
-    path = Path(run_dir) / BEST / "best.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    run = _as_location(run)
+    name = f"{BEST}/best.json"
+    return json.loads(run.read_text(name)) if run.is_file(name) else None
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
+def read_metrics(run: Location | str | Path) -> list[dict]:
+    run = _as_location(run)
+    if not run.is_file(METRICS):
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in run.read_text(METRICS).splitlines() if line.strip()]
+
+
+def sample_grids(run: Location | str | Path) -> list[str]:
+    """The run's sample grids (names under ``samples/``), oldest first."""
+    return [n for n in _as_location(run).list("samples") if n.endswith(".png")]

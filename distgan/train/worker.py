@@ -128,7 +128,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         from distgan.train.evaluation import InTrainingEvaluator
 
         evaluate = InTrainingEvaluator(spec, config["eval"], device)
-    outputs = RunOutputs(config["run_dir"]) if rank == 0 else None
+    # A resumed (or restarted) run's metrics.jsonl keeps its lines up to the checkpoint's step.
+    outputs = RunOutputs(config["run_dir"], resume_step=state.step) if rank == 0 else None
     return run(
         state,
         source,

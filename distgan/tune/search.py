@@ -115,10 +115,11 @@ def trial_plan(spec: JobSpec, source: str):
 
     Needs a Ray connection. Returns (manifest, plan).
     """
-    from distgan.train.launch import _cluster_resources, plan, preflight
+    from distgan.train.cluster import cluster_resources
+    from distgan.train.launch import plan, preflight
 
     manifest, p = preflight(spec, source)
-    cpus, gpus = _cluster_resources()
+    cpus, gpus = cluster_resources()
     side_by_side = spec.tune.max_concurrent_trials or 1
     if spec.tune.scheduler == "pbt":
         # One process a trial, holding what the job's scale would hold.

@@ -31,9 +31,10 @@ import ray.tune
 import torch
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from distgan.config import JobSpec, dump_yaml, from_dict, write_resolved
+from distgan.config import JobSpec, dump_yaml, from_dict
 from distgan.data import ShardManifest
 from distgan.train.launch import Plan
+from distgan.train.outputs import write_resolved
 
 TRIALS = "trials"  # inside the search directory: one run directory per trial
 EXPLOITS = "exploits.jsonl"  # inside the search directory: one line per PBT clone
