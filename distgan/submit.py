@@ -19,10 +19,12 @@ has installed) runs in the driver and in every worker. The entrypoint is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import logging
 import os
+import re
 import secrets
 import shlex
 import time
@@ -30,7 +32,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from distgan.config import JobSpec, load_job
-from distgan.errors import ClusterError, JobError
+from distgan.errors import ClusterError, JobError, UserError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # Ray's dashboard (and Jobs API) port on this machine
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -99,8 +101,8 @@ class Jobs:
         logging.getLogger("ray._private.runtime_env.working_dir").setLevel(logging.ERROR)
         self.address = address
         self._token_source = token_source
-        headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._client = self._call(lambda: JobSubmissionClient(address, headers=headers))
+        self._headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._client = self._call(lambda: JobSubmissionClient(address, headers=self._headers))
 
     def _call(self, fn, job_id: str | None = None):
         """Runs one SDK call, turning Ray's exceptions into one-line ``ClusterError``s."""
@@ -154,25 +156,55 @@ class Jobs:
     def logs(self, job_id: str) -> str:
         return self._call(lambda: self._client.get_job_logs(job_id), job_id)
 
-    def follow(self, job_id: str, out) -> None:
-        """Writes the job's log to ``out`` as it comes, until the job ends. Ctrl-C stops only
-        the following: the job goes on, and the message says so."""
+    def follow(self, job_id: str, out, poll: float = 2.0) -> None:
+        """Writes the job's log to ``out`` as it comes, until the job ends. Ray's log stream can
+        close while the job still runs (a dashboard restart, a proxy's idle timeout): then the
+        log is polled until the job ends. Ctrl-C stops only the following: the job goes on, and
+        the message says so."""
         import asyncio
 
         self.info(job_id)  # an unknown id fails here with a clear line, not in the websocket
+        written = 0
 
         async def tail() -> None:
+            nonlocal written
             async for chunk in self._client.tail_job_logs(job_id):
                 out.write(chunk)
                 out.flush()
+                written += len(chunk)
 
         try:
-            self._call(lambda: asyncio.run(tail()), job_id)
+            with contextlib.suppress(ClusterError):  # a broken stream: the polling carries on
+                self._call(lambda: asyncio.run(tail()), job_id)
+            while True:
+                ended = self.status(job_id) in TERMINAL
+                text = self.logs(job_id)
+                if len(text) > written:
+                    out.write(text[written:])
+                    out.flush()
+                    written = len(text)
+                if ended:
+                    return
+                time.sleep(poll)
         except KeyboardInterrupt:
             raise ClusterError(
                 f"stopped following job {job_id}; it keeps running on {self.address} "
                 f"(distgan stop {job_id} stops it)"
             ) from None
+
+    def alive_nodes(self) -> int | None:
+        """How many nodes the cluster has (the State API), or None if it does not say."""
+        import requests
+
+        try:
+            reply = requests.get(
+                f"{self.address}/api/v0/nodes", params={"limit": 10000, "detail": "false"},
+                headers=self._headers, timeout=10,
+            )  # fmt: skip
+            nodes = reply.json()["data"]["result"]["result"]
+        except (requests.RequestException, ValueError, KeyError, TypeError):
+            return None
+        return sum(1 for n in nodes if n.get("state") == "ALIVE")
 
     def stop(self, job_id: str) -> bool:
         return bool(self._call(lambda: self._client.stop_job(job_id), job_id))
@@ -217,40 +249,68 @@ def project_root() -> Path | None:
 
 def check_cluster_paths(spec: JobSpec, job_file: str) -> None:
     """Paths the cluster must resolve on its own: relative ones would point into the job's
-    temporary working dir, where local data is not uploaded."""
+    temporary working dir, where local data is not uploaded. URIs are opened here (no request
+    is sent), so a scheme pyarrow does not know fails before the job is sent."""
+    from distgan.storage import is_uri, open_location
+
+    for field, value in (("data.source", spec.data.source), ("run.storage", spec.run.storage)):
+        if is_uri(value):
+            try:
+                open_location(value, field)
+            except UserError as e:
+                raise JobError(f"{job_file}: {e}") from None
     source = spec.data.source
-    if "://" in source:
-        raise JobError(
-            f"{job_file}: data.source: {source!r}: shard folders are read as local paths, not "
-            "URIs, for now; copy the shards to a file system every node mounts and use its path"
-        )
-    if source != "embedded" and not Path(source).is_absolute():
+    if source != "embedded" and not is_uri(source) and not Path(source).is_absolute():
         raise JobError(
             f"{job_file}: data.source: {source!r} is a relative local path, which the cluster "
-            "cannot see (local data is not uploaded); use an absolute path on a shared file "
-            "system"
+            "cannot see (local data is not uploaded); put the shards in object storage "
+            "(distgan data import SRC --out s3://BUCKET/data) or use an absolute path on a "
+            "shared file system"
         )
     storage = spec.run.storage
-    if storage and "://" not in storage and not Path(storage).is_absolute():
+    if storage and not is_uri(storage) and not Path(storage).is_absolute():
         raise JobError(
-            f"{job_file}: run.storage: {storage!r} is relative; on a cluster it must be an "
-            "absolute path on a shared file system or a URI such as s3://bucket/runs"
+            f"{job_file}: run.storage: {storage!r} is relative; on a cluster it must be a URI "
+            "such as s3://bucket/runs or an absolute path on a shared file system"
         )
 
 
-def entrypoint(job_rel: str, overrides: list[str]) -> str:
-    """The shell command the cluster runs: ``distgan train`` on the shipped job file."""
-    args = ["python", "-m", "distgan.cli", "train", job_rel]
+def check_env_names(names: list[str]) -> dict[str, str]:
+    """``--env NAME``: each variable's value from this shell, for the job's runtime env."""
+    from distgan.train.launch import RAY_ENV
+
+    env = {}
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise JobError(f"--env {name}: expected a variable name such as AWS_ACCESS_KEY_ID")
+        if name in RAY_ENV:
+            raise JobError(f"--env {name}: distgan sets this one itself on the cluster; drop it")
+        if name not in os.environ:
+            raise JobError(f"--env {name}: not set in this shell; export it first")
+        env[name] = os.environ[name]
+    return env
+
+
+def entrypoint(verb: str, job_rel: str | None, overrides: list[str], resume: str = "") -> str:
+    """The shell command the cluster runs: ``distgan train`` (or ``tune`` for a job with a
+    ``tune:`` section) on the shipped job file, or ``train --resume RUN``."""
+    args = ["python", "-m", "distgan.cli", verb]
+    args += [job_rel] if job_rel else []
+    args += ["--resume", resume] if resume else []
     for item in overrides:
         args += ["--set", item]
     return " ".join(shlex.quote(a) for a in args)
 
 
-def runtime_env(root: Path | None, job_dir: Path) -> dict:
-    """The project, distgan's source with it (or, for an installed distgan, the job's folder)."""
-    # No env_vars: `distgan train` sets its own through ray.init, and Ray refuses a job whose
-    # runtime env and its driver's ray.init name the same variable.
-    return {"working_dir": str(root or job_dir), "excludes": list(EXCLUDES)}
+def runtime_env(root: Path | None, job_dir: Path, env: dict[str, str] | None = None) -> dict:
+    """The project, distgan's source with it (or, for an installed distgan, the job's folder),
+    and the variables of ``--env``. None of distgan's own: `distgan train` sets those through
+    ray.init, and Ray refuses a job whose runtime env and its driver's ray.init name the same
+    variable."""
+    out = {"working_dir": str(root or job_dir), "excludes": list(EXCLUDES)}
+    if env:
+        out["env_vars"] = dict(env)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,29 +324,66 @@ class Submission:
     metadata: dict
 
 
-def prepare(job_file: str, overrides: list[str]) -> Submission:
-    """Validates the job here (no cluster needed) and builds what the Jobs API is sent."""
-    spec = load_job(job_file, overrides)  # a bad job never reaches the cluster
-    check_cluster_paths(spec, job_file)
-    _check_model(spec, job_file)
-    path = Path(job_file).resolve()
+def prepare(
+    job_file: str | None,
+    overrides: list[str],
+    env_names: list[str] = (),
+    resume: str = "",
+) -> Submission:
+    """Validates the job here (no cluster needed) and builds what the Jobs API is sent.
+
+    ``resume``: a run in shared storage to continue (its own job, with ``overrides``)."""
+    env = check_env_names(list(env_names))
     root = project_root()
-    base = root or path.parent
+    if resume:
+        spec, job_rel, base = _resume_job(resume, job_file, overrides, root)
+    else:
+        if not job_file:
+            raise JobError("distgan submit: a job file is required (or --resume RUN)")
+        spec = load_job(job_file, overrides)  # a bad job never reaches the cluster
+        base = root or Path(job_file).resolve().parent
+        job_rel = _relative_job(job_file, base)
+    check_cluster_paths(spec, job_file or resume)
+    _check_model(spec, job_file or resume)
+    verb = "tune" if spec.tune.space and not resume else "train"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Submission(
+        spec=spec,
+        submission_id=f"distgan-{_slug(spec.run.name)}-{stamp}-{secrets.token_hex(2)}",
+        entrypoint=entrypoint(verb, job_rel, overrides, resume),
+        runtime_env=runtime_env(root, base, env),
+        metadata={"distgan_job": job_rel or resume, "distgan_run": spec.run.name},
+    )
+
+
+def _relative_job(job_file: str, base: Path) -> str:
     try:
-        job_rel = path.relative_to(base).as_posix()
+        return Path(job_file).resolve().relative_to(base).as_posix()
     except ValueError:
         raise JobError(
             f"{job_file}: outside the project ({base}), so it would not travel to the cluster; "
             f"copy it under {base / 'jobs'}"
         ) from None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Submission(
-        spec=spec,
-        submission_id=f"distgan-{_slug(spec.run.name)}-{stamp}-{secrets.token_hex(2)}",
-        entrypoint=entrypoint(job_rel, overrides),
-        runtime_env=runtime_env(root, path.parent),
-        metadata={"distgan_job": job_rel, "distgan_run": spec.run.name},
-    )
+
+
+def _resume_job(resume: str, job_file: str | None, overrides: list[str], root: Path | None):
+    """A run to continue on the cluster: it must be in storage the cluster reaches (a URI or a
+    shared absolute path), and is read here to validate the job and the overrides."""
+    from distgan.config import RESOLVED_JOB, parse_job
+    from distgan.storage import is_uri
+    from distgan.train.outputs import existing_run_dir
+
+    if not is_uri(resume) and not Path(resume).is_absolute():
+        raise JobError(
+            f"--resume {resume}: a relative local path; the cluster reaches a run by its URI in "
+            "run.storage (or an absolute path on a shared file system)"
+        )
+    run = existing_run_dir(resume)
+    resolved = run.child(RESOLVED_JOB)
+    base = root or Path.cwd()
+    if job_file:
+        return load_job(job_file, overrides), _relative_job(job_file, base), base
+    return parse_job(resolved.read_bytes(), str(resolved), overrides), None, base
 
 
 def _check_model(spec: JobSpec, job_file: str) -> None:

@@ -263,8 +263,8 @@ def test_cluster_configs_agree_with_the_readme():
     # The RayJob runs what `distgan submit` runs, on the job file the image carries.
     job_in_image = "/home/ray/distgan/jobs/quickstart.yaml"
     overrides = ["scale.use_gpu=true", "run.storage=s3://YOUR-BUCKET/distgan-runs"]
-    assert rayjob["spec"]["entrypoint"] == entrypoint(job_in_image, overrides)
-    assert entrypoint(job_in_image, overrides) in readme
+    assert rayjob["spec"]["entrypoint"] == entrypoint("train", job_in_image, overrides)
+    assert entrypoint("train", job_in_image, overrides) in readme
     assert (
         "COPY --chown=ray:users jobs ./jobs" in dockerfile
         and "WORKDIR /home/ray/distgan" in dockerfile

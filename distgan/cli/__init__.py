@@ -26,12 +26,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from distgan.cli import data, jobs, sample, submit, train, tune
+    from distgan.cli import data, jobs, runs, sample, submit, train, tune
     from distgan.cli import eval as eval_verb
 
     parser = _Parser(prog="distgan", description="Distributed GAN training jobs on Ray.")
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
-    for module in (train, data, sample, eval_verb, submit, jobs, tune):
+    for module in (train, data, sample, eval_verb, submit, jobs, tune, runs):
         module.add_parser(verbs)
     return parser
 

@@ -1,7 +1,9 @@
-"""``distgan submit JOB [--address URL] [--set a.b=c ...] [--wait]``.
+"""``distgan submit JOB [--address URL] [--set a.b=c ...] [--env NAME ...] [--wait]``.
 
 Validates the job here, ships it with the project to a Ray cluster through the Jobs API (the
-entrypoint runs ``distgan train`` there) and prints the job id and the dashboard address.
+entrypoint runs ``distgan train`` there, or ``distgan tune`` for a job with a ``tune:`` section)
+and prints the job id and the dashboard address. ``--env NAME`` passes a variable of this shell
+(credentials, endpoints) to the job; ``--resume RUN`` continues a run kept in shared storage.
 ``--wait`` follows the job's log until it ends; a job that fails is one error line with its
 status and exit reason (its last log lines are printed just above it).
 """
@@ -28,26 +30,37 @@ def add_parser(verbs) -> None:
     p = verbs.add_parser(
         "submit", help="run a job on a Ray cluster", description=__doc__.split("\n")[0]
     )
-    p.add_argument("job", help="job file, e.g. jobs/quickstart.yaml")
+    p.add_argument("job", nargs="?", help="job file, e.g. jobs/quickstart.yaml")
     add_address_flag(p)
     add_overrides_flag(p, "run.storage=s3://bucket/runs")
+    p.add_argument(
+        "--env",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="pass this shell's variable NAME to the job (AWS_*, WANDB_*, NCCL_*; repeatable); "
+        "its value is never printed or written into the run",
+    )
+    p.add_argument(
+        "--resume", metavar="RUN", default="", help="continue a run in run.storage (its URI)"
+    )
     p.add_argument("--wait", action="store_true", help="follow the job's log until it ends")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from distgan.submit import connect, describe_failure, prepare
+    from distgan.train.cluster import check_shared_storage
 
-    job = prepare(args.job, args.overrides)  # before any connection: a bad job is never sent
+    # Before any connection: a bad job is never sent.
+    job = prepare(args.job, args.overrides, args.env, args.resume)
     jobs = connect(args.address)
-    job_id, spec = jobs.submit(job), job.spec
+    nodes = jobs.alive_nodes()  # None when the State API does not answer: train checks again
+    if nodes is not None:
+        check_shared_storage(job.spec, args.job or args.resume, nodes)
+    job_id = jobs.submit(job)
     print(f"submitted: {job_id}")
     print(f"dashboard: {jobs.address}/#/jobs/{job_id}")
-    if not spec.run.storage:
-        print(
-            "note: run.storage is empty, so the run directory stays on the cluster's driver "
-            "node; set run.storage to a shared path or URI to keep it"
-        )
     if not args.wait:
         print(f"follow it: distgan logs {job_id} --follow")
         return 0
