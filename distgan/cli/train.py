@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shlex
+import signal
 import sys
 import time
 
@@ -64,6 +65,10 @@ def _resume_spec(args: argparse.Namespace):
     return spec, run, join(str(latest), ckpts.STATE_FILE)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     from distgan.train import checkpoint as ckpts
     from distgan.train.launch import check_job, launch, preflight, ray_session, wait_seconds
@@ -86,19 +91,26 @@ def run(args: argparse.Namespace) -> int:
     manifest = check_job(spec, job_source)
     if resume_from:
         ckpts.check_compatible(ckpts.load(resume_from), spec, manifest.shape, resume_from)
-    with ray_session():
-        manifest, plan = preflight(spec, job_source, manifest)
-        if run_dir is None:
-            run_dir = new_run_dir(storage_home(spec.run), spec.run.name)
-        write_resolved(spec, run_dir)
-        try:
+    # `distgan stop` (Ray's job stop) sends SIGTERM, then SIGKILL a few seconds later: turning
+    # it into KeyboardInterrupt lets the run record itself as stopped (status.json) in time.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with ray_session():
+            manifest, plan = preflight(spec, job_source, manifest)
+            if run_dir is None:
+                run_dir = new_run_dir(storage_home(spec.run), spec.run.name)
+            write_resolved(spec, run_dir)
             metrics = launch(spec, run_dir, manifest, plan, job_source, resume_from=resume_from)
-        except KeyboardInterrupt:
-            sys.stderr.write(
-                f"interrupted; continue from the last checkpoint with: "
-                f"distgan train --resume {shlex.quote(run_dir.uri)}\n"
-            )
-            return 130
+    except KeyboardInterrupt:
+        if run_dir is None:
+            raise
+        sys.stderr.write(
+            f"stopped; continue from the last checkpoint with: "
+            f"distgan train --resume {shlex.quote(run_dir.uri)}\n"
+        )
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if metrics.get("stopped"):  # the divergence guard gave up (train/guard.py)
         sys.stderr.write(f"error: {metrics['stopped']}\n")
         return 1

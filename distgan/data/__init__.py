@@ -16,6 +16,7 @@ from distgan.data.shards import (
     ShardManifest,
     load_arrays,
     read_manifest,
+    read_rows,
     verify_shards,
     write_shards,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "read_image_folder",
     "read_manifest",
     "read_npz",
+    "read_rows",
     "verify_shards",
     "write_shards",
 ]

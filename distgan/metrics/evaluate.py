@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distgan.data import ShardManifest, load_arrays
+from distgan.data import ShardManifest, read_rows
 from distgan.metrics import FeatureSet
 from distgan.metrics.features import FeatureExtractor
 from distgan.models import generate
@@ -56,11 +56,11 @@ def _to_unit(images: np.ndarray) -> torch.Tensor:
 
 
 def real_subset(manifest: ShardManifest, n: int, seed: int) -> torch.Tensor:
-    """``n`` real images (all if fewer) in [-1, 1]: a seeded random subset, in file order."""
-    images, _ = load_arrays(manifest)  # (N, C, H, W) uint8
-    pick = np.random.default_rng(seed).permutation(len(images))[:n]
+    """``n`` real images (all if fewer) in [-1, 1]: a seeded random subset, in file order.
+    Only the row groups that hold them are read."""
+    pick = np.random.default_rng(seed).permutation(manifest.count)[:n]
     pick.sort()  # the same subset in file order, whatever the seed's permutation
-    return _to_unit(images[pick])
+    return _to_unit(read_rows(manifest, pick))
 
 
 def real_reference(

@@ -144,8 +144,11 @@ def run(
     earlier = state.train_seconds  # a resumed run's clock goes on from its checkpoint
     last_time, last_images = started, state.images_seen
     metrics: dict[str, float] = {}
+    waited = 0.0  # seconds spent waiting for real batches since the last log step
     while state.step < t.steps:
+        before = time.perf_counter()
         reals = [next(batches) for _ in range(spec.optim.n_critic)]
+        waited += time.perf_counter() - before
         log_now = (state.step + 1) % t.log_every == 0 or state.step + 1 == t.steps
         step_metrics = train_step(state.nets, reals, sample_z, measure=log_now)
         skipped = bool(step_metrics["skipped"])  # the same on every rank
@@ -157,7 +160,7 @@ def run(
         verdict = guard.after_step(state, skipped)
         if verdict == ROLLED_BACK:  # state is the last good checkpoint's again
             batches = _batches(source, state)
-            last_time, last_images = time.monotonic(), state.images_seen
+            last_time, last_images, waited = time.monotonic(), state.images_seen, 0.0
             continue
         if verdict == STOP:
             return {**metrics, "step": state.step, "stopped": guard.stop_message(state)}
@@ -178,8 +181,11 @@ def run(
             images_seen=state.images_seen,
             images_per_s=(state.images_seen - last_images) / max(now - last_time, 1e-9),
             elapsed_s=earlier + now - started,
+            # The share of the interval this rank spent waiting for data (the input pipeline's
+            # stall): near 0 when the data keeps up with the step.
+            data_stall=waited / max(now - last_time, 1e-9),
         )
-        last_time, last_images = now, state.images_seen
+        last_time, last_images, waited = now, state.images_seen, 0.0
         if evaluate is not None and (checkpoint_now or final):
             metrics.update(evaluate(state))
         metrics.update(guard.flags(metrics, state))
