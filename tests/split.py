@@ -195,8 +195,9 @@ def _wait_for_nodes(cluster: SplitCluster, timeout: float) -> None:
     while True:
         for name, p in zip(("head", "worker"), cluster.processes):
             if p.poll() is not None:
-                log = (cluster.root / f"{name}.log").read_text()[-3000:]
-                raise RuntimeError(f"the {name} node exited ({p.returncode}):\n{log}")
+                raise RuntimeError(
+                    f"the {name} node exited ({p.returncode}):\n{_log(cluster, name)}"
+                )
         with contextlib.suppress(requests.RequestException, KeyError, ValueError):
             nodes = cluster.alive_nodes()
             if len(nodes) == 2:
@@ -204,15 +205,22 @@ def _wait_for_nodes(cluster: SplitCluster, timeout: float) -> None:
                 cluster.worker_node_id = next(n["node_id"] for n in nodes if not n["is_head_node"])
                 return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the cluster was not up after {timeout:.0f} s; see {cluster.root}")
+            logs = "\n".join(f"{name}.log:\n{_log(cluster, name)}" for name in ("head", "worker"))
+            raise TimeoutError(f"the cluster was not up after {timeout:.0f} s\n{logs}")
         time.sleep(0.5)
+
+
+def _log(cluster: SplitCluster, name: str) -> str:
+    """The end of a node's ``ray start`` output (the temp dir goes when the cluster stops)."""
+    return (cluster.root / f"{name}.log").read_text(errors="replace")[-3000:]
 
 
 def stop_split_cluster(cluster: SplitCluster, timeout: float = 1.0) -> list[str]:
     """Stops both nodes' process trees and whatever else names the cluster's temp dirs (all at
     once: nothing on them is worth a longer wait), removes the temp dir, and returns the command
-    lines of processes still there after SIGKILL (empty when all went). The worker node's tmpfs
-    mounts go with its namespace, when its last process ends."""
+    lines of processes still there after SIGKILL (empty when all went). ``ray start``, the GCS
+    and the raylets outlast a SIGTERM by seconds (measured), hence the short ``timeout`` before
+    SIGKILL. The worker node's tmpfs mounts go with its namespace, when its last process ends."""
     strays = [p.pid for p in cluster.our_processes()]
     stop_tree(*(p.pid for p in cluster.processes), *strays, timeout=timeout)
     for popen in cluster.processes:
