@@ -311,6 +311,13 @@ def logged_steps(run_root: Path) -> list[int]:
     return [json.loads(line)["step"] for line in lines if line.endswith("}")]
 
 
+def resumed_steps(run_root: Path) -> list[int]:
+    """The checkpoint steps the run's worker groups (re)started from, in order."""
+    runs = list(run_root.glob("*/metrics.jsonl")) if run_root.exists() else []
+    lines = runs[0].read_text().splitlines() if runs else []
+    return [m["resumed_from"] for m in map(json.loads, lines) if "resumed_from" in m]
+
+
 def assert_no_token(*places: Path) -> None:
     for place in places:
         files = [place] if place.is_file() else [p for p in place.rglob("*") if p.is_file()]
@@ -331,7 +338,7 @@ def test_two_workers_killed_mid_run_lose_at_most_one_interval_each(ray_cluster, 
     rng = random.Random()
     proc = start_training(["train", str(job)], tmp_path, "kill.log")
     killed: list[set[int]] = []  # the worker group each kill hit
-    killed_at_lines = 0  # metrics lines logged when the last kill landed
+    last_before_kill: list[int] = []  # the last step logged when each kill landed
     try:
         deadline = time.monotonic() + 400
         while proc.poll() is None and len(killed) < 2 and time.monotonic() < deadline:
@@ -342,12 +349,13 @@ def test_two_workers_killed_mid_run_lose_at_most_one_interval_each(ray_cluster, 
             ready = len(pids) == 2 and all(not (pids & group) for group in killed)
             # A step logged after the first checkpoint means Ray registered that checkpoint.
             ready = ready and logged and logged[-1] > every
-            ready = ready and (not killed or len(logged) > killed_at_lines)
+            ready = ready and (not killed or resumed_steps(tmp_path / "kill"))
+            ready = ready and len(resumed_steps(tmp_path / "kill")) == len(killed)
             if ready:
                 time.sleep(rng.uniform(0, 0.5))  # a random moment in the run
                 os.kill(rng.choice(sorted(pids)), signal.SIGKILL)
                 killed.append(pids)
-                killed_at_lines = len(logged_steps(tmp_path / "kill"))
+                last_before_kill.append(logged_steps(tmp_path / "kill")[-1])
             else:
                 time.sleep(0.2)
         assert proc.wait(timeout=400) == 0, (tmp_path / "kill.log").read_text()[-3000:]
@@ -359,16 +367,15 @@ def test_two_workers_killed_mid_run_lose_at_most_one_interval_each(ray_cluster, 
     final = ckpts.load(ckpts.latest(run_dir))
     assert final["step"] == steps
     logged = logged_steps(tmp_path / "kill")
-    assert logged[-1] == steps
+    assert logged == sorted(set(logged)) and logged[-1] == steps  # one line a step, in order
     # Each restart goes back to the latest checkpoint: at most one interval is trained again.
-    restarts = 0
-    for before, after in zip(logged, logged[1:]):
-        if after <= before:
-            restarts += 1
-            resumed_from = after - log_every
-            assert resumed_from % every == 0, logged
-            assert before - resumed_from <= every, logged
-    assert restarts <= 2
+    resumed = resumed_steps(tmp_path / "kill")
+    assert len(resumed) == 2, resumed
+    for before, resumed_from in zip(last_before_kill, resumed):
+        assert resumed_from % every == 0 and 0 <= before - resumed_from <= every, resumed
+    driver_log = (tmp_path / "kill.log").read_text()
+    for resumed_from in resumed:
+        assert f"restarted from the checkpoint at step {resumed_from}" in driver_log
     assert_no_token(run_dir, tmp_path / "kill.log")
 
 

@@ -108,7 +108,6 @@ def test_worker_node_disk_is_its_own_and_the_bucket_is_shared(split_cluster, s3_
 def test_submitted_run_lives_in_the_storage(split_cluster, s3_env, monkeypatch, capsys):
     """A job submitted to the split cluster reads its data from the bucket and writes every
     file of its run there; nothing of the run is on the head's disk."""
-    pytest.skip("needs storage-aware runs")
     import pyarrow.fs as pafs
 
     from distgan.cli import main

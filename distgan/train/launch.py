@@ -358,6 +358,15 @@ def _fit_with_progress(trainer, run: Location, total: int, out) -> dict:
         nonlocal last_step
         for line in _metrics_lines(run):
             m = json.loads(line)
+            if m.get("resumed_from") is not None and m["resumed_from"] < last_step:
+                # Ray Train restarted the worker group: its lines go on from the checkpoint.
+                print(
+                    f"distgan: a worker died at step {last_step} or later; the workers were "
+                    f"restarted from the checkpoint at step {m['resumed_from']} in {run}",
+                    file=out,
+                    flush=True,
+                )
+                last_step = m["resumed_from"]
             if m["step"] > last_step:
                 print(_progress_line(m, total), file=out, flush=True)
                 last_step = m["step"]

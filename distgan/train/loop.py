@@ -145,6 +145,10 @@ def run(
     last_time, last_images = started, state.images_seen
     metrics: dict[str, float] = {}
     waited = 0.0  # seconds spent waiting for real batches since the last log step
+    # A run (re)started from a checkpoint says so in its first metrics line: after a worker's
+    # death Ray Train restarts the group from the latest checkpoint, and the driver tells the
+    # user from which step the run goes on.
+    resumed_from = state.step or None
     while state.step < t.steps:
         before = time.perf_counter()
         reals = [next(batches) for _ in range(spec.optim.n_critic)]
@@ -185,6 +189,8 @@ def run(
             # stall): near 0 when the data keeps up with the step.
             data_stall=waited / max(now - last_time, 1e-9),
         )
+        if resumed_from is not None:
+            metrics["resumed_from"], resumed_from = resumed_from, None
         last_time, last_images, waited = now, state.images_seen, 0.0
         if evaluate is not None and (checkpoint_now or final):
             metrics.update(evaluate(state))
