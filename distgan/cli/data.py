@@ -10,6 +10,7 @@ Each prints one summary line; a user error prints one line and exits 2 (``distga
 from __future__ import annotations
 
 import argparse
+import sys
 
 from distgan.data import import_source, read_manifest, verify_shards
 
@@ -73,7 +74,37 @@ def run_import(args: argparse.Namespace) -> int:
     if skipped:
         line += f"; skipped {skipped} unreadable image" + ("s" if skipped > 1 else "")
     print(line)
+    if args.resolution is not None and (warning := resolution_warning(manifest.shape)):
+        sys.stderr.write(f"warning: --resolution {args.resolution}: {warning}\n")
     return 0
+
+
+def resolution_warning(shape: tuple[int, int, int]) -> str | None:
+    """Why images of ``shape`` (C, N, N) fit none of the registered architectures that serve
+    fixed sizes, naming the sizes that do; None when one of them fits (or none has fixed sizes).
+    An architecture that serves any size (mlp) trains on them, and the warning says so."""
+    from distgan.models import MODELS, square_sides
+
+    c, side, _ = shape
+    fixed, any_size = {}, []
+    for arch in sorted(MODELS):
+        sides = square_sides(arch, c)
+        if sides is None:
+            any_size.append(arch)
+        elif side in sides:
+            return None
+        else:
+            fixed[arch] = sides
+    if not fixed:
+        return None
+    served = "; ".join(f"{a} serves {', '.join(map(str, s)) or 'none'}" for a, s in fixed.items())
+    usable = [str(s) for s in sorted({s for sides in fixed.values() for s in sides})]
+    only = f"only {', '.join(any_size)} (any size) trains on them" if any_size else "no model fits"
+    fix = ""
+    if usable:
+        either = ", ".join(usable[:-1]) + " or " + usable[-1] if len(usable) > 1 else usable[0]
+        fix = f"; re-import with --resolution {either} to train {', '.join(fixed)}"
+    return f"{c}×{side}×{side} images fit no fixed-size architecture ({served}), {only}{fix}"
 
 
 def run_verify(args: argparse.Namespace) -> int:
