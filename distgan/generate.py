@@ -16,10 +16,13 @@ from distgan.config import JobSpec, load_resolved
 from distgan.errors import CheckpointError
 from distgan.models import build_models
 from distgan.train import checkpoint as ckpts
+from distgan.train.outputs import BEST
 
 
 def resolve_checkpoint(source: str | Path) -> Path:
-    """A checkpoint folder: ``source`` itself, or the latest loadable one of a run directory."""
+    """A checkpoint folder: ``source`` itself, or the latest loadable one of a run directory, or
+    its ``best/`` when that is the only checkpoint it holds (a PBT trial's folder: Tune keeps its
+    checkpoints elsewhere)."""
     source = Path(source)
     if (source / ckpts.STATE_FILE).is_file():
         return source
@@ -28,6 +31,12 @@ def resolve_checkpoint(source: str | Path) -> Path:
     if not source.exists():
         raise CheckpointError(f"{source}: no such run directory or checkpoint")
     folder = ckpts.latest(source)
+    if (
+        folder is None
+        and not ckpts.checkpoints(source)
+        and (source / BEST / ckpts.STATE_FILE).is_file()
+    ):
+        folder = source / BEST
     if folder is None:
         raise CheckpointError(f"{source}: no loadable checkpoint in this run directory yet")
     return folder
