@@ -1,15 +1,21 @@
 # distgan: the two commands of the README, and a few more.
-#   make train   trains jobs/quickstart.yaml on the embedded dataset (creates .venv first)
+#   make train   trains jobs/quickstart.yaml on the embedded dataset (creates .venv first);
+#                make train JOB=jobs/seed_mlp_gan.yaml trains another job
+#   make tune    searches jobs/tune_quickstart.yaml (SEARCH=jobs/... for another search)
 #   make test    runs the test suite (creates .venv first)
+#   make fashion-mnist   imports Fashion-MNIST's IDX files into data/fashion-mnist (60,000
+#                training images) and data/fashion-mnist-test (10,000 test images)
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 JOB     ?= jobs/quickstart.yaml
-# Fashion-MNIST's IDX files: Debian's dataset-fashion-mnist, or the copy beside this checkout.
+SEARCH  ?= jobs/tune_quickstart.yaml
+# Fashion-MNIST's IDX files: Debian's dataset-fashion-mnist, or the copy beside this checkout;
+# FASHION=DIR names any folder that holds the four files.
 FASHION ?= $(firstword $(wildcard /usr/share/datasets/fashion-mnist ../shared/datasets/fashion-mnist))
 
-.PHONY: train test lint bench fashion-mnist clean
+.PHONY: train tune test lint bench fashion-mnist clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -21,6 +27,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 train: $(STAMP)
 	$(BIN)/distgan train $(JOB)
+
+tune: $(STAMP)
+	$(BIN)/distgan tune $(SEARCH)
 
 # Two pytest workers, each with its own Ray head (tests/conftest.py: Ray tests are mostly
 # process start-up, which leaves a core idle a third of the time).
@@ -35,8 +44,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
 
 fashion-mnist: $(STAMP)
+	@test -n "$(FASHION)" || { echo "no Fashion-MNIST IDX files: install Debian's" \
+	    "dataset-fashion-mnist or pass FASHION=DIR (a folder holding the four files)" >&2; exit 2; }
 	$(BIN)/distgan data import $(FASHION)/train-images-idx3-ubyte.gz \
 	    --labels $(FASHION)/train-labels-idx1-ubyte.gz --out data/fashion-mnist
+	$(BIN)/distgan data import $(FASHION)/t10k-images-idx3-ubyte.gz \
+	    --labels $(FASHION)/t10k-labels-idx1-ubyte.gz --out data/fashion-mnist-test
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -17,11 +17,13 @@ from distgan.errors import CheckpointError
 from distgan.models import build_models
 from distgan.storage import display, is_uri, join, open_location
 from distgan.train import checkpoint as ckpts
+from distgan.train.outputs import BEST
 
 
 def resolve_checkpoint(source: str | Path) -> str | Path:
-    """A checkpoint folder: ``source`` itself, or the latest loadable one of a run directory.
-    ``source`` is a local path or a URI (a run in object storage, see storage.py)."""
+    """A checkpoint folder: ``source`` itself, or the latest loadable one of a run directory, or
+    its ``best/`` when that is the only checkpoint it holds (a PBT trial's folder: Tune keeps its
+    checkpoints elsewhere). ``source`` is a local path or a URI (a run in object storage)."""
     if is_uri(str(source)):
         loc = open_location(str(source), field="RUN")
         if loc.is_file(ckpts.STATE_FILE):
@@ -31,6 +33,9 @@ def resolve_checkpoint(source: str | Path) -> str | Path:
         if not loc.exists():
             raise CheckpointError(f"{loc}: no such run or checkpoint in the storage")
         folder = ckpts.latest(loc.uri)
+        only_best = not ckpts.checkpoints(loc.uri) and loc.is_file(f"{BEST}/{ckpts.STATE_FILE}")
+        if folder is None and only_best:
+            folder = loc.child(BEST).uri
         if folder is None:
             raise CheckpointError(f"{loc}: no loadable checkpoint in this run yet")
         return folder
@@ -42,6 +47,12 @@ def resolve_checkpoint(source: str | Path) -> str | Path:
     if not source.exists():
         raise CheckpointError(f"{source}: no such run directory or checkpoint")
     folder = ckpts.latest(source)
+    if (
+        folder is None
+        and not ckpts.checkpoints(source)
+        and (source / BEST / ckpts.STATE_FILE).is_file()
+    ):
+        folder = source / BEST
     if folder is None:
         raise CheckpointError(f"{source}: no loadable checkpoint in this run directory yet")
     return folder

@@ -1,6 +1,7 @@
 """Image tensors to uint8 arrays and sample grids on disk.
 
 save_grid(to_uint8(G(z)), "samples/step_000500.png")
+save_grid(images, "per_class.png", nrow=8, row_names=["T-shirt/top", "Trouser", ...])
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -32,19 +33,47 @@ def grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarra
     return out
 
 
-def grid_png(images: np.ndarray, nrow: int | None = None) -> bytes:
-    """The PNG bytes of a grid of (N, C, H, W) uint8 images."""
+def label_rows(g: np.ndarray, names: list[str], cell: int, pad: int = 2) -> np.ndarray:
+    """A grid image from ``grid`` (rows of ``cell``-pixel images) with a margin on its left that
+    names each row: ``names[i]`` beside row i (a conditional grid has one row per class).
+    Returns (H, margin + W, C) uint8."""
+    font = ImageFont.load_default()
+    width = max(int(font.getlength(name)) for name in names) + 2 * pad
+    out = np.zeros((g.shape[0], width + g.shape[1], g.shape[2]), np.uint8)
+    out[:, width:] = g
+    image = Image.fromarray(out[:, :, 0] if g.shape[2] == 1 else out)
+    draw = ImageDraw.Draw(image)
+    white = 255 if g.shape[2] == 1 else (255, 255, 255)
+    for i, name in enumerate(names):
+        y = pad + i * (cell + pad) + cell // 2  # the row's middle
+        draw.text((pad, y), name, fill=white, font=font, anchor="lm")
+    labelled = np.asarray(image)
+    return labelled[:, :, None] if labelled.ndim == 2 else labelled
+
+
+def grid_png(
+    images: np.ndarray, nrow: int | None = None, row_names: list[str] | None = None
+) -> bytes:
+    """The PNG bytes of a grid of (N, C, H, W) uint8 images; ``row_names`` labels its rows
+    (``label_rows``), e.g. with ``data.class_name``."""
     g = grid(images, nrow)
+    if row_names:
+        g = label_rows(g, row_names, images.shape[2])
     mode = "L" if g.shape[2] == 1 else "RGB"
     buffer = io.BytesIO()
     Image.fromarray(g[:, :, 0] if mode == "L" else g, mode).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def save_grid(images: np.ndarray, path: str | Path, nrow: int | None = None) -> Path:
+def save_grid(
+    images: np.ndarray,
+    path: str | Path,
+    nrow: int | None = None,
+    row_names: list[str] | None = None,
+) -> Path:
     """Writes a PNG grid of (N, C, H, W) uint8 images (written to a temporary name, renamed)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(grid_png(images, nrow))
+    tmp.write_bytes(grid_png(images, nrow, row_names))
     tmp.replace(path)
     return path

@@ -1,4 +1,5 @@
-"""Every mistake in ``tests/bad_inputs/cases.yaml``: exit 2, one line, nothing written.
+"""Every mistake in ``tests/bad_inputs/cases.yaml``: exit 2, one line, nothing written (or, for
+a case marked ``exit: 0``, one warning line and nothing written but its ``--out`` folder).
 
 The cases run in this process through ``distgan.cli.main`` (no Ray: every input check comes
 before Ray is reached). The fixtures they point at are built once, here, from real writers: shard
@@ -106,6 +107,9 @@ def root(tmp_path_factory) -> Path:
     (root / "images" / "a").mkdir(parents=True)
     Image.fromarray(_images(1, 12)[0, 0]).save(root / "images" / "a" / "good.png")
     (root / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (root / "photos" / "cats").mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(_images(1, 40, seed=i)[0, 0]).save(root / "photos" / "cats" / f"{i}.png")
     np.savez(root / "float.npz", images=np.zeros((4, 28, 28), np.float32))
     np.savez(root / "ok.npz", images=_images(4, 28)[:, 0])
     (root / "labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, 3) + bytes(3))
@@ -178,11 +182,15 @@ def test_bad_input_gives_one_line_exit_2_and_writes_nothing(
     out, err = capsys.readouterr()
 
     lines = err.strip().splitlines()
-    assert code == 2, err
+    warning = case.get("exit") == 0  # a warning: the command does its work and says why
+    assert code == case.get("exit", 2), err
     assert len(lines) == 1, err
-    assert "Traceback" not in err and out == ""
+    assert "Traceback" not in err and (warning or out == "")
     for want in case["expect"]:
         assert _fill(want, root, job) in lines[0], lines[0]
+    if warning:
+        assert lines[0].startswith("warning: ")
+        shutil.rmtree(root / "out")  # the only thing a warning case may write
     assert _tree(root) == before_root, "a fixture was changed"
     assert _tree(tmp_path) == before_cwd, "something was written in the working directory"
     assert not (root / "pwned").exists(), "the pickle payload ran"

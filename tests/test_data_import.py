@@ -309,7 +309,7 @@ def test_cli_import_and_verify(tmp_path, capsys, class_folder):
     assert main([*argv, "--channels", "1", "--on-error", "skip", "--shard-size", "2"]) == 0
     line = capsys.readouterr().out
     assert line.count("\n") == 1
-    assert "imported 5 images of 1×8×8, 2 classes, 3 shards" in line
+    assert "imported 5 images of 1×8×8, 2 classes (cat, dog), 3 shards" in line
     assert "skipped 1 unreadable image" in line
     assert read_manifest(out).shape == (1, 8, 8)
 

@@ -156,6 +156,25 @@ def test_torchscript_module_loads_by_path(tmp_path, module):
         assert probs.shape == (7, 5) and extractor.num_classes == 5
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_torchscript_network_is_tried_on_the_datas_shape_before_a_run(tmp_path):
+    from distgan.config import from_dict
+    from distgan.errors import JobError
+    from distgan.train.launch import check_job
+
+    path = tmp_path / "embed.pt"
+    torch.jit.script(Embed(True)).save(str(path))  # takes 784 pixels: 1×28×28 only
+    for side in (28, 30):
+        images = np.zeros((4, 1, side, side), np.uint8)
+        write_shards(images, None, tmp_path / f"d{side}", source="z")
+    job = {"model": {"arch": "mlp"}, "eval": {"every": 10, "features": str(path)}}
+    ok = from_dict({**job, "data": {"source": str(tmp_path / "d28")}})
+    assert check_job(ok, "ok.yaml").shape == (1, 28, 28)
+    bad = from_dict({**job, "data": {"source": str(tmp_path / "d30")}})
+    with pytest.raises(JobError, match=r"bad.yaml: eval.features: embed.pt fails on 1×30×30"):
+        check_job(bad, "bad.yaml")
+
+
 class Exploit:
     """Unpickling this runs a shell command; a safe loader must refuse it."""
 

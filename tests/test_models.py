@@ -136,3 +136,26 @@ def test_unwrap_returns_the_inner_module():
 
     assert unwrap(Wrapper(G)) is G
     assert unwrap(G) is G
+
+
+def test_square_sides_come_from_building_each_architecture(monkeypatch):
+    from distgan.cli.data import resolution_warning
+    from distgan.models import square_sides
+
+    assert square_sides("dcgan", 1) == square_sides("dcgan", 3) == [28, 32, 64]
+    assert square_sides("mlp", 3) is None  # any size
+    assert resolution_warning((3, 32, 32)) is None
+    warning = resolution_warning((3, 33, 33))
+    assert "dcgan serves 28, 32, 64" in warning and "only mlp" in warning
+    assert "--resolution 28, 32 or 64" in warning
+
+    # A new architecture is covered by its own ValueError, with no list to update.
+    def only_48(z_dim, width, shape):
+        if shape[1:] != (48, 48):
+            raise ValueError(f"only 48×48, not {shape}")
+        return build_models("mlp", z_dim, width, shape)
+
+    monkeypatch.setitem(MODELS, "only48", only_48)
+    assert square_sides("only48", 1) == [48]
+    assert resolution_warning((1, 48, 48)) is None
+    assert "only48 serves 48" in resolution_warning((1, 33, 33))

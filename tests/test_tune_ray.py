@@ -16,7 +16,8 @@ from distgan.config import load_job
 from distgan.train import checkpoint as ckpts
 from distgan.train.launch import check_job
 from distgan.train.outputs import read_metrics
-from distgan.tune.trials import EXPLOITS, TRIALS
+from distgan.tune.exploits import EXPLOITS
+from distgan.tune.trials import TRIALS
 
 pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray-a")]  # conftest.py
 
@@ -107,6 +108,10 @@ def test_pbt_clones_the_donor_state_and_applies_new_learning_rates(ray_cluster, 
         for k in ("lr_g", "lr_d"):
             assert not math.isclose(e[k], e[f"donor_{k}"])
             assert any(math.isclose(e[k], e[f"donor_{k}"] * f) for f in (0.8, 1.2))
+            # exploits.jsonl names each value that changed: the donor's, then the clone's.
+            before, after = e["changed"][f"optim.{k}"]
+            assert math.isclose(before, e[f"donor_{k}"]) and math.isclose(after, e[k])
+        assert set(e["changed"]) == {"optim.lr_g", "optim.lr_d"}
         # It went on from the donor's step to the end.
         steps = [m["step"] for m in read_metrics(search_dir / TRIALS / e["trial"])]
         assert e["step"] + 10 in steps and steps[-1] == END
@@ -124,6 +129,24 @@ def test_pbt_clones_the_donor_state_and_applies_new_learning_rates(ray_cluster, 
     for trial in (search_dir / TRIALS).iterdir():
         assert read_metrics(trial)[-1]["step"] == END, trial.name
     assert {r["status"] for r in rows.values()} == {"done"}
+
+    # The progress lines: a figure beside the values it was measured with, so the clone's line
+    # of the exploit step still shows its old values; the exploit line comes first after it.
+    lines = out.splitlines()
+    first = exploits[0]
+    at = lines.index(
+        next(line for line in lines if line.startswith(f"exploit: trial {first['trial']}"))
+    )
+    new_values = lines[at].split("goes on with ")[1]
+    assert lines[at + 1].startswith(f"trial {first['trial']}  step ")
+    assert lines[at + 1].endswith(new_values)
+    before = [line for line in lines[:at] if line.startswith(f"trial {first['trial']}  step ")]
+    assert before and not before[-1].endswith(new_values)
+    # best.yaml records the winner's schedule; best_samples/ is the grid of its best step.
+    winner = min(rows.values(), key=lambda r: float(r["best_fid"]))
+    assert "# PBT schedule" in (search_dir / "best.yaml").read_text()
+    samples = [p.name for p in (search_dir / "best_samples").iterdir()]
+    assert samples == [f"step_{int(winner['best_step']):06d}.png"]
     with open(search_dir / "results.csv") as f:
         for r in csv.DictReader(f):
             fids = [

@@ -10,8 +10,11 @@ Each prints one summary line; a user error prints one line and exits 2 (``distga
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
-from distgan.data import import_source, read_manifest, verify_shards
+from distgan.data import class_name, import_source, read_manifest, verify_shards
+from distgan.errors import DataError
 
 
 def add_parser(verbs: argparse._SubParsersAction) -> None:
@@ -36,6 +39,12 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
         type=int,
         choices=(1, 3),
         help="1 gray, 3 RGB (image folders; default: gray only if every image is)",
+    )
+    imp.add_argument(
+        "--class-names",
+        metavar="FILE|a,b,c",
+        help="names of the labels 0..K-1 in order: a file of one name a line, or a comma list "
+        "(default: a folder's subfolder names; Fashion-MNIST's and MNIST's documented names)",
     )
     imp.add_argument("--limit", type=_positive_int, help="keep only the first N images")
     imp.add_argument(
@@ -65,15 +74,66 @@ def run_import(args: argparse.Namespace) -> int:
         limit=args.limit,
         shard_size=args.shard_size,
         on_error=args.on_error,
+        class_names=None if args.class_names is None else parse_class_names(args.class_names),
     )
     c, h, w = manifest.shape
     classes = "no labels" if manifest.labels is None else f"{len(manifest.labels)} classes"
+    if manifest.class_names:
+        first = [class_name(manifest, k) for k in manifest.labels[:3]]
+        classes += f" ({', '.join(first)}{', ...' if len(manifest.labels) > 3 else ''})"
     shards = f"{len(manifest.shards)} shard" + ("s" if len(manifest.shards) > 1 else "")
     line = f"imported {manifest.count} images of {c}×{h}×{w}, {classes}, {shards} -> {args.out}"
     if skipped:
         line += f"; skipped {skipped} unreadable image" + ("s" if skipped > 1 else "")
     print(line)
+    if args.resolution is not None and (warning := resolution_warning(manifest.shape)):
+        sys.stderr.write(f"warning: --resolution {args.resolution}: {warning}\n")
     return 0
+
+
+def resolution_warning(shape: tuple[int, int, int]) -> str | None:
+    """Why images of ``shape`` (C, N, N) fit none of the registered architectures that serve
+    fixed sizes, naming the sizes that do; None when one of them fits (or none has fixed sizes).
+    An architecture that serves any size (mlp) trains on them, and the warning says so."""
+    from distgan.models import MODELS, square_sides
+
+    c, side, _ = shape
+    fixed, any_size = {}, []
+    for arch in sorted(MODELS):
+        sides = square_sides(arch, c)
+        if sides is None:
+            any_size.append(arch)
+        elif side in sides:
+            return None
+        else:
+            fixed[arch] = sides
+    if not fixed:
+        return None
+    served = "; ".join(f"{a} serves {', '.join(map(str, s)) or 'none'}" for a, s in fixed.items())
+    usable = [str(s) for s in sorted({s for sides in fixed.values() for s in sides})]
+    only = f"only {', '.join(any_size)} (any size) trains on them" if any_size else "no model fits"
+    fix = ""
+    if usable:
+        either = ", ".join(usable[:-1]) + " or " + usable[-1] if len(usable) > 1 else usable[0]
+        fix = f"; re-import with --resolution {either} to train {', '.join(fixed)}"
+    return f"{c}×{side}×{side} images fit no fixed-size architecture ({served}), {only}{fix}"
+
+
+def parse_class_names(text: str) -> list[str]:
+    """``--class-names``: a file of one name a line (blank lines skipped), or ``a,b,c``."""
+    path = Path(text)
+    if path.is_file():
+        try:
+            names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"--class-names {text}: cannot read the file ({e})") from None
+    else:
+        names = [name.strip() for name in text.split(",")]
+    if not names or not all(names):
+        raise DataError(
+            f"--class-names {text!r}: an empty name; give a file of one name a line or a,b,c"
+        )
+    return names
 
 
 def run_verify(args: argparse.Namespace) -> int:

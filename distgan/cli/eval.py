@@ -61,7 +61,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     from distgan.data import EMBEDDED_DIR, read_manifest
     from distgan.generate import load_generator
     from distgan.metrics import compute_metrics, get_metric
-    from distgan.metrics.evaluate import fake_features, protocol, real_reference, write_eval_json
+    from distgan.metrics.evaluate import (
+        fake_features,
+        per_class_lines,
+        protocol,
+        real_reference,
+        write_eval_json,
+    )
     from distgan.metrics.features import load_feature_extractor
 
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -103,6 +109,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"{'metric':<18}{'value':>12}")
     for k, v in figures.items():
         print(f"{k:<18}{v:>12.4f}")
+    if "class_coverage" in figures:  # which classes: the share of samples in each
+        print("class_coverage by class (share of samples):")
+        print("\n".join(per_class_lines(fake, manifest)))
     print(
         f"features {proto['features']} ({proto['features_sha256'][:12]}) · real {proto['real']}: "
         f"{proto['real_count']:,} images · fake {proto['fake_count']:,} · seed {proto['seed']}"

@@ -2,7 +2,8 @@
 
 Loads and validates the job, creates ``runs/<id>-<name>/`` with ``job.resolved.yaml`` as its first
 file, and trains on Ray. ``--resume RUN_DIR`` continues a run from its latest checkpoint, with
-the run's own resolved job (JOB may be omitted) plus any ``--set`` overrides.
+the run's own resolved job (JOB may be omitted) plus any ``--set`` overrides. ``--dry-run`` runs
+every check that needs no Ray (``launch.check_job``), prints the resolved job and writes nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ def add_parser(verbs) -> None:
     p = verbs.add_parser("train", help="train a job on Ray", description=__doc__.split("\n")[0])
     p.add_argument("job", nargs="?", help="job file, e.g. jobs/quickstart.yaml")
     add_overrides_flag(p, "optim.lr_g=1e-4")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved job and exit")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run every check that needs no Ray (data, model, feature network), print the "
+        "resolved job and exit",
+    )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.set_defaults(run=run)
 
@@ -82,15 +88,16 @@ def run(args: argparse.Namespace) -> int:
             raise JobError("distgan train: a job file is required (or --resume RUN_DIR)")
         spec = load_job(args.job, args.overrides)
         run_dir, resume_from, job_source = None, None, args.job
-    if args.dry_run:
-        sys.stdout.write(dump_yaml(spec))
-        return 0
     t0 = time.monotonic()
     # Every check comes before the run directory, so a job that cannot run writes nothing; those
-    # that need no Ray come first (the data, the model, the storage).
+    # that need no Ray come first (the data, the model, the storage), and they are all a dry run
+    # does besides printing the job.
     manifest = check_job(spec, job_source)
     if resume_from:
         ckpts.check_compatible(ckpts.load(resume_from), spec, manifest.shape, resume_from)
+    if args.dry_run:
+        sys.stdout.write(dump_yaml(spec))
+        return 0
     # `distgan stop` (Ray's job stop) sends SIGTERM, then SIGKILL a few seconds later: turning
     # it into KeyboardInterrupt lets the run record itself as stopped (status.json) in time.
     previous = signal.signal(signal.SIGTERM, _interrupt)

@@ -5,7 +5,8 @@
     images, labels = load_arrays(read_manifest("data/fm"))  # (N, C, H, W) uint8, (N,) int64
 
 ``EMBEDDED_DIR`` holds the default dataset shipped with the package: the first 10,000
-Fashion-MNIST training images (1×28×28) with their labels.
+Fashion-MNIST training images (1×28×28) with their labels and class names
+(``class_name(manifest, 0) == "T-shirt/top"``).
 """
 
 from pathlib import Path
@@ -14,6 +15,7 @@ from distgan.data.importers import import_source, read_idx, read_image_folder, r
 from distgan.data.shards import (
     ShardInfo,
     ShardManifest,
+    class_name,
     load_arrays,
     read_manifest,
     read_rows,
@@ -27,6 +29,7 @@ __all__ = [
     "EMBEDDED_DIR",
     "ShardInfo",
     "ShardManifest",
+    "class_name",
     "import_source",
     "load_arrays",
     "read_idx",

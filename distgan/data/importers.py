@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -26,6 +27,14 @@ IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension (N,)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _GZIP_MAGIC = b"\x1f\x8b"
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+# The documented class names of IDX datasets (label k is the k-th name), found by the folder
+# their files lie in: Debian's /usr/share/datasets/fashion-mnist/, torchvision's FashionMNIST/raw/.
+IDX_CLASS_NAMES = {
+    "fashionmnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                     "Sneaker", "Bag", "Ankle boot"),
+    "mnist": tuple("0123456789"),
+}  # fmt: skip
+_IDX_IMAGES_NAME = re.compile(r"(train|t10k)-images[-.]idx3-ubyte(\.gz)?")
 # What Pillow raises for a file it cannot decode (SyntaxError and ValueError come from some
 # corrupt PNG chunks and JPEG markers).
 _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -128,9 +137,8 @@ def read_image_folder(
     files = _image_files(root)
     if not files:
         raise DataError(f"{root}: no PNG or JPEG images found (subfolders searched too)")
-    classes = None
-    if all(p.parent != root for p in files):
-        classes = {name: i for i, name in enumerate(sorted({_class_of(p, root) for p in files}))}
+    names = _folder_classes(files, root)
+    classes = None if names is None else {name: i for i, name in enumerate(names)}
     if channels is None:
         # Only headers are read here; a file that fails is reported by the decoding pass.
         modes = [mode for mode in map(_peek_mode, files) if mode is not None]
@@ -171,6 +179,34 @@ def _image_files(root: Path) -> list[Path]:
         if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
     )
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def folder_class_names(folder: str | Path) -> list[str] | None:
+    """The class names of an image folder (its subfolders, in label order), or None when images
+    lie directly in it (no labels); what ``read_image_folder`` labels by."""
+    root = Path(folder)
+    return _folder_classes(_image_files(root), root)
+
+
+def _folder_classes(files: list[Path], root: Path) -> list[str] | None:
+    if any(p.parent == root for p in files):
+        return None
+    return sorted({_class_of(p, root) for p in files})
+
+
+def idx_class_names(images_path: str | Path) -> tuple[str, ...] | None:
+    """The documented class names of a known IDX dataset, or None: its images file is named
+    ``train-images-idx3-ubyte[.gz]`` (or ``t10k-``) in a folder named after the dataset
+    (``fashion-mnist``, ``FashionMNIST/raw``, ``mnist``), as its publishers and Debian lay
+    it out."""
+    path = Path(images_path).absolute()
+    if not _IDX_IMAGES_NAME.fullmatch(path.name):
+        return None
+    for folder in path.parents[:2]:
+        key = re.sub(r"[-_ ]", "", folder.name.lower())
+        if key in IDX_CLASS_NAMES:
+            return IDX_CLASS_NAMES[key]
+    return None
 
 
 def _class_of(path: Path, root: Path) -> str:
@@ -276,13 +312,16 @@ def import_source(
     limit: int | None = None,
     shard_size: int = 10000,
     on_error: str = "fail",
+    class_names: list[str] | None = None,
 ) -> tuple[ShardManifest, int]:
     """Imports ``src`` into shards under ``out``; returns (manifest, number of skipped images).
 
     ``src`` is a folder of images (``resolution`` required), an ``.npz`` file, or an IDX
     images file (``labels``: its IDX labels file). ``limit`` keeps the first N images (in
     sorted file order for a folder). ``resolution`` and ``channels`` resize image folders; for
-    IDX and npz sources they may only restate the data's own size.
+    IDX and npz sources they may only restate the data's own size. The manifest names the
+    classes: ``class_names`` (label k is the k-th), else a folder's subfolder names, else the
+    documented names of a known IDX dataset (``idx_class_names``).
     """
     src = Path(src)
     if not src.exists():
@@ -301,20 +340,46 @@ def import_source(
             src, resolution, channels, on_error, limit=limit
         )
         source = f"image folder {src.resolve().name}/ resized to {resolution}×{resolution}"
+        known = folder_class_names(src)
     else:
         if is_npz:
             images, image_labels = read_npz(src, limit)
             source = f"npz {src.name}"
+            known = None
         else:
             images, image_labels = read_idx(src, labels, limit)
             source = f"idx {src.name}" + (f" + {Path(labels).name}" if labels else "")
+            known = idx_class_names(src)
         _check_size(src, images, resolution, channels)
     if len(images) == 0:
         raise DataError(f"{src}: holds no images")
     if limit is not None and len(images) == limit:
         source += f" (first {limit})"
-    manifest = write_shards(images, image_labels, out, shard_size=shard_size, source=source)
+    names = _class_names(src, image_labels, class_names, known)
+    manifest = write_shards(
+        images, image_labels, out, shard_size=shard_size, source=source, class_names=names
+    )
     return manifest, len(skipped)
+
+
+def _class_names(
+    src: Path, labels: np.ndarray | None, given: list[str] | None, known
+) -> dict[int, str] | None:
+    """label -> name: the names given (--class-names), else the source's own, else None."""
+    if labels is None:
+        if given is not None:
+            raise DataError(f"{src}: has no labels, so --class-names has nothing to name; drop it")
+        return None
+    top = int(labels.max()) if labels.size else -1
+    if given is not None and len(given) <= top:
+        raise DataError(
+            f"--class-names: {len(given)} names, but {src}'s labels run to {top}; give one "
+            f"name per label 0..{top}, in label order"
+        )
+    names = given if given is not None else known
+    if names is None or len(names) <= top or labels.min() < 0:
+        return None  # the source's own names do not cover these labels: numbers, as before
+    return dict(enumerate(names))
 
 
 def _check_size(src: Path, images: np.ndarray, resolution: int | None, channels: int | None):

@@ -3,11 +3,13 @@
 A shard folder holds ``shard-00000.parquet``, ``shard-00001.parquet``, … and ``manifest.json``.
 Each shard has an ``image`` column (``binary``: the C*H*W uint8 bytes of one image, channels
 first, C-order) and, when the dataset has labels, a ``label`` column (``int64``). The manifest
-records the count, the image shape, the label set and counts, a short description of the
-source, and each shard's row count and sha256::
+records the count, the image shape, the label set and counts, the classes' names when known
+(optional: manifests written before it stay valid), a short description of the source, and each
+shard's row count and sha256::
 
     {"format": "distgan-shards/1", "count": 10000, "shape": [1, 28, 28], "dtype": "uint8",
-     "labels": [0, 1, ...], "label_counts": {"0": 1000, ...}, "source": "...",
+     "labels": [0, 1, ...], "label_counts": {"0": 1000, ...},
+     "class_names": {"0": "T-shirt/top", ...}, "source": "...",
      "shards": [{"file": "shard-00000.parquet", "count": 10000, "sha256": "..."}]}
 """
 
@@ -63,6 +65,7 @@ class ShardManifest:
     source: str
     shards: tuple[ShardInfo, ...]
     root: str
+    class_names: dict[int, str] | None = None  # label -> name, when the source names its classes
 
     @property
     def shard_paths(self) -> list[str]:
@@ -81,8 +84,10 @@ def write_shards(
     *,
     shard_size: int = 10000,
     source: str,
+    class_names: dict[int, str] | None = None,
 ) -> ShardManifest:
-    """Writes ``images`` (N, C, H, W) uint8 and ``labels`` (N,) ints or None into ``out_dir``.
+    """Writes ``images`` (N, C, H, W) uint8 and ``labels`` (N,) ints or None into ``out_dir``,
+    with ``class_names`` (label -> name) in the manifest when given.
 
     ``out_dir`` must be absent, empty, or an earlier shard folder (which is replaced). Every
     file is written under a temporary name and renamed; the manifest goes last, so a crash never
@@ -134,6 +139,7 @@ def write_shards(
         source=source,
         shards=tuple(shards),
         root=str(out.resolve()),
+        class_names=None if class_names is None else {int(k): v for k, v in class_names.items()},
     )
     text = json.dumps(_to_json(manifest), indent=2) + "\n"
     with _atomic_file(out / MANIFEST_NAME) as f:
@@ -180,6 +186,12 @@ def read_manifest(folder: str | Path) -> ShardManifest:
         "label_counts", _is_label_counts(get("label_counts")), "null or {label: count}"
     )
     source = field("source", isinstance(get("source"), str), "a string")
+    class_names = get("class_names")  # optional: older manifests have none
+    if not _is_class_names(class_names):
+        raise DataError(
+            f"{path}: field 'class_names' must be null or {{label: name}}, got {class_names!r}; "
+            f"{_FIX}"
+        )
     shards = field(
         "shards",
         isinstance(get("shards"), list) and get("shards") and all(map(_is_shard, get("shards"))),
@@ -206,7 +218,13 @@ def read_manifest(folder: str | Path) -> ShardManifest:
         source=source,
         shards=tuple(ShardInfo(s["file"], s["count"], s["sha256"]) for s in shards),
         root=loc.uri,
+        class_names=None if class_names is None else {int(k): n for k, n in class_names.items()},
     )
+
+
+def class_name(manifest: ShardManifest, label: int) -> str:
+    """The name of class ``label`` in ``manifest``, or the label as text when it has none."""
+    return (manifest.class_names or {}).get(int(label), str(int(label)))
 
 
 def verify_shards(manifest: ShardManifest, hashes: bool = True) -> None:
@@ -446,16 +464,22 @@ def file_sha256(path: str | Path) -> str:
 
 def _to_json(m: ShardManifest) -> dict:
     counts = m.label_counts
+    names = {} if m.class_names is None else {"class_names": _json_keys(m.class_names)}
     return {
         "format": FORMAT,
         "count": m.count,
         "shape": list(m.shape),
         "dtype": "uint8",
         "labels": None if m.labels is None else list(m.labels),
-        "label_counts": None if counts is None else {str(k): n for k, n in counts.items()},
+        "label_counts": None if counts is None else _json_keys(counts),
+        **names,
         "source": m.source,
         "shards": [{"file": s.file, "count": s.count, "sha256": s.sha256} for s in m.shards],
     }
+
+
+def _json_keys(d: dict) -> dict:
+    return {str(k): v for k, v in sorted(d.items())}
 
 
 def _is_int(v) -> bool:
@@ -477,6 +501,13 @@ def _is_labels(v) -> bool:
 def _is_label_counts(v) -> bool:
     return v is None or (
         isinstance(v, dict) and all(k.lstrip("-").isdigit() and _is_int(n) for k, n in v.items())
+    )
+
+
+def _is_class_names(v) -> bool:
+    return v is None or (
+        isinstance(v, dict)
+        and all(k.isdigit() and isinstance(n, str) and n.strip() for k, n in v.items())
     )
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distgan.data import ShardManifest, read_rows
-from distgan.metrics import FeatureSet
+from distgan.data import ShardManifest, class_name, read_rows
+from distgan.metrics import FeatureSet, stats
 from distgan.metrics.features import FeatureExtractor
 from distgan.models import generate
 from distgan.storage import display, open_location
@@ -92,6 +92,22 @@ def fake_features(
     """Features of ``n`` samples of G drawn from latents seeded by ``seed``."""
     f, p = extractor.extract(generate(G, z_dim, n, seed, device=device))
     return FeatureSet(f.numpy(), None if p is None else p.numpy())
+
+
+def per_class_lines(fake: FeatureSet, manifest: ShardManifest) -> list[str]:
+    """The per-class figures behind ``class_coverage``, one line a class of the feature network:
+    the share of samples it classifies as that class, named from ``manifest`` (the real data it
+    was trained on) or numbered; "missing" marks the classes class_coverage counts as not drawn."""
+    k = fake.probs.shape[1]
+    counts = stats.class_histogram(fake.probs, k)
+    names = [class_name(manifest, c) for c in range(k)]
+    width = max(len(n) for n in names) + 2
+    drawn = counts >= stats.FAIR_SHARE * counts.sum() / k  # what class_coverage counts
+    shares = counts / counts.sum()
+    return [
+        f"  {name:<{width}}{share:>7.1%}" + ("" if ok else "  missing")
+        for name, share, ok in zip(names, shares, drawn, strict=True)
+    ]
 
 
 def protocol(reference: Reference, extractor: FeatureExtractor, fake_count: int, seed: int) -> dict:

@@ -196,7 +196,12 @@ def class_histogram(labels_or_probs: np.ndarray, num_classes: int) -> np.ndarray
     return np.bincount(labels, minlength=num_classes)
 
 
-def class_coverage(labels_or_probs: np.ndarray, num_classes: int, fair_share: float = 0.5) -> float:
+FAIR_SHARE = 0.5  # class_coverage counts a class as drawn from this share of N / num_classes up
+
+
+def class_coverage(
+    labels_or_probs: np.ndarray, num_classes: int, fair_share: float = FAIR_SHARE
+) -> float:
     """Share of the num_classes classes that get >= fair_share · N / num_classes samples.
 
     Input: integer labels (N,) or probabilities (N, K), read through argmax. 1.0 means no class

@@ -28,6 +28,24 @@ def build_models(
     return MODELS[arch](z_dim, width, tuple(shape))
 
 
+PROBE_SIDES = range(1, 257)  # the square image sides that ``square_sides`` tries
+
+
+def square_sides(arch: str, channels: int) -> list[int] | None:
+    """The square sides (of ``PROBE_SIDES``) of ``channels``-channel images that ``arch`` serves,
+    found by building it at each one (on the meta device: no weights are allocated), so that a new
+    architecture is covered by its own ``ValueError``. None when it serves every side tried."""
+    sides = []
+    for side in PROBE_SIDES:
+        try:
+            with torch.device("meta"):
+                build_models(arch, 1, 8, (channels, side, side))
+        except ValueError:
+            continue
+        sides.append(side)
+    return None if len(sides) == len(PROBE_SIDES) else sides
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module inside a DDP (or any ``.module``) wrapper."""
     return getattr(model, "module", model)

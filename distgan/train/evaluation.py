@@ -18,14 +18,21 @@ from distgan.data import ShardManifest, read_manifest
 from distgan.errors import DataError, JobError, UserError
 from distgan.metrics import FeatureSet, compute_metrics, get_metric
 from distgan.metrics.evaluate import real_reference
-from distgan.metrics.features import SHIPPED, load_feature_extractor
+from distgan.metrics.features import SHIPPED, FeatureExtractor, load_feature_extractor
 from distgan.models import generate
 from distgan.train.checkpoint import TrainState
 from distgan.train.loop import sampling_generator
 
 
-def prepare_evaluation(spec: JobSpec, manifest: ShardManifest, job_source: str) -> dict[str, Any]:
-    """The workers' evaluation config: the feature network and the real features."""
+def check_evaluation(
+    spec: JobSpec, manifest: ShardManifest, job_source: str
+) -> tuple[ShardManifest, FeatureExtractor]:
+    """The evaluation's checks that need no Ray: ``eval.real`` (a dataset of the training data's
+    shape) and ``eval.features`` (a feature network that loads and takes those images).
+
+    Returns (the real dataset's manifest, the loaded feature network); DataError, JobError or
+    CheckpointError naming the job file and the field.
+    """
     e = spec.eval
     real_dir = e.real or manifest.root
     try:
@@ -34,13 +41,37 @@ def prepare_evaluation(spec: JobSpec, manifest: ShardManifest, job_source: str) 
         raise DataError(f"{job_source}: eval.real: {err}") from None
     if real.shape != manifest.shape:
         raise JobError(
-            f"{job_source}: eval.real: its images are {'×'.join(map(str, real.shape))}, the "
-            f"training data's {'×'.join(map(str, manifest.shape))}; use a dataset of the same shape"
+            f"{job_source}: eval.real: its images are {_shape(real.shape)}, the training "
+            f"data's {_shape(manifest.shape)}; use a dataset of the same shape"
         )
     try:
         extractor = load_feature_extractor(e.features, real_dir)
     except UserError as err:
         raise type(err)(f"{job_source}: eval.features: {err}") from None
+    fix = f"train one with `distgan eval fit-features {real_dir}` or set eval.features"
+    if extractor.in_shape is not None and extractor.in_shape != manifest.shape:
+        raise JobError(
+            f"{job_source}: eval.features: {extractor.name} takes {_shape(extractor.in_shape)} "
+            f"images, the data's are {_shape(manifest.shape)}; {fix}"
+        )
+    if extractor.in_shape is None:  # TorchScript: its input size is known only by trying
+        try:
+            extractor.extract(torch.zeros(2, *manifest.shape))
+        except (RuntimeError, ValueError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise JobError(
+                f"{job_source}: eval.features: {extractor.name} fails on "
+                f"{_shape(manifest.shape)} images ({first}); {fix}"
+            ) from None
+        except UserError as err:
+            raise type(err)(f"{job_source}: eval.features: {err}") from None
+    return real, extractor
+
+
+def prepare_evaluation(spec: JobSpec, manifest: ShardManifest, job_source: str) -> dict[str, Any]:
+    """The workers' evaluation config: the feature network and the real features."""
+    e = spec.eval
+    real, extractor = check_evaluation(spec, manifest, job_source)
     reference = real_reference(real, extractor, e.n_real, e.seed)
     return {
         # The shipped network by name: each node has its own copy (at its own path).
@@ -49,6 +80,10 @@ def prepare_evaluation(spec: JobSpec, manifest: ShardManifest, job_source: str) 
         "real_features": reference.features.features,
         "real_probs": reference.features.probs,
     }
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "×".join(map(str, shape))
 
 
 class InTrainingEvaluator:

@@ -183,9 +183,12 @@ def _progress_line(m: dict, total: int) -> str:
 
 
 def check_job(spec: JobSpec, job_source: str) -> ShardManifest:
-    """The checks that need no Ray: the manifest, each shard's Parquet footer, schema and row
-    count (not its hash: that reads every byte), and that the model serves the data's shape.
-    Returns the manifest; DataError or JobError naming the job file and the field."""
+    """The checks that need no Ray (``distgan train --dry-run`` runs exactly these): the
+    storage answers, the manifest, each shard's Parquet footer, schema and row count (not its
+    hash: that reads every byte), that the model serves the data's shape (a conditional model's
+    labels belong beside it), and with ``eval.every`` that the feature network loads and takes
+    the data's images. Returns the manifest; DataError, JobError, StorageError or
+    CheckpointError naming the job file and field."""
     check_storage(spec, job_source)
     manifest = resolve_data(spec, job_source)
     try:
@@ -193,6 +196,10 @@ def check_job(spec: JobSpec, job_source: str) -> ShardManifest:
     except DataError as e:
         raise DataError(f"{job_source}: data.source: {e}") from None
     check_model(spec, manifest.shape, job_source)
+    if spec.eval.every:
+        from distgan.train.evaluation import check_evaluation
+
+        check_evaluation(spec, manifest, job_source)
     return manifest
 
 

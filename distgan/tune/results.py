@@ -4,8 +4,10 @@
     write_results(rows, spec, search_dir)         # results.csv, best.yaml, best_samples/
     print(format_table(rows, spec))
 
-``best.yaml`` is the searched job with the best trial's values filled in and no ``tune`` section,
-ready for ``distgan train best.yaml`` or for submission.
+``best.yaml`` is the searched job with the best trial's values (those of its best step) filled in
+and no ``tune`` section, ready for ``distgan train best.yaml`` or for submission; after a PBT
+search its header comment gives the schedule of values the best state was trained with.
+``best_samples/`` holds the best trial's grid of its best step.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distgan.config import JobSpec, TuneSpec, dump_yaml
-from distgan.train.outputs import read_metrics
+from distgan.config import JobSpec, TuneSpec, dump_yaml, load_resolved
+from distgan.train.outputs import BEST, read_best, read_metrics
+from distgan.tune.exploits import format_schedule, read_exploits, resolved_values, schedule
 from distgan.tune.search import search_mode
 from distgan.tune.space import sampled_values, trial_spec
 from distgan.tune.trials import trial_run_dir
@@ -102,22 +105,68 @@ def write_results(rows: list[TrialRow], spec: JobSpec, search_dir: Path) -> Path
                         r.best, r.best_step, r.steps])  # fmt: skip
     if not rows or math.isnan(rows[0].best):
         return None
-    winner = rows[0]
+    trial_dir = trial_run_dir(search_dir, rows[0].trial_id)
+    # A PBT trial's values change at its exploits: best.yaml takes those of its best step.
+    winner = dataclasses.replace(rows[0], values=_values_at_best(trial_dir, spec, rows[0]))
     header = (
         f"# The best trial ({winner.trial_id}) of the search {search_dir}:\n"
         f"# {metric} {winner.best:.6g} at step {winner.best_step}, with "
         + ", ".join(f"{k}={v}" for k, v in winner.values.items())
         + f"\n#   distgan train {search_dir / BEST_JOB}\n"
     )
+    if spec.tune.scheduler == "pbt":
+        segments = schedule(
+            read_exploits(search_dir), winner.trial_id, winner.values, winner.best_step
+        )
+        header += (
+            f"# PBT schedule: the values that trained the state of step {winner.best_step}, "
+            "and the trials that held it (each exploit took a donor's state):\n"
+            + "".join(f"#   {line}\n" for line in format_schedule(segments))
+        )
     path = search_dir / BEST_JOB
     tmp = path.with_suffix(".tmp")
     tmp.write_text(header + dump_yaml(best_job(spec, winner)))
     tmp.replace(path)
-    samples = trial_run_dir(search_dir, winner.trial_id) / "samples"
-    if samples.is_dir():
-        shutil.rmtree(search_dir / BEST_SAMPLES, ignore_errors=True)
-        shutil.copytree(samples, search_dir / BEST_SAMPLES)
+    write_best_samples(trial_dir, winner.best_step, search_dir / BEST_SAMPLES)
     return path
+
+
+def _values_at_best(trial_dir: Path, spec: JobSpec, row: TrialRow) -> dict[str, Any]:
+    """The searched values the trial's best checkpoint (``best/``) was trained with, or the row's
+    (its last values) when it kept none of that step."""
+    from distgan.train import checkpoint as ckpts
+
+    best = read_best(trial_dir)
+    if best is None or best["step"] != row.best_step:
+        return row.values
+    job = load_resolved(ckpts.load(trial_dir / BEST)["job"], source=str(trial_dir / BEST))
+    resolved = resolved_values(job)
+    return {k: resolved[k] for k in row.values}
+
+
+def write_best_samples(trial_dir: Path, step: int, out: Path) -> Path | None:
+    """``out/step_<step>.png``: the trial's grid of ``step``, the one it wrote then, or drawn from
+    its ``best/`` checkpoint of that step on the run's fixed grid latents (train.seed). None when
+    it has neither (its earlier best_samples/ is removed either way)."""
+    shutil.rmtree(out, ignore_errors=True)
+    name = f"step_{step:06d}.png"
+    written = trial_dir / "samples" / name
+    best = read_best(trial_dir)
+    if not written.is_file() and (best is None or best["step"] != step):
+        return None
+    out.mkdir(parents=True)
+    if written.is_file():
+        shutil.copy2(written, out / name)
+        return out / name
+    from distgan.generate import load_generator
+    from distgan.images import save_grid, to_uint8
+    from distgan.models import generate
+    from distgan.train.loop import GRID_SIZE
+
+    G, job, _, _ = load_generator(trial_dir / BEST)
+    # The loop's grid latents: torch.randn(GRID_SIZE, z_dim) from a generator seeded train.seed.
+    images = to_uint8(generate(G, job.model.z_dim, GRID_SIZE, job.train.seed))
+    return save_grid(images, out / name)
 
 
 def format_table(rows: list[TrialRow], spec: JobSpec) -> str:

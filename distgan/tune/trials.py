@@ -31,13 +31,13 @@ import ray.tune
 import torch
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from distgan.config import JobSpec, dump_yaml, from_dict
+from distgan.config import JobSpec, dump_yaml, from_dict, load_resolved
 from distgan.data import ShardManifest
 from distgan.train.launch import Plan
 from distgan.train.outputs import write_resolved
+from distgan.tune.exploits import append_exploit, exploit_record, progress_lines
 
 TRIALS = "trials"  # inside the search directory: one run directory per trial
-EXPLOITS = "exploits.jsonl"  # inside the search directory: one line per PBT clone
 ORIGIN = "origin.json"  # inside each PBT checkpoint: which trial wrote it
 
 
@@ -137,15 +137,15 @@ def pbt_trial(context: SearchContext):
                 origin = json.loads((Path(folder) / ORIGIN).read_text())
             ckpts.restore(state, ckpt, 0, source=str(restored.path))
             if origin["trial_id"] != trial_id:
+                donor = load_resolved(ckpt["job"], source=f"{restored.path} (donor's job)")
+                exploit = exploit_record(trial_id, origin["trial_id"], state.step, donor, spec)
                 donor_lrs = [ckpt[k]["param_groups"][0]["lr"] for k in ("opt_g", "opt_d")]
-                exploit = {"trial": trial_id, "donor": origin["trial_id"], "step": state.step,
-                           "donor_lr_g": donor_lrs[0], "donor_lr_d": donor_lrs[1]}  # fmt: skip
+                exploit.update(donor_lr_g=donor_lrs[0], donor_lr_d=donor_lrs[1])
         apply_optim_settings(nets, spec)
-        if exploit is not None:
+        if exploit is not None:  # the rates the clone's optimizers now hold, as evidence
             exploit["lr_g"] = nets.opt_g.param_groups[0]["lr"]
             exploit["lr_d"] = nets.opt_d.param_groups[0]["lr"]
-            with open(Path(context.search_dir) / EXPLOITS, "a") as f:
-                f.write(json.dumps(exploit) + "\n")
+            append_exploit(context.search_dir, exploit)
 
         images, _ = load_arrays(context.manifest)  # (N, C, H, W) uint8
         batches = InMemoryBatches(
@@ -186,32 +186,15 @@ class SearchProgress(ray.tune.Callback):
         self.keys = keys
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if result.get("exploited_from"):
-            print(
-                f"exploit: trial {trial.trial_id} takes trial {result['exploited_from']}'s state "
-                f"(G, D, G_ema, optimizers, step) and goes on with "
-                f"{_values(trial.config, self.keys)}",
-                file=sys.stdout,
-                flush=True,
-            )
-        value = result.get(self.metric)
-        print(
-            f"trial {trial.trial_id}  step {int(result.get('step', 0)):>6}  "
-            f"{self.metric} {value:.4g}  {_values(trial.config, self.keys)}",
-            file=sys.stdout,
-            flush=True,
-        )
+        # PBT decides before the callbacks run: at an exploit, trial.config already holds the
+        # values for what comes next, while the result's own config (Tune fills it in from
+        # the trainable) holds those it was measured with.
+        config = result.get("config") or trial.config
+        for line in progress_lines(trial.trial_id, result, self.metric, self.keys, config):
+            print(line, file=sys.stdout, flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         print(f"trial {trial.trial_id} done", file=sys.stdout, flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         print(f"trial {trial.trial_id} failed: see {trial.path}", file=sys.stdout, flush=True)
-
-
-def _values(config: dict, keys: list[str]) -> str:
-    return "  ".join(f"{k}={_fmt(config.get(k))}" for k in keys)
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
