@@ -6,10 +6,13 @@ runs on it, end to end.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import REPO
@@ -105,55 +108,220 @@ def test_worker_node_disk_is_its_own_and_the_bucket_is_shared(split_cluster, s3_
         (REPO / "data" / f"{tag}.txt").unlink(missing_ok=True)
 
 
-def test_submitted_run_lives_in_the_storage(split_cluster, s3_env, monkeypatch, capsys):
-    """A job submitted to the split cluster reads its data from the bucket and writes every
-    file of its run there; nothing of the run is on the head's disk."""
+@pytest.fixture(scope="module")
+def in_bucket(split_cluster, s3_server):
+    """The embedded dataset copied into the bucket ``data``; an empty bucket ``runs``."""
     import pyarrow.fs as pafs
 
-    from distgan.cli import main
+    s3_server.create_bucket("data")
+    s3_server.create_bucket("runs")
+    # With the credentials in the environment: without them pyarrow uploads unsigned, in
+    # aws-chunked encoding, which moto stores frame and all.
+    with pytest.MonkeyPatch.context() as env:
+        for k, v in s3_server.env.items():
+            env.setenv(k, v)
+        pafs.copy_files(
+            str(REPO / "distgan" / "data" / "embedded"), s3_server.uri("data", "embedded")
+        )
+    manifest = json.loads(s3_server.read("data", "embedded/manifest.json"))
+    assert manifest["count"] == 10000
+    return s3_server
 
-    cluster, s3 = split_cluster, s3_env
-    s3.create_bucket("data")
-    s3.create_bucket("runs")
-    pafs.copy_files(str(REPO / "distgan" / "data" / "embedded"), s3.uri("data", "embedded"))
-    assert "embedded/manifest.json" in s3.keys("data", "embedded/")
-    local_runs = sorted((REPO / "runs").iterdir())
-    monkeypatch.setenv("RAY_AUTH_TOKEN", cluster.token)
-    monkeypatch.setenv("RAY_ADDRESS", cluster.dashboard)
+
+@pytest.fixture
+def client(split_cluster, in_bucket, s3_env, monkeypatch):
+    """A user's shell on the head's side: the cluster's token, its dashboard, the bucket's
+    credentials (with a secret of this test's own, to look for where it must not be)."""
+    monkeypatch.setenv("RAY_AUTH_TOKEN", split_cluster.token)
+    monkeypatch.setenv("RAY_ADDRESS", split_cluster.dashboard)
     for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(k, raising=False)
+    secret = f"secret-{secrets.token_hex(8)}"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)  # moto takes any secret
+    return secret
 
-    overrides = [
-        "train.steps=60", "train.log_every=20", "train.checkpoint_every=30",
-        "train.sample_every=30", f"run.storage={s3.uri('runs', 'r')}",
-        f"data.source={s3.uri('data', 'embedded')}",
-    ]  # fmt: skip
-    argv = ["submit", "jobs/quickstart.yaml", "--address", cluster.dashboard, "--wait"]
-    code = main(argv + [a for s in overrides for a in ("--set", s)])
+
+ENV = ["--env", "AWS_ACCESS_KEY_ID", "--env", "AWS_SECRET_ACCESS_KEY", "--env", "AWS_REGION"]
+TINY = ["train.log_every=20", "train.sample_every=30", "eval.every=0"]
+
+
+def submit(argv: list[str], overrides: list[str], capsys) -> tuple[int, str, str, str]:
+    """``distgan submit`` in this process: (exit code, job id, stdout, stderr)."""
+    from distgan.cli import main
+
+    code = main(["submit", *argv, *ENV] + [a for s in overrides for a in ("--set", s)])
     printed = capsys.readouterr()
-    assert code == 0, printed.err
-    job_id = next(line.split()[1] for line in printed.out.splitlines() if "submitted:" in line)
-    assert f"job {job_id} SUCCEEDED" in printed.out
+    found = [line.split()[1] for line in printed.out.splitlines() if line.startswith("submitted:")]
+    return code, (found[0] if found else ""), printed.out, printed.err
+
+
+def run_prefix(s3, bucket: str, prefix: str) -> str:
+    """The one run directory under ``prefix`` (its key prefix, without a slash at the end)."""
+    (resolved,) = [k for k in s3.keys(bucket, prefix) if k.endswith("/job.resolved.yaml")]
+    return resolved.removesuffix("/job.resolved.yaml")
+
+
+def test_submitted_run_lives_in_the_storage(split_cluster, in_bucket, client, capsys, tmp_path):
+    """A job submitted to the split cluster reads its data from the bucket and writes every
+    file of its run there, with the bucket's credentials passed by --env; nothing of the run is
+    on the head's disk, and the run is sampled and evaluated through its URI."""
+    from distgan.cli import main
+
+    cluster, s3 = split_cluster, in_bucket
+    local_runs = sorted((REPO / "runs").iterdir())
+    overrides = [
+        "train.steps=60", "train.checkpoint_every=30", *TINY,
+        f"run.storage={s3.uri('runs', 'a')}", f"data.source={s3.uri('data', 'embedded')}",
+    ]  # fmt: skip
+    code, job_id, out, err = submit(["jobs/quickstart.yaml", "--wait"], overrides, capsys)
+    assert code == 0, out[-3000:] + err
+    assert f"job {job_id} SUCCEEDED" in out
 
     # The run is in the bucket: its job, its metrics up to the last step, samples, checkpoints.
-    keys = s3.keys("runs", "r/")
-    (resolved,) = [k for k in keys if k.endswith("/job.resolved.yaml")]
-    run = resolved.removesuffix("/job.resolved.yaml")
-    assert s3.uri("runs", "r") in s3.read("runs", resolved).decode()
+    run = run_prefix(s3, "runs", "a/")
+    keys = s3.keys("runs", f"{run}/")
+    assert s3.uri("runs", "a") in s3.read("runs", f"{run}/job.resolved.yaml").decode()
     rows = [json.loads(line) for line in s3.read("runs", f"{run}/metrics.jsonl").splitlines()]
-    assert max(row.get("step", 0) for row in rows) == 60
+    steps = [row["step"] for row in rows]
+    assert steps[-1] == 60 and 20 in steps and steps == sorted(set(steps))
     assert [k for k in keys if k.startswith(f"{run}/samples/") and k.endswith(".png")]
-    checkpoints = [k.split("/")[-2] for k in keys if k.endswith("/state.pt")]
-    assert sorted(checkpoints) == ["step_0000030", "step_0000060"]
-    assert all(k.startswith(f"{run}/checkpoints/step_") for k in keys if k.endswith("/state.pt"))
+    checkpoints = sorted(k.split("/")[-2] for k in keys if k.endswith("/state.pt"))
+    assert checkpoints == ["step_0000030", "step_0000060"]
+    assert json.loads(s3.read("runs", f"{run}/status.json"))["status"] == "done"
 
     # Nothing of the run on the head's disk: not in the project's runs/, not in the head's
     # Ray temp dir (where the job's driver ran).
     assert sorted((REPO / "runs").iterdir()) == local_runs
     head_files = {p.name for p in cluster.head_temp_dir.rglob("*")}
-    assert not head_files & {"job.resolved.yaml", "metrics.jsonl", "state.pt"}
+    assert not head_files & {"job.resolved.yaml", "metrics.jsonl", "state.pt", "status.json"}
 
     # distgan logs shows the job's progress.
     assert main(["logs", job_id]) == 0
     logs = capsys.readouterr().out
-    assert "step 20/60" in logs and "step 60/60" in logs
+    assert "step 20/60" in logs and "step 60/60" in logs and "done: step 60" in logs
+
+    # The run's URI serves distgan sample, eval and runs.
+    uri = s3.uri("runs", run)
+    assert main(["sample", uri, "--n", "16", "--out", str(tmp_path / "grid.png")]) == 0
+    assert (tmp_path / "grid.png").stat().st_size > 0
+    code = main(["eval", uri, "--n", "200", "--n-real", "200", "--metrics", "fid"])
+    shown = capsys.readouterr().out
+    assert code == 0 and "fid" in shown
+    assert json.loads(s3.read("runs", f"{run}/eval.json"))["step"] == 60
+    assert main(["runs", s3.uri("runs", "a")]) == 0
+    listed = capsys.readouterr().out
+    assert run.split("/")[-1] in listed and "done" in listed and " 60 " in listed
+
+    # The secret passed with --env is in no output and in no file of the run.
+    assert client not in out + err + logs + shown + listed
+    for key in s3.keys("runs", f"{run}/"):
+        assert client.encode() not in s3.read("runs", key), key
+
+
+def test_a_multi_node_cluster_without_run_storage_is_refused(
+    split_cluster, in_bucket, client, capsys
+):
+    """At submit time (the State API counts the nodes) and at train time, before anything."""
+    overrides = [f"data.source={in_bucket.uri('data', 'embedded')}"]
+    code, job_id, out, err = submit(["jobs/quickstart.yaml"], overrides, capsys)
+    assert code == 2 and not job_id and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: jobs/quickstart.yaml: run.storage: empty, but this Ray ")
+    assert "2 nodes" in line and "--set run.storage=s3://" in line
+
+    before = set(in_bucket.keys("runs"))
+    env = {**split_cluster.client_env(), **in_bucket.env, "RAY_ADDRESS": split_cluster.gcs_address}
+    done = subprocess.run(
+        [sys.executable, "-m", "distgan.cli", "train", "jobs/quickstart.yaml",
+         "--set", overrides[0], "--set", "run.root=runs/refused"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert "run.storage: empty, but this Ray cluster has 2 nodes" in line
+    assert not (REPO / "runs" / "refused").exists() and set(in_bucket.keys("runs")) == before
+
+
+def _train_worker_pids(cluster) -> set[int]:
+    import requests
+
+    actors = requests.get(
+        f"{cluster.dashboard}/api/v0/actors",
+        params={"detail": "true", "limit": "1000"},
+        headers={"Authorization": f"Bearer {cluster.token}"},
+        timeout=30,
+    ).json()["data"]["result"]["result"]
+    return {
+        a["pid"]
+        for a in actors
+        if a["class_name"] == "RayTrainWorker" and a["state"] == "ALIVE" and a.get("pid")
+    }
+
+
+def _metrics(s3, run: str) -> list[dict]:
+    try:
+        text = s3.read("runs", f"{run}/metrics.jsonl")
+    except Exception:  # noqa: BLE001 - not written yet
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_a_killed_worker_restarts_from_storage_then_stop_and_resume(
+    split_cluster, in_bucket, client, capsys
+):
+    """A worker SIGKILLed mid-run: the group restarts from the latest checkpoint in the bucket.
+    Then distgan stop: the run is marked stopped, whole up to its last checkpoint, and
+    distgan submit --resume RUN continues it to the end."""
+    from distgan.cli import main
+
+    cluster, s3 = split_cluster, in_bucket
+    overrides = [
+        "train.steps=100000", "train.checkpoint_every=40", "scale.max_failures=1", *TINY,
+        f"run.storage={s3.uri('runs', 'k')}", f"data.source={s3.uri('data', 'embedded')}",
+    ]  # fmt: skip
+    code, job_id, out, err = submit(["jobs/quickstart.yaml"], overrides, capsys)
+    assert code == 0, err
+    deadline = time.monotonic() + 240
+    run, killed, resumed = "", set(), []
+    while time.monotonic() < deadline and not resumed:
+        time.sleep(0.5)
+        keys = s3.keys("runs", "k/")
+        run = run or next(
+            (k.rsplit("/", 1)[0] for k in keys if k.endswith("/job.resolved.yaml")), ""
+        )
+        rows = _metrics(s3, run) if run else []
+        if not killed and rows and rows[-1]["step"] > 40:  # the step-40 checkpoint is registered
+            pids = _train_worker_pids(cluster)
+            if len(pids) == 2:
+                os.kill(sorted(pids)[0], signal.SIGKILL)
+                killed = pids
+        resumed = [r["resumed_from"] for r in rows if "resumed_from" in r]
+    assert killed, "no worker was killed"
+    assert resumed and resumed[0] % 40 == 0 and resumed[0] >= 40, resumed
+
+    # The restarted group trains on; then the job is stopped.
+    while time.monotonic() < deadline and _metrics(s3, run)[-1]["step"] <= resumed[0] + 40:
+        time.sleep(0.5)
+    assert main(["stop", job_id]) == 0
+    assert capsys.readouterr().out.strip() == f"{job_id}: STOPPED"
+    status = json.loads(s3.read("runs", f"{run}/status.json"))
+    assert status["status"] == "stopped", status
+    ckpt_steps = sorted(
+        int(k.split("/")[-2].removeprefix("step_")) for k in s3.keys("runs", f"{run}/")
+        if k.endswith("/state.pt")
+    )  # fmt: skip
+    last = ckpt_steps[-1]
+    assert last > resumed[0] and [r["step"] for r in _metrics(s3, run)][-1] >= last
+
+    # Resumed from the bucket on the cluster: it goes on from the last checkpoint to the end.
+    end = last + 20
+    code, job_id, out, err = submit(
+        ["--resume", s3.uri("runs", run), "--wait"], [f"train.steps={end}"], capsys
+    )
+    assert code == 0, out[-3000:] + err
+    rows = _metrics(s3, run)
+    first_new = next(r for r in rows if r["step"] > last)
+    assert rows[-1]["step"] == end and first_new["resumed_from"] == last
+    steps = [r["step"] for r in rows]
+    assert steps == sorted(set(steps))  # one line a step, the checkpoint's not twice
+    assert json.loads(s3.read("runs", f"{run}/status.json"))["status"] == "done"
