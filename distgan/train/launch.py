@@ -25,6 +25,7 @@ from distgan.config import METRIC_NAMES, JobSpec, to_dict
 from distgan.data import EMBEDDED_DIR, ShardManifest, read_manifest, verify_shards
 from distgan.errors import ClusterError, DataError, JobError
 from distgan.models import build_models
+from distgan.progress import duration
 from distgan.train.checkpoint import CHECKPOINTS
 from distgan.train.outputs import is_uri
 
@@ -152,8 +153,34 @@ def _cluster_resources() -> tuple[float, float]:
     return float(res.get("CPU", 0)), float(res.get("GPU", 0))
 
 
-def _progress_line(m: dict, total: int) -> str:
-    elapsed = int(m.get("elapsed_s", 0))
+def eta_seconds(
+    m: dict, total: int, max_minutes: float = 0.0, anchor: dict | None = None
+) -> tuple[float, bool] | None:
+    """Seconds until the run ends after the metrics record ``m``, and whether the time limit
+    (``train.max_minutes``, counted like ``elapsed_s`` from the start of this session) ends it
+    before ``total`` steps. None when no speed is known yet.
+
+    The speed is the mean since ``anchor`` (the first record this session printed; eval pauses
+    included), or for that first record the last interval's images/s over images per step.
+    """
+    step, elapsed = m["step"], m.get("elapsed_s", 0.0)
+    if anchor is not None and step > anchor["step"] and elapsed > anchor.get("elapsed_s", 0.0):
+        steps_per_s = (step - anchor["step"]) / (elapsed - anchor["elapsed_s"])
+    elif m.get("images_per_s", 0) > 0 and m.get("images_seen", 0) > 0 and step > 0:
+        steps_per_s = m["images_per_s"] / (m["images_seen"] / step)
+    else:
+        return None
+    left = max(0, total - step) / steps_per_s
+    if max_minutes > 0 and 60 * max_minutes - elapsed < left:
+        return max(0.0, 60 * max_minutes - elapsed), True
+    return left, False
+
+
+def _progress_line(
+    m: dict, total: int, max_minutes: float = 0.0, anchor: dict | None = None
+) -> str:
+    """One line a person reads per log interval; ``anchor``: see ``eta_seconds``."""
+    eta = eta_seconds(m, total, max_minutes, anchor) if m["step"] < total else None
     parts = [
         f"step {int(m['step']):>{len(str(total))}}/{total}",
         f"d_loss {m.get('d_loss', float('nan')):.3f}",
@@ -165,7 +192,9 @@ def _progress_line(m: dict, total: int) -> str:
         *(["D wins"] if m.get("d_wins") else []),  # the divergence guard's flags
         *([f"skipped {m['skipped']:.2f}/step"] if m.get("skipped") else []),
         *([f"rollbacks {int(m['rollbacks'])} lr ×{m['lr_scale']:g}"] if m.get("rollbacks") else []),
-        f"{elapsed // 60}:{elapsed % 60:02d}",
+        *([f"GPU {m['gpu_mem_gb']:.1f} GB"] if "gpu_mem_gb" in m else []),
+        duration(m.get("elapsed_s", 0)),
+        *([f"ETA {duration(eta[0])}" + (" (max_minutes)" if eta[1] else "")] if eta else []),
     ]
     return "  ".join(parts)
 
@@ -268,7 +297,7 @@ def launch(
         file=out,
         flush=True,
     )
-    metrics = _fit_with_progress(trainer, run_dir, spec.train.steps, out)
+    metrics = _fit_with_progress(trainer, run_dir, spec.train, out)
     if is_uri(spec.run.storage):
         copy_run_files(run_dir, checkpoint_storage(spec, run_dir))
     return metrics
@@ -324,8 +353,9 @@ def _checkpoint_config(spec: JobSpec, p: Plan):
     )
 
 
-def _fit_with_progress(trainer, run_dir: Path, total: int, out) -> dict:
-    """Runs ``trainer.fit()`` in a thread; prints rank 0's new metrics lines as they land."""
+def _fit_with_progress(trainer, run_dir: Path, t, out) -> dict:
+    """Runs ``trainer.fit()`` in a thread; prints rank 0's new metrics lines as they land.
+    ``t``: the job's train section (steps, max_minutes)."""
     outcome: dict = {}
 
     def fit() -> None:
@@ -338,6 +368,7 @@ def _fit_with_progress(trainer, run_dir: Path, total: int, out) -> dict:
     thread.start()
     path = run_dir / "metrics.jsonl"
     offset = path.stat().st_size if path.exists() else 0  # a resumed run's earlier lines
+    anchor = None  # the first record of this session: the ETA's speed is measured from it
     while thread.is_alive():
         thread.join(timeout=1.0)
         if not path.exists():
@@ -348,7 +379,9 @@ def _fit_with_progress(trainer, run_dir: Path, total: int, out) -> dict:
         complete = chunk[: chunk.rfind("\n") + 1]  # a line still being written waits
         offset += len(complete.encode())
         for line in complete.splitlines():
-            print(_progress_line(json.loads(line), total), file=out, flush=True)
+            m = json.loads(line)
+            anchor = anchor or m
+            print(_progress_line(m, t.steps, t.max_minutes, anchor), file=out, flush=True)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"].return_value or {}

@@ -178,6 +178,8 @@ def run(
             elapsed_s=now - started,
         )
         last_time, last_images = now, state.images_seen
+        if device.type == "cuda":  # this rank's peak, in GiB (rank 0's goes to metrics.jsonl)
+            metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
         if evaluate is not None and (checkpoint_now or final):
             metrics.update(evaluate(state))
         metrics.update(guard.flags(metrics, state))
