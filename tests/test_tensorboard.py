@@ -15,9 +15,12 @@ import pyarrow.fs as pafs
 from PIL import Image
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
+from tiny_runs import train_run
 
 from distgan.images import grid
 from distgan.storage import Location, open_location
+from distgan.train.outputs import RunOutputs, read_metrics
+from distgan.train.records import group_of
 from distgan.train.tensorboard import TB, RunEvents
 
 RECORDS = [  # as train/loop.py writes them (a stop message is a string, the step an int)
@@ -109,3 +112,32 @@ def test_events_are_uploaded_to_object_storage_at_each_flush(tmp_path):
     scalars, _ = summaries(run)
     assert scalars["loss/d_loss"][-1] == (15, 0.5)
     assert not events.staging.exists()  # the local copy is gone
+
+
+class OutputsWithEvents(RunOutputs):
+    """RunOutputs with the hook lines proposed for it (train/outputs.py is not changed here)."""
+
+    def __init__(self, run_dir):
+        super().__init__(run_dir)
+        self.events = RunEvents(open_location(run_dir, field="run"))
+
+    def write_metrics(self, record: dict) -> None:
+        super().write_metrics(record)
+        self.events.scalars(int(record["step"]), record)
+
+    def write_samples(self, step: int, images: np.ndarray):
+        self.events.samples(step, images)
+        return super().write_samples(step, images)
+
+
+def test_every_figure_and_grid_of_a_training_run_reaches_tensorboard(tmp_path):
+    run_dir = train_run(tmp_path, arch="mlp", outputs=OutputsWithEvents)  # no close(): flushed
+    scalars, images = summaries(open_location(run_dir, field="run"))
+    records = read_metrics(run_dir)
+    for key in ("d_loss", "g_loss", "d_real", "d_fake", "d_grad_norm", "images_per_s", "fid",
+                "kid", "skipped", "rollbacks", "lr_scale"):  # fmt: skip
+        tag = f"{group_of(key)}/{key}"
+        logged = [(r["step"], np.float32(r[key])) for r in records if key in r]
+        assert scalars[tag] == logged, tag  # every log step, in order, rollback included
+    grids = sorted(int(p.stem.split("_")[1]) for p in (run_dir / "samples").iterdir())
+    assert sorted(step for step, _ in images["samples"]) == grids

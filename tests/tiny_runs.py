@@ -56,8 +56,11 @@ class FallingFid:
         return {"fid": 300 / math.sqrt(s), "kid": 0.3 / s, "precision": 1 - 1 / s}
 
 
-def train_run(root: Path, name: str = "00000-tiny", **job_sections) -> Path:
-    """Trains the tiny job into ``root/name``; returns the run folder."""
+def train_run(
+    root: Path, name: str = "00000-tiny", outputs: type[RunOutputs] = RunOutputs, **job_sections
+) -> Path:
+    """Trains the tiny job into ``root/name`` (rank 0's writer: ``outputs(run_dir)``); returns
+    the run folder."""
     spec = from_dict(tiny_job(name, root, **job_sections))
     run_dir = root / name
     run_dir.mkdir(parents=True)
@@ -90,7 +93,7 @@ def train_run(root: Path, name: str = "00000-tiny", **job_sections) -> Path:
         spec,
         device=torch.device("cpu"),
         report=report,
-        outputs=RunOutputs(run_dir),
+        outputs=outputs(run_dir),
         job_yaml=(run_dir / "job.resolved.yaml").read_text(),
         evaluate=FallingFid(),
     )

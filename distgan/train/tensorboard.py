@@ -12,9 +12,10 @@ it hands events to a background thread, and its ``flush()`` does not wait for th
 upload right after a flush could miss the last events. Here each event is written in the
 caller's thread (rank 0, at log and sample steps: a few records), and ``flush()`` means on disk.
 
-A local run's events go straight to ``RUN/tb/``. For a run on object storage (``s3://...``)
-they are written to a local temporary folder and each ``flush()`` uploads the event file whole
-through the run's ``Location`` (an object store cannot append: the file is sent again).
+A local run's events go straight to ``RUN/tb/``, flushed as they come (TensorBoard shows a
+running job live). For a run on object storage (``s3://...``) they are written to a local
+temporary folder and each ``flush()`` uploads the event file whole through the run's
+``Location`` (an object store cannot append: the file is sent again, so flush at checkpoints).
 """
 
 from __future__ import annotations
@@ -87,3 +88,5 @@ class RunEvents:
 
     def _write(self, step: int, values: Summary) -> None:
         self.writer.write_event(Event(wall_time=time.time(), step=step, summary=values))
+        if self.staging is None:  # local: on disk at once, for a TensorBoard watching the run
+            self.writer.flush()
