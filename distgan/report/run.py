@@ -144,8 +144,9 @@ def _eval_charts(spec: JobSpec, records: list[dict], best: dict | None) -> str:
         return note("No evaluation in this run (eval.every is 0).")
     e = spec.eval
     return note(
-        f"{e.n_samples:,} generated against {e.n_real:,} real images in the {e.features} feature "
-        f"space, every {e.every:,} steps and at checkpoints; best/ keeps the best {e.metric}."
+        f"{e.n_samples:,} generated against {e.n_real:,} real images (feature network: "
+        f"{e.features}), every {e.every:,} steps and at checkpoints; best/ keeps the best "
+        f"{e.metric}."
     ) + charts(out)
 
 
