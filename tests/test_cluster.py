@@ -270,38 +270,3 @@ def test_cluster_configs_agree_with_the_readme():
         and "WORKDIR /home/ray/distgan" in dockerfile
     )
     load_job(REPO / "jobs" / "quickstart.yaml", overrides)
-
-
-def test_uri_storage_gets_the_checkpoints_and_a_copy_of_the_run(tmp_path):
-    """With run.storage a URI, Ray Train's storage_path is <URI>/<run dir name> and the run's
-    other files are copied there at the end (file:// is a URI pyarrow understands, like s3://)."""
-    from distgan.train.launch import checkpoint_storage, copy_run_files
-    from distgan.train.outputs import new_run_dir, run_root
-
-    uri = f"file://{tmp_path / 'bucket' / 'runs'}"
-    spec = load_job(REPO / "jobs" / "quickstart.yaml", [f"run.storage={uri}", "run.root=local"])
-    assert run_root(spec.run) == Path("local")  # the run directory itself stays local
-    run_dir = tmp_path / "local" / "00003-quickstart"
-    (run_dir / "samples").mkdir(parents=True)
-    (run_dir / "checkpoints" / "step_0000010").mkdir(parents=True)
-    (run_dir / "job.resolved.yaml").write_text("run: {}\n")
-    (run_dir / "metrics.jsonl").write_text('{"step": 10}\n')
-    (run_dir / "samples" / "step_000010.png").write_bytes(b"png")
-
-    assert checkpoint_storage(spec, run_dir) == f"{uri}/00003-quickstart"
-    copy_run_files(run_dir, checkpoint_storage(spec, run_dir))
-    copied = tmp_path / "bucket" / "runs" / "00003-quickstart"
-    assert sorted(str(p.relative_to(copied)) for p in copied.rglob("*")) == [
-        "job.resolved.yaml",
-        "metrics.jsonl",
-        "samples",
-        "samples/step_000010.png",
-    ]  # checkpoints/ is Ray Train's to write there, not copied
-
-    # A new run on another machine (an empty local root) does not reuse a name the URI has.
-    other_root = tmp_path / "elsewhere"
-    assert new_run_dir(other_root, "quickstart", uri).name == "00004-quickstart"
-
-    shared = load_job(REPO / "jobs" / "quickstart.yaml", [f"run.storage={tmp_path / 'nfs'}"])
-    assert run_root(shared.run) == tmp_path / "nfs"
-    assert checkpoint_storage(shared, run_dir) == str(run_dir)

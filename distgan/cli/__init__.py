@@ -3,6 +3,8 @@
     distgan train jobs/quickstart.yaml
     distgan data import train-images-idx3-ubyte.gz --labels train-labels-idx1-ubyte.gz --out data/fm
     distgan sample runs/00000-quickstart --n 64 --out grid.png
+    distgan report runs/00000-quickstart
+    distgan export runs/00000-quickstart --format onnx
 
 User errors (``distgan.errors.UserError``) print one line on stderr and exit 2.
 """
@@ -26,12 +28,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from distgan.cli import data, jobs, runs, sample, submit, train, tune
+    from distgan.cli import data, export, jobs, report, runs, sample, submit, train, tune
     from distgan.cli import eval as eval_verb
 
     parser = _Parser(prog="distgan", description="Distributed GAN training jobs on Ray.")
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
-    for module in (train, data, sample, eval_verb, submit, jobs, tune, runs):
+    for module in (train, data, sample, eval_verb, export, report, runs, submit, jobs, tune):
         module.add_parser(verbs)
     return parser
 

@@ -71,6 +71,17 @@ def _resume_spec(args: argparse.Namespace):
     return spec, run, join(str(latest), ckpts.STATE_FILE)
 
 
+def _write_report(run) -> None:
+    """report.html into the run's storage; a failure to draw it never stops the training."""
+    from distgan.report import write_report
+
+    try:
+        write_report(run)
+    except Exception as e:  # noqa: BLE001 - the run matters more than its page
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        sys.stderr.write(f"distgan: report.html not written ({type(e).__name__}: {first})\n")
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -107,7 +118,17 @@ def run(args: argparse.Namespace) -> int:
             if run_dir is None:
                 run_dir = new_run_dir(storage_home(spec.run), spec.run.name)
             write_resolved(spec, run_dir)
-            metrics = launch(spec, run_dir, manifest, plan, job_source, resume_from=resume_from)
+            every = spec.train.checkpoint_every
+
+            def report_at_checkpoints(m: dict) -> None:
+                if m["step"] % every == 0 or m["step"] == spec.train.steps:
+                    _write_report(run_dir)
+
+            metrics = launch(
+                spec, run_dir, manifest, plan, job_source, resume_from=resume_from,
+                on_record=report_at_checkpoints,
+            )  # fmt: skip
+            _write_report(run_dir)  # the last records (a run stopped by train.max_minutes)
     except KeyboardInterrupt:
         if run_dir is None:
             raise
@@ -128,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         total = int(metrics.get("elapsed_s", 0))
         took = f"{total // 60}m{total % 60:02d}s of training (this part {took})"
     print(f"done: step {step} in {took} · run {run_dir}")
+    print(f"report: {display(join(run_dir.uri, 'report.html'))}")
     if grids:
         print(f"samples: {display(join(run_dir.uri, 'samples', grids[-1]))}")
     print(f"more samples: distgan sample {shlex.quote(run_dir.uri)} --n 64 --out grid.png")

@@ -21,6 +21,7 @@ from PIL import Image, ImageOps
 
 from distgan.data.shards import ShardManifest, write_shards
 from distgan.errors import DataError
+from distgan.progress import track
 
 IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions (N, H, W)
 IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension (N,)
@@ -146,7 +147,7 @@ def read_image_folder(
 
     images, labels, skipped = [], [], []
     first_error = None  # (path, reason) of the first unreadable image
-    for path in files:
+    for path in track(files, f"decoding {root}", unit="images"):
         if limit is not None and len(images) == limit:
             break
         try:

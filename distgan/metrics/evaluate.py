@@ -76,7 +76,8 @@ def real_reference(
         probs = cached["probs"] if cached["probs"].size else None
         feats = FeatureSet(cached["features"], probs)
     else:
-        f, p = extractor.extract(real_subset(manifest, count, seed), batch_size=REAL_BATCH)
+        real = real_subset(manifest, count, seed)
+        f, p = extractor.extract(real, batch_size=REAL_BATCH, desc="reference statistics")
         feats = FeatureSet(f.numpy(), None if p is None else p.numpy())
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
@@ -90,7 +91,7 @@ def fake_features(
     G: torch.nn.Module, z_dim: int, extractor: FeatureExtractor, n: int, seed: int, device="cpu"
 ) -> FeatureSet:
     """Features of ``n`` samples of G drawn from latents seeded by ``seed``."""
-    f, p = extractor.extract(generate(G, z_dim, n, seed, device=device))
+    f, p = extractor.extract(generate(G, z_dim, n, seed, device=device), desc="generated images")
     return FeatureSet(f.numpy(), None if p is None else p.numpy())
 
 

@@ -26,6 +26,7 @@ from torch import nn
 from distgan.data import load_arrays, read_manifest
 from distgan.data.shards import file_sha256
 from distgan.errors import CheckpointError, DataError
+from distgan.progress import Progress
 
 FORMAT = "distgan-features/1"
 FEATURE_DIM = 128
@@ -191,6 +192,7 @@ def _train(
         net.train()
         order = torch.randperm(len(images))
         loss_sum, correct = 0.0, 0
+        bar = Progress(f"epoch {epoch + 1}/{epochs}", total=len(images), unit="images")
         for i in range(0, len(images), batch_size):
             index = order[i : i + batch_size]
             x = _random_shift(_to_float(images[index]).to(device))  # (B, C, H, W)
@@ -203,6 +205,8 @@ def _train(
             schedule.step()
             loss_sum += loss.item() * len(index)
             correct += (logits.argmax(1) == y).sum().item()
+            bar.update(len(index))
+        bar.close()
         log(
             f"epoch {epoch + 1}/{epochs}: loss {loss_sum / len(images):.4f}, "
             f"train accuracy {correct / len(images):.4f}, "
@@ -244,12 +248,13 @@ class FeatureExtractor:
 
     @torch.no_grad()
     def extract(
-        self, x: torch.Tensor, batch_size: int = 500
+        self, x: torch.Tensor, batch_size: int = 500, desc: str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Images (N, C, H, W) floats in [-1, 1] -> (features (N, dim), probs (N, K) or None).
 
         Both are float32 on the CPU; ``probs`` are softmax class probabilities, None when the
         network has no classifier. ValueError if the images do not have the network's shape.
+        ``desc`` names the progress shown (distgan.progress); None (in workers) shows none.
         """
         if x.ndim != 4 or (self.in_shape is not None and tuple(x.shape[1:]) != self.in_shape):
             want = "(N, C, H, W)" if self.in_shape is None else f"(N, {_shape(self.in_shape)})"
@@ -258,11 +263,13 @@ class FeatureExtractor:
                 f"use a feature network trained on this data (`distgan eval fit-features`)"
             )
         features, probs = [], []
-        for batch in x.split(batch_size):
-            f, logits = self._forward(batch.to(self.device, torch.float32))
-            features.append(f.float().cpu())
-            if logits is not None:
-                probs.append(logits.float().softmax(1).cpu())
+        with Progress(desc, total=len(x), unit="images") as bar:
+            for batch in x.split(batch_size):
+                f, logits = self._forward(batch.to(self.device, torch.float32))
+                features.append(f.float().cpu())
+                if logits is not None:
+                    probs.append(logits.float().softmax(1).cpu())
+                bar.update(len(batch))
         if not features:
             return torch.empty(0, self.dim or 0), None
         return torch.cat(features), torch.cat(probs) if probs else None

@@ -25,6 +25,7 @@ from distgan.config import METRIC_NAMES, JobSpec, to_dict
 from distgan.data import EMBEDDED_DIR, ShardManifest, read_manifest, verify_shards
 from distgan.errors import ClusterError, DataError, JobError, StorageError, UserError
 from distgan.models import build_models
+from distgan.progress import duration
 from distgan.storage import Location, check_reachable, display, is_uri, open_location
 from distgan.train.checkpoint import CHECKPOINTS
 from distgan.train.outputs import METRICS, read_status, write_status
@@ -164,8 +165,34 @@ def ray_session():
         ray.shutdown()
 
 
-def _progress_line(m: dict, total: int) -> str:
-    elapsed = int(m.get("elapsed_s", 0))
+def eta_seconds(
+    m: dict, total: int, max_minutes: float = 0.0, anchor: dict | None = None
+) -> tuple[float, bool] | None:
+    """Seconds until the run ends after the metrics record ``m``, and whether the time limit
+    (``train.max_minutes``, counted like ``elapsed_s`` over the whole run) ends it before
+    ``total`` steps. None when no speed is known yet.
+
+    The speed is the mean since ``anchor`` (the first record this session printed; eval pauses
+    included), or for that first record the last interval's images/s over images per step.
+    """
+    step, elapsed = m["step"], m.get("elapsed_s", 0.0)
+    if anchor is not None and step > anchor["step"] and elapsed > anchor.get("elapsed_s", 0.0):
+        steps_per_s = (step - anchor["step"]) / (elapsed - anchor["elapsed_s"])
+    elif m.get("images_per_s", 0) > 0 and m.get("images_seen", 0) > 0 and step > 0:
+        steps_per_s = m["images_per_s"] / (m["images_seen"] / step)
+    else:
+        return None
+    left = max(0, total - step) / steps_per_s
+    if max_minutes > 0 and 60 * max_minutes - elapsed < left:
+        return max(0.0, 60 * max_minutes - elapsed), True
+    return left, False
+
+
+def _progress_line(
+    m: dict, total: int, max_minutes: float = 0.0, anchor: dict | None = None
+) -> str:
+    """One line a person reads per log interval; ``anchor``: see ``eta_seconds``."""
+    eta = eta_seconds(m, total, max_minutes, anchor) if m["step"] < total else None
     parts = [
         f"step {int(m['step']):>{len(str(total))}}/{total}",
         f"d_loss {m.get('d_loss', float('nan')):.3f}",
@@ -177,7 +204,9 @@ def _progress_line(m: dict, total: int) -> str:
         *(["D wins"] if m.get("d_wins") else []),  # the divergence guard's flags
         *([f"skipped {m['skipped']:.2f}/step"] if m.get("skipped") else []),
         *([f"rollbacks {int(m['rollbacks'])} lr ×{m['lr_scale']:g}"] if m.get("rollbacks") else []),
-        f"{elapsed // 60}:{elapsed % 60:02d}",
+        *([f"GPU {m['gpu_mem_gb']:.1f} GB"] if "gpu_mem_gb" in m else []),
+        duration(m.get("elapsed_s", 0)),
+        *([f"ETA {duration(eta[0])}" + (" (max_minutes)" if eta[1] else "")] if eta else []),
     ]
     return "  ".join(parts)
 
@@ -235,11 +264,14 @@ def launch(
     resume_from: str | None = None,
     out=None,
     callbacks: tuple = (),
+    on_record=None,
 ) -> dict:
     """Trains ``spec`` into the run directory ``run`` (a local folder or a location in object
     storage) on the connected Ray cluster; returns the last metrics.
 
     ``callbacks``: Ray Train user callbacks (a Tune trial passes the one that reports to Tune).
+    ``on_record(m)``: called in the driver for each new metrics record (``distgan train``
+    rebuilds report.html at checkpoints with it).
     """
     import ray
     import ray.train
@@ -299,7 +331,7 @@ def launch(
     step = int(read_status(run).get("step", 0))
     write_status(run, "running", step)
     try:
-        metrics = _fit_with_progress(trainer, run, spec.train.steps, out)
+        metrics = _fit_with_progress(trainer, run, spec.train, out, on_record)
     except BaseException as e:
         status = "stopped" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed"
         write_status(run, status, _last_step(run, step), error=type(e).__name__)
@@ -345,9 +377,10 @@ def _checkpoint_config(spec: JobSpec, p: Plan):
     )
 
 
-def _fit_with_progress(trainer, run: Location, total: int, out) -> dict:
+def _fit_with_progress(trainer, run: Location, t, out, on_record=None) -> dict:
     """Runs ``trainer.fit()`` in a thread; prints rank 0's new metrics lines as they land in the
-    run's storage (the driver may be on another machine than rank 0: it reads no local file)."""
+    run's storage (the driver may be on another machine than rank 0: it reads no local file).
+    ``t``: the job's train section (steps, max_minutes)."""
     outcome: dict = {}
 
     def fit() -> None:
@@ -360,9 +393,10 @@ def _fit_with_progress(trainer, run: Location, total: int, out) -> dict:
     thread.start()
     shown = _metrics_lines(run)  # a resumed run's earlier lines are not shown again
     last_step = int(json.loads(shown[-1])["step"]) if shown else -1
+    anchor = None  # the first record of this session: the ETA's speed is measured from it
 
     def show_new_lines() -> None:
-        nonlocal last_step
+        nonlocal last_step, anchor
         for line in _metrics_lines(run):
             m = json.loads(line)
             if m.get("resumed_from") is not None and m["resumed_from"] < last_step:
@@ -373,10 +407,13 @@ def _fit_with_progress(trainer, run: Location, total: int, out) -> dict:
                     file=out,
                     flush=True,
                 )
-                last_step = m["resumed_from"]
+                last_step, anchor = m["resumed_from"], None
             if m["step"] > last_step:
-                print(_progress_line(m, total), file=out, flush=True)
+                anchor = anchor or m
+                print(_progress_line(m, t.steps, t.max_minutes, anchor), file=out, flush=True)
                 last_step = m["step"]
+                if on_record is not None:
+                    on_record(m)
 
     polls = 0
     while thread.is_alive():

@@ -192,6 +192,8 @@ def run(
         if resumed_from is not None:
             metrics["resumed_from"], resumed_from = resumed_from, None
         last_time, last_images, waited = now, state.images_seen, 0.0
+        if device.type == "cuda":  # this rank's peak, in GiB (rank 0's goes to metrics.jsonl)
+            metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
         if evaluate is not None and (checkpoint_now or final):
             metrics.update(evaluate(state))
         metrics.update(guard.flags(metrics, state))
@@ -204,6 +206,7 @@ def run(
             rngs = dist.all_gather_object(rng_state())
             guard.remember(state)
             if outputs is not None:  # rank 0 alone writes checkpoints
+                outputs.events.flush()  # TensorBoard's events reach the storage with each one
                 ckpt = snapshot(state, job_yaml, rngs, metrics)
                 if evaluate is not None:
                     outputs.update_best(ckpt, evaluate.metric, evaluate.higher_is_better)

@@ -27,6 +27,7 @@ from distgan.errors import CheckpointError
 from distgan.images import grid_png
 from distgan.storage import Location, display, open_location
 from distgan.train import checkpoint as ckpts
+from distgan.train.tensorboard import RunEvents
 
 _RUN = re.compile(r"^(\d{5})-")
 BEST = "best"  # the best checkpoint by the job's eval.metric
@@ -105,6 +106,7 @@ class RunOutputs:
             lines = [m for m in lines if m.get("step", 0) <= resume_step]
         self._lines = [json.dumps(m) for m in lines]
         self._last_step = lines[-1]["step"] if lines else -1
+        self.events = RunEvents(self.run)  # TensorBoard: every logged figure, every grid
 
     @property
     def checkpoints_uri(self) -> str:
@@ -118,10 +120,12 @@ class RunOutputs:
         self._lines.append(json.dumps(record))
         self._last_step = step
         self.run.write_text(METRICS, "\n".join(self._lines) + "\n")
+        self.events.scalars(int(step), record)
 
     def write_samples(self, step: int, images: np.ndarray) -> str:
         name = f"samples/step_{step:06d}.png"
         self.run.write_bytes(name, grid_png(images))
+        self.events.samples(step, images)
         return self.run.child(name).uri
 
     def update_best(self, ckpt: dict, metric: str, higher_is_better: bool) -> bool:

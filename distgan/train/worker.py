@@ -130,13 +130,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         evaluate = InTrainingEvaluator(spec, config["eval"], device)
     # A resumed (or restarted) run's metrics.jsonl keeps its lines up to the checkpoint's step.
     outputs = RunOutputs(config["run_dir"], resume_step=state.step) if rank == 0 else None
-    return run(
-        state,
-        source,
-        spec,
-        device=device,
-        report=report,
-        outputs=outputs,
-        job_yaml=dump_yaml(spec),
-        evaluate=evaluate,
-    )
+    try:
+        return run(
+            state,
+            source,
+            spec,
+            device=device,
+            report=report,
+            outputs=outputs,
+            job_yaml=dump_yaml(spec),
+            evaluate=evaluate,
+        )
+    finally:
+        if outputs is not None:
+            outputs.events.close()

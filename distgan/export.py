@@ -1,0 +1,172 @@
+"""Trained generators as files that other programs load without distgan.
+
+    out, sidecar = export_generator("runs/00003-quickstart", "onnx")  # RUN/export/generator.onnx
+
+Three formats of the EMA generator (G when the run kept no EMA) of the latest checkpoint:
+
+- ``pt2``: ``torch.export`` program: ``torch.export.load(f).module()(z)``, plain PyTorch.
+- ``onnx``: ONNX graph (opset of torch's exporter): ``onnxruntime.InferenceSession(f)``.
+- ``safetensors``: the weights alone (rebuilding the network needs distgan's classes).
+
+Each comes with ``<file>.json`` beside it: the architecture and its options, the inputs (names,
+shapes, the latent distribution), the output (NCHW floats in [-1, 1]) and where it came from.
+Every input's first dimension is the batch, which stays free (dynamic) in pt2 and ONNX.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from distgan.config import JobSpec, to_dict
+from distgan.errors import JobError
+from distgan.generate import load_generator
+
+FORMATS = ("pt2", "onnx", "safetensors")
+SUFFIX = {"pt2": ".pt2", "onnx": ".onnx", "safetensors": ".safetensors"}
+SIDECAR_FORMAT = "distgan-generator/1"
+OUTPUT = "images"
+EXAMPLE_BATCH = 2  # the traced batch size (1 would let the exporter fix the batch at 1)
+
+
+def generator_inputs(spec: JobSpec, n: int = EXAMPLE_BATCH) -> dict[str, torch.Tensor]:
+    """Example inputs of G by the names of its ``forward`` arguments; dim 0 is the batch.
+
+    Everything downstream (the exporters' input names and dynamic batch, the sidecar's input
+    list) is built from this dict. A conditional G, ``forward(z, y)``, adds one entry here:
+    ``"y": torch.zeros(n, dtype=torch.long)``, and ``INPUT_DOCS["y"]``.
+    """
+    seeded = torch.Generator().manual_seed(0)  # the global RNG is left alone
+    return {"z": torch.randn(n, spec.model.z_dim, generator=seeded)}
+
+
+INPUT_DOCS = {"z": "latent vectors, each entry drawn from the standard normal N(0, 1)"}
+
+
+def export_generator(
+    source: str | Path, fmt: str, out: str | Path | None = None
+) -> tuple[Path, Path]:
+    """Exports the generator of ``source`` (a run folder or a checkpoint folder) as ``fmt``.
+
+    ``out`` defaults to ``<source>/export/generator.<suffix>``. Returns (the file, its JSON).
+    JobError for a format or file name that does not fit; CheckpointError from the checkpoint.
+    """
+    if fmt not in FORMATS:
+        raise JobError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    out = Path(out) if out else Path(source) / "export" / f"generator{SUFFIX[fmt]}"
+    if out.suffix != SUFFIX[fmt]:
+        raise JobError(f"--out {out}: a {fmt} export is a {SUFFIX[fmt]} file; name it so")
+    G, spec, folder, ckpt = load_generator(source)
+    inputs = generator_inputs(spec)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")  # torch.export wants its suffix
+    with torch.no_grad(), _quiet():
+        if fmt == "pt2":
+            torch.export.save(_program(G, inputs), tmp)
+        elif fmt == "onnx":
+            _onnx(G, inputs, tmp)
+        else:
+            from safetensors.torch import save_file
+
+            state = {k: v.detach().contiguous() for k, v in G.state_dict().items()}
+            save_file(state, str(tmp), metadata={"format": SIDECAR_FORMAT})
+    tmp.replace(out)
+    sidecar = out.with_name(out.name + ".json")
+    ema = ckpt["G_ema"] is not None
+    info = describe(G, spec, inputs, fmt, out.name, folder, int(ckpt["step"]), ema)
+    sidecar.write_text(json.dumps(info, indent=2) + "\n")
+    return out, sidecar
+
+
+def describe(
+    G: torch.nn.Module,
+    spec: JobSpec,
+    inputs: dict[str, torch.Tensor],
+    fmt: str,
+    file: str,
+    folder: Path,
+    step: int,
+    ema: bool,
+) -> dict:
+    """The sidecar JSON: what the file holds and how to feed it."""
+    with torch.no_grad():
+        shape = list(G(**inputs).shape[1:])  # (C, H, W)
+    return {
+        "format": SIDECAR_FORMAT,
+        "file": file,
+        "export": fmt,
+        "weights": "G_ema" if ema else "G",
+        "model": to_dict(spec)["model"],  # arch, z_dim, width and the other model options
+        "inputs": [
+            {
+                "name": name,
+                "shape": ["N", *x.shape[1:]],
+                "dtype": str(x.dtype).removeprefix("torch."),
+                "description": INPUT_DOCS[name],
+            }
+            for name, x in inputs.items()
+        ],  # fmt: skip
+        "output": {
+            "name": OUTPUT,
+            "shape": ["N", *shape],
+            "layout": "NCHW",
+            "dtype": "float32",
+            "range": [-1.0, 1.0],
+            "to_uint8": "round((x + 1) * 127.5)",
+        },
+        "parameters": sum(p.numel() for p in G.parameters()),
+        "checkpoint": str(folder),
+        "step": step,
+        "job": to_dict(spec),
+    }
+
+
+def _dynamic_batch(inputs: dict[str, torch.Tensor]) -> dict[str, dict]:
+    batch = torch.export.Dim("batch")
+    return {name: {0: batch} for name in inputs}
+
+
+def _program(G: torch.nn.Module, inputs: dict[str, torch.Tensor]):
+    return torch.export.export(G, (), kwargs=inputs, dynamic_shapes=_dynamic_batch(inputs))
+
+
+def _onnx(G: torch.nn.Module, inputs: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        import onnxscript  # noqa: F401 - torch's ONNX exporter needs it
+    except ImportError:
+        raise JobError(
+            "--format onnx: the onnx and onnxscript packages are not installed; "
+            "pip install 'distgan[export]'"
+        ) from None
+    torch.onnx.export(
+        G,
+        (),
+        str(path),
+        kwargs=inputs,
+        input_names=list(inputs),
+        output_names=[OUTPUT],
+        dynamic_shapes=_dynamic_batch(inputs),
+        dynamo=True,
+        external_data=False,  # one file, whatever its size (a generator's weights are small)
+        verbose=False,
+    )
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silences the exporters' notes (missing torchvision ops, deprecations): not the user's."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)

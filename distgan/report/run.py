@@ -1,0 +1,222 @@
+"""The report of one training run: curves, evaluations, the guard's actions, samples, the job.
+
+Everything is read through the run's ``Location`` (a local folder or object storage):
+``metrics.jsonl``, ``best/best.json``, ``samples/step_NNNNNN.png``, ``eval.json`` (written by
+``distgan eval``), ``job.resolved.yaml`` and the names under ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from distgan.config import METRIC_NAMES, RESOLVED_JOB, JobSpec
+from distgan.progress import duration
+from distgan.report.charts import Line, Mark, Point, chart, data_uri
+from distgan.report.page import Section, chart_img, charts, facts, grid_figure, note, pre, table
+from distgan.storage import Location
+from distgan.train.checkpoint import CHECKPOINTS
+from distgan.train.outputs import BEST
+from distgan.train.records import GROUPS
+
+METRICS = "metrics.jsonl"
+EVAL_JSON = "eval.json"  # written by distgan eval beside the run's files
+SAMPLES = "samples"
+MAX_GRIDS = 12  # sample grids shown: the newest, then spread over the run back to the first
+_GRID = re.compile(r"^step_(\d+)\.png$")
+
+
+def read_records(run: Location) -> list[dict]:
+    """The run's metrics records in file order ([] when none yet). A last line still being
+    written (not valid JSON yet) is left out."""
+    if not run.is_file(METRICS):
+        return []
+    records = []
+    for line in run.read_text(METRICS).splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return [r for r in records if isinstance(r, dict) and "step" in r]
+
+
+def read_best(run: Location) -> dict | None:
+    """``{"metric", "value", "step"}`` of the run's best checkpoint, or None."""
+    rel = f"{BEST}/best.json"
+    return json.loads(run.read_text(rel)) if run.is_file(rel) else None
+
+
+def series(records: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of the records that hold ``key``."""
+    pairs = [(r["step"], float(r[key])) for r in records if isinstance(r.get(key), (int, float))]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def sample_grids(run: Location, folder: str = SAMPLES) -> list[tuple[int, str]]:
+    """(step, file name) of the sample grids in ``folder``, oldest first."""
+    return sorted((int(m.group(1)), n) for n in run.list(folder) if (m := _GRID.match(n)))
+
+
+def run_sections(run: Location, spec: JobSpec) -> list[Section]:
+    records = read_records(run)
+    best = read_best(run)
+    sections = [Section("summary", "Summary", _summary(run, spec, records, best))]
+    if records:
+        sections += [
+            Section("training", "Training", _training_charts(records)),
+            Section("evaluation", "Evaluation during training", _eval_charts(spec, records, best)),
+            Section("guard", "Divergence guard", _guard(records)),
+        ]
+    sections.append(Section("samples", "Samples", _samples(run)))
+    if run.is_file(EVAL_JSON):
+        sections.append(Section("eval", "distgan eval", _eval_table(run)))
+    sections.append(Section("job", "Job", pre(run.read_text(RESOLVED_JOB))))
+    return sections
+
+
+def _summary(run: Location, spec: JobSpec, records: list[dict], best: dict | None) -> str:
+    last = records[-1] if records else {}
+    m, o, t = spec.model, spec.optim, spec.train
+    checkpoints = [n for n in run.list(CHECKPOINTS) if n.startswith("step_")]
+    pairs: list[tuple[str, object]] = [
+        ("steps", f"{last.get('step', 0):,} of {t.steps:,}"),
+        ("images seen", last.get("images_seen", 0)),
+        ("speed (last interval)", f"{last.get('images_per_s', 0):,.0f} images/s"),
+        ("time (this session)", duration(last.get("elapsed_s", 0))),
+    ]
+    if "gpu_mem_gb" in last:
+        pairs.append(("GPU memory (rank 0 peak)", f"{last['gpu_mem_gb']:.2f} GiB"))
+    if best:
+        value = f"{best['metric']} {best['value']:.4g} at step {best['step']:,} (best/)"
+        pairs.append(("best checkpoint", value))
+    pairs += [
+        ("data", spec.data.source),
+        ("model", f"{m.arch}, width {m.width}, z_dim {m.z_dim}"),
+        ("loss", spec.loss.kind),
+        ("optim", f"lr_g {o.lr_g:g}, lr_d {o.lr_d:g}, n_critic {o.n_critic}"),
+        ("batch", f"{t.batch_size} × {spec.scale.workers} worker(s)"),
+        (
+            "checkpoints",
+            f"{len(checkpoints)}" + (f", latest {checkpoints[-1]}" if checkpoints else ""),
+        ),
+    ]
+    return facts(pairs) + ("" if records else note("No metrics logged yet."))
+
+
+def _training_charts(records: list[dict]) -> str:
+    rollbacks = _rollback_steps(records)
+    marks = [Mark(s, "rollback") for s in rollbacks]
+    wins = [r for r in records if r.get("d_wins")]
+    win_points = [Point(r["step"], r["d_loss"], "D wins", "v", "tab:orange", 40) for r in wins]
+    out = []
+    specs = [
+        ("Losses", GROUPS["loss"], "loss", False, win_points),
+        ("D(x) and D(G(z))", ("d_real", "d_fake"), "D output", False, []),
+        ("Gradient norms", GROUPS["grad_norm"], "L2 norm", True, []),
+        ("Speed", ("images_per_s",), "images/s", False, []),
+        ("GPU memory", ("gpu_mem_gb",), "GiB (rank 0 peak)", False, []),
+    ]
+    names = {"d_real": "D(x)", "d_fake": "D(G(z))", "gp": "gradient penalty"}
+    for title, keys, ylabel, log_y, points in specs:
+        lines = [Line(names.get(k, k), *series(records, k)) for k in keys]
+        lines = [line for line in lines if line.x]
+        if lines:
+            uri = chart(lines, title=title, ylabel=ylabel, marks=marks, points=points, log_y=log_y)
+            out.append(chart_img(uri, title))
+    legend = "Dotted red lines: the divergence guard rolled back to the last good checkpoint."
+    return charts(out) + (note(legend) if rollbacks else "")
+
+
+def _eval_charts(spec: JobSpec, records: list[dict], best: dict | None) -> str:
+    out = []
+    for key in METRIC_NAMES:
+        x, y = series(records, key)
+        if not x:
+            continue
+        points = []
+        if best and best["metric"] == key:
+            points = [
+                Point(best["step"], best["value"], f"best checkpoint (step {best['step']:,})")
+            ]
+        line = Line(key, x, y, {"marker": "o", "markersize": 3})
+        out.append(chart_img(chart([line], title=key, ylabel=key, points=points), key))
+    if not out:
+        return note("No evaluation in this run (eval.every is 0).")
+    e = spec.eval
+    return note(
+        f"{e.n_samples:,} generated against {e.n_real:,} real images (feature network: "
+        f"{e.features}), every {e.every:,} steps and at checkpoints; best/ keeps the best "
+        f"{e.metric}."
+    ) + charts(out)
+
+
+def _rollback_steps(records: list[dict]) -> list[float]:
+    """Steps of the first record after each rollback (where the rollback count grew)."""
+    steps, before = [], 0
+    for r in records:
+        count = r.get("rollbacks", before)
+        if count > before:
+            steps.append(r["step"])
+        before = count
+    return steps
+
+
+def _guard(records: list[dict]) -> str:
+    skipped = [r for r in records if r.get("skipped")]
+    rollbacks = _rollback_steps(records)
+    wins = [r["step"] for r in records if r.get("d_wins")]
+    last = records[-1]
+    text = (
+        f"{len(skipped)} log interval(s) with skipped (non-finite) updates; "
+        f"{len(rollbacks)} rollback(s); learning rates now ×{last.get('lr_scale', 1.0):g}; "
+        f"D won outright at {len(wins)} log step(s)."
+    )
+    if not (skipped or rollbacks or wins):
+        return note("No skipped update, no rollback, D never won outright.")
+    lines = [Line("skipped updates per step", *series(records, "skipped"))]
+    lines.append(Line("lr scale", *series(records, "lr_scale"), {"linestyle": "--"}))
+    marks = [Mark(s, "rollback") for s in rollbacks] + [
+        Mark(s, "D wins", "tab:orange") for s in wins
+    ]
+    uri = chart(lines, title="Guard", marks=marks)
+    return note(text) + charts([chart_img(uri, "divergence guard")])
+
+
+def _samples(run: Location) -> str:
+    steps = sample_grids(run)
+    if not steps:
+        return note("No sample grid yet.")
+    shown = steps
+    if len(steps) > MAX_GRIDS:  # evenly spread, the first and the newest included
+        shown = [steps[round(i * (len(steps) - 1) / (MAX_GRIDS - 1))] for i in range(MAX_GRIDS)]
+    figures = [
+        grid_figure(data_uri(run.read_bytes(f"{SAMPLES}/{name}"), "image/png"), f"step {step:,}")
+        for step, name in reversed(shown)
+    ]
+    head = note(
+        "G_ema on the same latents at every grid, newest first"
+        + (
+            f"; {len(shown)} of {len(steps)} grids shown (all in samples/)"
+            if shown != steps
+            else ""
+        )
+        + "."
+    )
+    return head + f'<div class="grids">{"".join(figures)}</div>'
+
+
+def _eval_table(run: Location) -> str:
+    record = json.loads(run.read_text(EVAL_JSON))
+    rows = []
+    for r in record.get("results", []):
+        p = r.get("protocol", {})
+        rows.append([
+            r["metric"], r["value"], f"{p.get('features')} ({str(p.get('features_sha256'))[:12]})",
+            f"{p.get('real')}: {p.get('real_count', 0):,} (seed {p.get('real_seed')})",
+            p.get("fake_count", 0), p.get("seed"),
+        ])  # fmt: skip
+    head = ["metric", "value", "features", "real images", "generated", "seed"]
+    return note(
+        f"Checkpoint {record.get('checkpoint')} (step {record.get('step', 0):,}); figures compare "
+        "only when their protocol (the columns after value) is the same."
+    ) + table(head, rows)

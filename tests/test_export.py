@@ -1,0 +1,122 @@
+"""distgan export: each format loads in a Python that never imports distgan and draws what
+distgan draws for the same latents.
+
+The run folder holds a real checkpoint of a DCGAN (BatchNorm, transposed convolutions), written
+by checkpoint.save as in test_bad_inputs.py. Its EMA generator's weights and BatchNorm statistics
+are moved off their initial values first, so that a format that dropped a buffer would show.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_bad_inputs import _checkpoint, _run_dir
+
+from distgan.cli import main
+from distgan.config import from_dict
+from distgan.generate import load_generator
+from distgan.models import build_models, generate
+
+JOB = {"model": {"arch": "dcgan", "width": 8, "z_dim": 16}, "run": {"name": "r"}}
+
+# Runs with -I (no current folder, no PYTHONPATH on sys.path) and checks that distgan was never
+# imported, by the loaders either.
+LOADER = """
+import sys
+import numpy as np
+fmt, path, z_file, out_file = sys.argv[1:]
+batches = dict(np.load(z_file))  # name -> latents (N, z_dim)
+if fmt == "pt2":
+    import torch
+    G = torch.export.load(path).module()
+    outputs = {k: G(z=torch.from_numpy(z)).detach().numpy() for k, z in batches.items()}
+elif fmt == "onnx":
+    import onnxruntime
+    session = onnxruntime.InferenceSession(path)
+    assert [i.name for i in session.get_inputs()] == ["z"]
+    outputs = {k: session.run(["images"], {"z": z})[0] for k, z in batches.items()}
+else:
+    from safetensors.numpy import load_file
+    outputs = load_file(path)
+assert "distgan" not in sys.modules, "distgan was imported"
+np.savez(out_file, **outputs)
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("export")
+    ckpt = _checkpoint(JOB)
+    torch.manual_seed(1)
+    for name, t in ckpt["G_ema"].items():  # trained-looking weights and running statistics
+        if t.is_floating_point():
+            ckpt["G_ema"][name] = t + 0.1 * torch.randn_like(t).abs()
+    return _run_dir(root, "run", JOB, ckpt)
+
+
+def load_elsewhere(fmt: str, path: Path, z: dict, tmp_path: Path) -> dict[str, np.ndarray]:
+    """Runs LOADER on ``z`` (name -> latents); returns its outputs by name (for safetensors:
+    the tensors of the file)."""
+    np.savez(tmp_path / "z.npz", **z)
+    (tmp_path / "loader.py").write_text(LOADER)
+    done = subprocess.run(
+        [sys.executable, "-I", str(tmp_path / "loader.py"), fmt, str(path),
+         str(tmp_path / "z.npz"), str(tmp_path / "out.npz")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(np.load(tmp_path / "out.npz"))
+
+
+def latents(n: int, seed: int) -> torch.Tensor:
+    """The latents distgan's own ``generate(G, z_dim, n, seed)`` draws."""
+    return torch.randn(n, JOB["model"]["z_dim"], generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
+def test_a_program_draws_what_distgan_draws_at_any_batch_size(fmt, run_dir, tmp_path, capsys):
+    assert main(["export", str(run_dir), "--format", fmt]) == 0
+    path = run_dir / "export" / f"generator.{fmt}"
+    assert f"written: {path}" in capsys.readouterr().out
+    G, spec, _, _ = load_generator(run_dir)
+    batches = {"five": (5, 3), "one": (1, 4)}  # (n, seed); traced at 2: the batch stays free
+    z = {k: latents(n, seed).numpy() for k, (n, seed) in batches.items()}
+    theirs = load_elsewhere(fmt, path, z, tmp_path)
+    for k, (n, seed) in batches.items():
+        ours = generate(G, spec.model.z_dim, n, seed).numpy()  # (n, 1, 28, 28)
+        assert theirs[k].shape == ours.shape == (n, 1, 28, 28)
+        np.testing.assert_allclose(theirs[k], ours, rtol=0, atol=2e-5)
+    info = json.loads(path.with_name(path.name + ".json").read_text())
+    assert info["export"] == fmt and info["weights"] == "G_ema" and info["step"] == 10
+    (z_info,) = info["inputs"]
+    assert (z_info["name"], z_info["shape"], z_info["dtype"]) == ("z", ["N", 16], "float32")
+    assert info["output"]["shape"] == ["N", 1, 28, 28] and info["output"]["range"] == [-1.0, 1.0]
+    assert info["output"]["layout"] == "NCHW"
+
+
+def test_safetensors_hold_g_ema_and_the_json_says_how_to_rebuild_it(run_dir, tmp_path):
+    out = tmp_path / "g.safetensors"
+    assert main(["export", str(run_dir), "--format", "safetensors", "--out", str(out)]) == 0
+    tensors = load_elsewhere("safetensors", out, {}, tmp_path)
+    G, _, _, ckpt = load_generator(run_dir)
+    expected = {k: v.numpy() for k, v in ckpt["G_ema"].items()}
+    assert tensors.keys() == expected.keys()  # weights and BatchNorm buffers
+    for name, value in expected.items():
+        np.testing.assert_array_equal(tensors[name], value)
+
+    info = json.loads((tmp_path / "g.safetensors.json").read_text())
+    assert info["model"] == {"arch": "dcgan", "z_dim": 16, "width": 8}
+    # What the JSON names is enough to rebuild the network that draws distgan's samples.
+    m, shape = info["model"], tuple(info["output"]["shape"][1:])
+    rebuilt, _ = build_models(m["arch"], m["z_dim"], m["width"], shape)
+    rebuilt.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
+    z = latents(3, 0)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(z), G(z))
+    assert from_dict(info["job"]).model.arch == "dcgan"

@@ -1,0 +1,196 @@
+"""report.html of a run and of a search, opened in a real headless Chromium.
+
+The run folder comes from the real loop and writers (tests/tiny_runs.py); the search folder from
+RunOutputs (each trial's metrics.jsonl and samples), the exploit lines PBT trials write, and
+tune/results.py's write_results (results.csv, best.yaml, best_samples/). The browser checks:
+the page loads with nothing in the console (its CSP refuses any fetch, and says so there),
+every image decodes, and a screenshot is saved.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_runs import train_run
+
+from distgan.cli import main
+from distgan.config import from_dict
+from distgan.report import REPORT, build_report, write_report
+from distgan.report.page import Section, page
+from distgan.storage import Location, open_location
+from distgan.train.outputs import RunOutputs, write_resolved
+from distgan.tune.exploits import EXPLOITS, exploit_record
+from distgan.tune.results import TrialRow, write_results
+from distgan.tune.space import trial_spec
+from distgan.tune.trials import TRIALS
+
+CHROMEDRIVER = Path("/usr/bin/chromedriver")  # Debian's chromium-driver (.ci/run installs it)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return train_run(tmp_path_factory.mktemp("runs"), arch="mlp")
+
+
+@pytest.fixture(scope="module")
+def search_dir(tmp_path_factory) -> Path:
+    """A PBT search of three trials: trial 2 takes trial 0's state at step 20."""
+    root = tmp_path_factory.mktemp("search")
+    job = {
+        "model": {"arch": "mlp", "width": 8, "z_dim": 8},
+        "train": {"steps": 40, "batch_size": 16},
+        "eval": {"every": 10},
+        "tune": {"space": {"optim.lr_g": "loguniform(1e-4, 1e-3)"}, "scheduler": "pbt",
+                 "num_samples": 3, "metric": "fid"},
+        "run": {"name": "tiny-tune", "root": str(root)},
+    }  # fmt: skip
+    spec = from_dict(job)
+    search = root / "00001-tiny-tune"
+    search.mkdir()
+    write_resolved(spec, search)
+    rows, rng = [], np.random.default_rng(0)
+    curves = {
+        "t_00000": [90, 60, 45, 40],
+        "t_00001": [120, 100, 95, 90],
+        "t_00002": [150, 140, 52, 44],
+    }
+    for i, (tid, fids) in enumerate(curves.items()):
+        lr = [2e-4, 5e-4, 8e-4][i]
+        trial = search / TRIALS / tid
+        trial.mkdir(parents=True)
+        write_resolved(trial_spec(spec, {"optim.lr_g": lr}, "test"), trial)
+        outputs = RunOutputs(trial)
+        for step, fid in zip((10, 20, 30, 40), fids):
+            outputs.write_metrics({"step": step, "d_loss": 1.2, "g_loss": 0.8, "fid": fid})
+            outputs.write_samples(step, rng.integers(0, 256, (16, 1, 8, 8), dtype=np.uint8))
+        rows.append(TrialRow(tid, "done", {"optim.lr_g": lr}, min(fids), 40, 40))
+    donor = trial_spec(spec, {"optim.lr_g": 2e-4}, "test")
+    clone = trial_spec(spec, {"optim.lr_g": 2.4e-4}, "test")
+    exploit = exploit_record("t_00002", "t_00000", 20, donor, clone)  # as a PBT trial writes it
+    (search / EXPLOITS).write_text(json.dumps(exploit) + "\n")
+    rows.sort(key=lambda r: r.best)
+    write_results(rows, spec, search)
+    return search
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMEDRIVER.is_file():
+        pytest.skip("no chromedriver: apt-get install chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,900"):  # fmt: skip
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.quit()
+
+
+def open_page(driver, path: Path, screenshot: Path) -> tuple[list[dict], list[list]]:
+    """Loads ``path``; returns (console entries, [alt, complete, naturalWidth] per <img>)."""
+    driver.get_log("browser")  # drop what an earlier page left
+    driver.get(path.as_uri())
+    height = driver.execute_script("return document.body.scrollHeight")
+    driver.set_window_size(1280, min(height + 40, 8000))
+    driver.save_screenshot(str(screenshot))
+    images = driver.execute_script(
+        "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])"
+    )
+    return driver.get_log("browser"), images
+
+
+def test_a_run_report_loads_cleanly_and_every_image_decodes(run_dir, browser, tmp_path):
+    write_report(open_location(run_dir, field="RUN"))
+    html = (run_dir / REPORT).read_text()
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+    console, images = open_page(browser, run_dir / REPORT, tmp_path / "run.png")
+    assert console == []
+    alts = [alt for alt, _, _ in images]
+    for chart in ("Losses", "D(x) and D(G(z))", "Gradient norms", "Speed", "fid", "kid",
+                  "precision", "divergence guard"):  # fmt: skip
+        assert chart in alts, alts
+    grids = [alt for alt in alts if alt.startswith("step ")]
+    assert grids == [f"step {s}" for s in range(40, 0, -5)]  # every grid, newest first
+    assert all(complete and width > 0 for _, complete, width in images), images
+    assert (tmp_path / "run.png").stat().st_size > 10_000
+
+    text = browser.find_element("tag name", "body").text
+    assert "40 of 40" in text  # steps
+    assert "fid 47.43 at step 40 (best/)" in text  # 300/√40 from the stand-in evaluator
+    assert "1 rollback(s)" in text and "×0.5" in text  # NaN at steps 13-15: one rollback
+    assert "41.5" in text and "fashion-mnist (abababababab)" in text  # eval.json and protocol
+    assert "inject_nan: 13-15" in text  # the resolved job
+
+
+def test_a_search_report_compares_the_trials(search_dir, browser, tmp_path):
+    assert main(["report", str(search_dir)]) == 0
+    console, images = open_page(browser, search_dir / REPORT, tmp_path / "search.png")
+    assert console == []
+    assert [alt for alt, _, _ in images][:1] == ["fid per trial"]
+    assert all(complete and width > 0 for _, complete, width in images), images
+    text = browser.find_element("tag name", "body").text
+    assert "results.csv, best first." in text
+    rows = [r.text for r in browser.find_elements("css selector", "#results tr")]
+    assert rows[1].startswith("t_00000 done 0.0002 40") and rows[3].startswith("t_00001")
+    exploits = browser.find_element("id", "exploits").text
+    assert "20 t_00002 t_00000" in exploits  # step, the clone, its donor
+    assert "optim.lr_g: 0.0002 → 0.00024" in exploits  # what changed
+    assert "step 40 of the best trial" in text  # best_samples/, copied by write_results
+
+
+def test_a_search_still_running_is_ranked_from_the_trials_own_metrics(search_dir, tmp_path):
+    running = tmp_path / "running"
+    shutil.copytree(search_dir, running)
+    for name in ("results.csv", "best.yaml", REPORT):
+        (running / name).unlink(missing_ok=True)
+    shutil.rmtree(running / "best_samples")
+    html = build_report(open_location(running, field="RUN"))
+    assert "No results.csv yet" in html
+    order = [html.index(f"<td>{t}</td>") for t in ("t_00000", "t_00002", "t_00001")]
+    assert order == sorted(order)  # best FID first: 40, 44, 90
+
+
+def test_the_console_check_sees_a_fetch(browser, tmp_path):
+    """The CSP turns any network fetch into a console error: the check above can fail."""
+    bad = tmp_path / "bad.html"
+    bad.write_text(page("t", "t", [Section("x", "x", '<img src="http://127.0.0.1:9/x.png">')]))
+    console, _ = open_page(browser, bad, tmp_path / "bad.png")
+    assert any("Content Security Policy" in e["message"] for e in console), console
+
+
+def test_a_report_is_written_through_object_storage(run_dir):
+    import pyarrow.fs as pafs
+
+    fs = pafs._MockFileSystem()  # in memory, not local: like s3://
+    remote = Location("mock://bucket/runs/00000-tiny", fs, "bucket/runs/00000-tiny")
+    local = open_location(run_dir, field="RUN")
+    for rel in ("job.resolved.yaml", "metrics.jsonl", "best/best.json", "eval.json",
+                *(f"samples/{n}" for n in local.list("samples"))):  # fmt: skip
+        remote.write_bytes(rel, local.read_bytes(rel))
+    write_report(remote)
+    html = remote.read_text(REPORT)
+    assert "fid 47.43 at step 40 (best/)" in html and html.count('alt="step ') == 8
+
+
+@pytest.mark.parametrize(
+    "setup, expected",
+    [
+        (lambda p: None, "no such folder"),
+        (lambda p: p.mkdir(), "no job.resolved.yaml in it"),
+    ],
+)
+def test_not_a_run_is_one_line_and_exit_2(tmp_path, capsys, setup, expected):
+    target = tmp_path / "nothing"
+    setup(target)
+    assert main(["report", str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a distgan run or search folder" in err[0] and expected in err[0]
