@@ -17,8 +17,8 @@ def activations(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, (nn.LeakyReLU, nn.ReLU, nn.Tanh))]
 
 
-def test_registry_holds_both_architectures():
-    assert set(MODELS) == {"mlp", "dcgan"}
+def test_registry_holds_every_architecture():
+    assert set(MODELS) == {"mlp", "dcgan", "resnet"}
 
 
 def test_reference_mlp_layer_sizes():
@@ -122,8 +122,10 @@ def test_dcgan_rejects_unserved_shapes(shape):
 
 
 def test_unknown_architecture():
-    with pytest.raises(ValueError, match=r"unknown architecture 'resnet'; known: dcgan, mlp"):
-        build_models("resnet", 100, 0, (1, 28, 28))
+    with pytest.raises(
+        ValueError, match=r"unknown architecture 'biggan'; known: dcgan, mlp, resnet"
+    ):
+        build_models("biggan", 100, 0, (1, 28, 28))
 
 
 def test_unwrap_returns_the_inner_module():
