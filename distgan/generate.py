@@ -14,7 +14,7 @@ import torch
 
 from distgan.config import JobSpec, load_resolved
 from distgan.errors import CheckpointError
-from distgan.models import build_models
+from distgan.models import models_for_job
 from distgan.train import checkpoint as ckpts
 
 
@@ -41,9 +41,13 @@ def load_generator(source: str | Path) -> tuple[torch.nn.Module, JobSpec, Path, 
     folder = resolve_checkpoint(source)
     ckpt = ckpts.load(folder)
     spec = load_resolved(ckpt["job"], source=f"{folder}/{ckpts.STATE_FILE}")
-    G, _ = build_models(
-        spec.model.arch, spec.model.z_dim, spec.model.width, tuple(ckpt["image_shape"])
-    )
+    num_classes = int(ckpt.get("num_classes") or 0)  # absent before conditional models
+    if spec.model.conditional and num_classes < 1:
+        raise CheckpointError(
+            f"{folder}/{ckpts.STATE_FILE}: its job asks for a conditional model but the "
+            "checkpoint records no classes; the file was altered or mixed up with another run's"
+        )
+    G, _ = models_for_job(spec.model, tuple(ckpt["image_shape"]), num_classes)
     try:
         G.load_state_dict(ckpt["G_ema"] or ckpt["G"])
     except (RuntimeError, KeyError) as e:

@@ -29,7 +29,7 @@ from distgan.config import dump_yaml, from_dict
 from distgan.data import write_shards
 from distgan.ema import EMA
 from distgan.losses import get_loss
-from distgan.models import build_models
+from distgan.models import models_for_job
 from distgan.step import Nets
 from distgan.train import checkpoint as ckpts
 
@@ -65,11 +65,13 @@ def _run_dir(root: Path, name: str, job: dict, ckpt: dict | bytes | None) -> Pat
     return run
 
 
-def _checkpoint(job: dict, shape=(1, 28, 28), job_yaml: str | None = None) -> dict:
+def _checkpoint(
+    job: dict, shape=(1, 28, 28), job_yaml: str | None = None, num_classes: int = 0
+) -> dict:
     """A real checkpoint at step 10 of the models of ``job`` (as rank 0 writes it)."""
     spec = from_dict(job)
     torch.manual_seed(0)
-    G, D = build_models(spec.model.arch, spec.model.z_dim, spec.model.width, shape)
+    G, D = models_for_job(spec.model, shape, num_classes)
     nets = Nets(
         G=G,
         D=D,
@@ -132,6 +134,8 @@ def root(tmp_path_factory) -> Path:
     reshaped = {**job, "data": {"source": str(root / "data30")}}
     _run_dir(root, "run_reshaped", reshaped, good)
     _run_dir(root, "mixed", job, _checkpoint(job, job_yaml=dump_yaml(from_dict(dcgan))))
+    conditional = {**job, "model": {"arch": "dcgan", "width": 8, "z_dim": 16, "conditional": True}}
+    _run_dir(root, "run_conditional", conditional, _checkpoint(conditional, num_classes=4))
     (root / "fake_ckpt").mkdir()
     torch.save(
         {"format": "someone-else/3", "weights": torch.zeros(3)}, root / "fake_ckpt" / "state.pt"

@@ -22,7 +22,11 @@ def add_parser(verbs) -> None:
     p = verbs.add_parser("train", help="train a job on Ray", description=__doc__.split("\n")[0])
     p.add_argument("job", nargs="?", help="job file, e.g. jobs/quickstart.yaml")
     add_overrides_flag(p, "optim.lr_g=1e-4")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved job and exit")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the job against its data (no Ray), print the resolved job and exit",
+    )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.set_defaults(run=run)
 
@@ -71,15 +75,16 @@ def run(args: argparse.Namespace) -> int:
             raise JobError("distgan train: a job file is required (or --resume RUN_DIR)")
         spec = load_job(args.job, args.overrides)
         run_dir, resume_from, job_source = None, None, args.job
-    if args.dry_run:
-        sys.stdout.write(dump_yaml(spec))
-        return 0
     t0 = time.monotonic()
     # Every check comes before the run directory, so a job that cannot run writes nothing; those
     # that need no Ray come first.
     manifest = check_job(spec, job_source)
+    if args.dry_run:
+        sys.stdout.write(dump_yaml(spec))
+        return 0
     if resume_from:
-        ckpts.check_compatible(ckpts.load(resume_from), spec, manifest.shape, resume_from)
+        ckpt = ckpts.load(resume_from)
+        ckpts.check_compatible(ckpt, spec, manifest.shape, resume_from, manifest.num_classes)
     with ray_session():
         manifest, plan = preflight(spec, job_source, manifest)
         if run_dir is None:

@@ -62,6 +62,12 @@ class ShardManifest:
     root: str
 
     @property
+    def num_classes(self) -> int:
+        """Classes of a conditional model on this data: the largest label + 1 (labels are class
+        indices 0..K-1); 0 when the data has no labels."""
+        return max(self.labels) + 1 if self.labels else 0
+
+    @property
     def shard_paths(self) -> list[str]:
         """Absolute paths of the shard files, in order."""
         return [str(Path(self.root, s.file).resolve()) for s in self.shards]

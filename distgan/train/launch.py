@@ -24,7 +24,7 @@ from pathlib import Path
 from distgan.config import METRIC_NAMES, JobSpec, to_dict
 from distgan.data import EMBEDDED_DIR, ShardManifest, read_manifest, verify_shards
 from distgan.errors import ClusterError, DataError, JobError
-from distgan.models import build_models
+from distgan.models import models_for_job
 from distgan.train.checkpoint import CHECKPOINTS
 from distgan.train.outputs import is_uri
 
@@ -69,9 +69,14 @@ def resolve_data(spec: JobSpec, job_source: str) -> ShardManifest:
         raise DataError(f"{job_source}: data.source: {e}") from None
 
 
-def check_model(spec: JobSpec, shape: tuple[int, int, int], job_source: str) -> None:
+def check_model(spec: JobSpec, manifest: ShardManifest, job_source: str) -> None:
+    if spec.model.conditional and not manifest.labels:
+        raise JobError(
+            f"{job_source}: model.conditional: the data at {manifest.root} has no labels; set "
+            "model.conditional: false, or import labelled data (distgan data import ... --labels)"
+        )
     try:
-        build_models(spec.model.arch, spec.model.z_dim, spec.model.width, shape)
+        models_for_job(spec.model, manifest.shape, manifest.num_classes)
     except ValueError as e:
         raise JobError(f"{job_source}: model.arch: {e}; pick another arch or dataset") from None
 
@@ -179,7 +184,7 @@ def check_job(spec: JobSpec, job_source: str) -> ShardManifest:
         verify_shards(manifest, hashes=False)
     except DataError as e:
         raise DataError(f"{job_source}: data.source: {e}") from None
-    check_model(spec, manifest.shape, job_source)
+    check_model(spec, manifest, job_source)
     return manifest
 
 
@@ -229,13 +234,15 @@ def launch(
     run_dir = Path(run_dir).resolve()  # workers run in other working directories
     out = out or sys.stdout
     ray.data.DataContext.get_current().enable_progress_bars = False
-    dataset = ray.data.read_parquet(manifest.shard_paths).select_columns(["image"])
+    columns = ["image", "label"] if spec.model.conditional else ["image"]
+    dataset = ray.data.read_parquet(manifest.shard_paths).select_columns(columns)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "job": to_dict(spec),
             "job_source": job_source,
             "shape": list(manifest.shape),
+            "num_classes": manifest.num_classes,
             "run_dir": str(run_dir),
             "cache": p.cache,
             "resume_from": resume_from,

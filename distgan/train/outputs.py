@@ -85,8 +85,8 @@ class RunOutputs:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def write_samples(self, step: int, images: np.ndarray) -> Path:
-        return save_grid(images, self.samples_dir / f"step_{step:06d}.png")
+    def write_samples(self, step: int, images: np.ndarray, columns: int | None = None) -> Path:
+        return save_grid(images, self.samples_dir / f"step_{step:06d}.png", columns)
 
     def update_best(self, ckpt: dict, metric: str, higher_is_better: bool) -> bool:
         """Copies ``ckpt`` to ``best/`` when its ``metric`` beats the best so far (kept on disk,
