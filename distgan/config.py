@@ -58,7 +58,9 @@ class ModelSpec:
     width: int = _f(
         0, "base width (dcgan, resnet: channels; mlp: first hidden layer); 0 = default", min=0
     )
-    spectral_norm: bool = _f(False, "spectral normalisation of D's layers (SNGAN: on for resnet)")
+    spectral_norm: bool = _f(
+        False, "spectral normalisation of D's layers (SNGAN uses it with resnet)"
+    )
     mbstd_group: int = _f(
         0, "D's minibatch standard deviation over groups of this size; 0 = off", min=0
     )
