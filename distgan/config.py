@@ -23,7 +23,10 @@ from distgan.errors import JobError
 from distgan.fields import check_value, close_hint
 from distgan.search_space import parse_space
 
-ARCHS = ("mlp", "dcgan")
+ARCHS = ("mlp", "dcgan", "resnet")
+CONDITIONAL_ARCHS = ("dcgan", "resnet")
+OUTPUTS = ("tanh", "linear")
+AUGMENTATIONS = ("color", "translation", "cutout")  # distgan.augment's (kept in sync by a test)
 LOSS_KINDS = ("minimax", "nonsaturating", "wgan", "wgan-gp", "hinge", "lsgan")
 PRECISIONS = ("fp32", "bf16", "fp16")
 CACHE_MODES = ("auto", "memory", "stream")
@@ -55,7 +58,20 @@ class DataSpec:
 class ModelSpec:
     arch: str = _f("dcgan", "architecture of G and D", choices=ARCHS)
     z_dim: int = _f(100, "size of the latent vector z", min=1)
-    width: int = _f(0, "base width (dcgan: channels; mlp: first hidden layer); 0 = default", min=0)
+    width: int = _f(
+        0, "base width (dcgan, resnet: channels; mlp: first hidden layer); 0 = default", min=0
+    )
+    spectral_norm: bool = _f(
+        False, "spectral normalisation of D's layers (SNGAN uses it with resnet)"
+    )
+    mbstd_group: int = _f(
+        0, "D's minibatch standard deviation over groups of this size; 0 = off", min=0
+    )
+    pack: int = _f(1, "PacGAN: D judges this many samples together; 1 = off", min=1)
+    output: str = _f("tanh", "G's last activation; linear: mlp on 2-D mixtures", choices=OUTPUTS)
+    conditional: bool = _f(
+        False, "class-conditional G and D (dcgan, resnet); the classes are the data's labels"
+    )
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,8 @@ class LossSpec:
     kind: str = _f("nonsaturating", "the adversarial loss", choices=LOSS_KINDS)
     gp_weight: float = _f(10.0, "gradient penalty weight λ (wgan-gp)", min=0.0)
     clip: float = _f(0.01, "weight clipping bound of D (wgan)", gt=0.0)
+    r1_gamma: float = _f(0.0, "R1 penalty weight γ on real images, any loss; 0 = off", min=0.0)
+    r1_every: int = _f(16, "R1 every this many D steps, its weight × this (lazy, StyleGAN2)", min=1)
 
 
 @dataclass(frozen=True)
@@ -85,6 +103,17 @@ class TrainSpec:
     keep_checkpoints: int = _f(3, "checkpoints kept on disk (the latest is always kept)", min=1)
     ema: bool = _f(True, "keep an exponential moving average of G")
     ema_decay: float = _f(0.999, "EMA decay per G step", min=0.0, max=0.999999)
+    ema_kimg: float = _f(
+        0.0, "EMA half-life in thousands of images (replaces ema_decay); 0 = ema_decay", min=0.0
+    )
+    ema_rampup: float = _f(
+        0.05, "with ema_kimg: half-life at most this × the images seen; 0 = off", min=0.0
+    )
+    diffaugment: str = _f(
+        "", "DiffAugment policy for everything D sees, e.g. 'color,translation,cutout'; '' = off"
+    )
+    channels_last: bool = _f(False, "channels-last memory format for G and D (conv models)")
+    compile: bool = _f(False, "torch.compile G and D (not with wgan-gp or R1: no double backward)")
     precision: str = _f("fp32", "autocast precision", choices=PRECISIONS)
     seed: int = _f(0, "seed of weights, latents and data order", min=0)
     deterministic: bool = _f(
@@ -385,8 +414,53 @@ def _check_cross_fields(spec: JobSpec, source: str, field_sources: dict[str, str
             f"{src('guard.inject_nan')}: guard.inject_nan: expected steps as 'A-B' (e.g. '13-15'), "
             f"got {spec.guard.inject_nan!r}; leave it empty outside tests"
         )
+    _check_model_options(spec, src)
     if spec.train.deterministic and spec.data.cache == "stream":
         raise JobError(
             f"{src('data.cache')}: data.cache: stream reads data in a varying order, which "
             "train.deterministic cannot keep; use data.cache: memory (or auto)"
+        )
+
+
+def _check_model_options(spec: JobSpec, src) -> None:
+    """The rules that tie the model options, DiffAugment and compile to the other fields."""
+    m = spec.model
+    per_worker = spec.train.batch_size // spec.scale.workers
+    if per_worker % m.pack:
+        raise JobError(
+            f"{src('model.pack')}: model.pack: {m.pack} does not divide the per-worker batch of "
+            f"{per_worker} (train.batch_size / scale.workers); use a divisor of {per_worker} or a "
+            f"batch that is a multiple of {m.pack * spec.scale.workers}"
+        )
+    if m.mbstd_group and (per_worker // m.pack) % m.mbstd_group:
+        raise JobError(
+            f"{src('model.mbstd_group')}: model.mbstd_group: {m.mbstd_group} does not divide the "
+            f"{per_worker // m.pack} inputs D sees per worker (train.batch_size / scale.workers / "
+            "model.pack); use a divisor of it, or 0 for off"
+        )
+    if m.output != "tanh" and m.arch != "mlp":
+        raise JobError(
+            f"{src('model.output')}: model.output: {m.output} is served by arch mlp only "
+            f"({m.arch}'s G ends in tanh); remove it or use model.arch: mlp"
+        )
+    if m.conditional and m.arch not in CONDITIONAL_ARCHS:
+        raise JobError(
+            f"{src('model.conditional')}: model.conditional: {m.arch} has no conditional version; "
+            f"use model.arch: {' or '.join(CONDITIONAL_ARCHS)}, or model.conditional: false"
+        )
+    policy = [n.strip() for n in spec.train.diffaugment.split(",") if n.strip()]
+    for name in policy:
+        if name not in AUGMENTATIONS:
+            raise JobError(
+                f"{src('train.diffaugment')}: train.diffaugment: unknown augmentation {name!r}; "
+                f"{close_hint(name, list(AUGMENTATIONS))} (a comma-separated list of "
+                f"{', '.join(AUGMENTATIONS)}, or '' for off)"
+            )
+    if spec.train.compile and (spec.loss.r1_gamma or spec.loss.kind == "wgan-gp"):
+        # Compiled backward graphs donate their buffers, so they cannot be differentiated again
+        # (torch 2.13: "requires create_graph=False").
+        penalty = "loss.r1_gamma" if spec.loss.r1_gamma else "loss.kind: wgan-gp"
+        raise JobError(
+            f"{src('train.compile')}: train.compile: a compiled D cannot be differentiated twice, "
+            f"as the gradient penalty of {penalty} needs; set train.compile: false"
         )

@@ -39,14 +39,19 @@ def generator_inputs(spec: JobSpec, n: int = EXAMPLE_BATCH) -> dict[str, torch.T
     """Example inputs of G by the names of its ``forward`` arguments; dim 0 is the batch.
 
     Everything downstream (the exporters' input names and dynamic batch, the sidecar's input
-    list) is built from this dict. A conditional G, ``forward(z, y)``, adds one entry here:
-    ``"y": torch.zeros(n, dtype=torch.long)``, and ``INPUT_DOCS["y"]``.
+    list) is built from this dict: a conditional G, ``forward(z, y)``, takes class labels too.
     """
     seeded = torch.Generator().manual_seed(0)  # the global RNG is left alone
-    return {"z": torch.randn(n, spec.model.z_dim, generator=seeded)}
+    inputs = {"z": torch.randn(n, spec.model.z_dim, generator=seeded)}
+    if spec.model.conditional:
+        inputs["y"] = torch.arange(n, dtype=torch.long) % 2  # two classes: never a constant
+    return inputs
 
 
-INPUT_DOCS = {"z": "latent vectors, each entry drawn from the standard normal N(0, 1)"}
+INPUT_DOCS = {
+    "z": "latent vectors, each entry drawn from the standard normal N(0, 1)",
+    "y": "class labels (int64), 0 to num_classes - 1; the names are in the job's data manifest",
+}
 
 
 def export_generator(
@@ -103,6 +108,7 @@ def describe(
         "export": fmt,
         "weights": "G_ema" if ema else "G",
         "model": to_dict(spec)["model"],  # arch, z_dim, width and the other model options
+        "num_classes": int(getattr(G, "num_classes", 0) or 0),
         "inputs": [
             {
                 "name": name,

@@ -14,7 +14,7 @@ import torch
 
 from distgan.config import JobSpec, load_resolved
 from distgan.errors import CheckpointError
-from distgan.models import build_models
+from distgan.models import models_for_job
 from distgan.storage import display, is_uri, join, open_location
 from distgan.train import checkpoint as ckpts
 from distgan.train.outputs import BEST
@@ -65,10 +65,15 @@ def load_generator(source: str | Path) -> tuple[torch.nn.Module, JobSpec, str | 
     """
     folder = resolve_checkpoint(source)
     ckpt = ckpts.load(folder)
-    spec = load_resolved(ckpt["job"], source=display(join(str(folder), ckpts.STATE_FILE)))
-    G, _ = build_models(
-        spec.model.arch, spec.model.z_dim, spec.model.width, tuple(ckpt["image_shape"])
-    )
+    source = display(join(str(folder), ckpts.STATE_FILE))
+    spec = load_resolved(ckpt["job"], source=source)
+    num_classes = int(ckpt.get("num_classes") or 0)  # absent before conditional models
+    if spec.model.conditional and num_classes < 1:
+        raise CheckpointError(
+            f"{source}: its job asks for a conditional model but the checkpoint records no "
+            "classes; the file was altered or mixed up with another run's"
+        )
+    G, _ = models_for_job(spec.model, tuple(ckpt["image_shape"]), num_classes)
     try:
         G.load_state_dict(ckpt["G_ema"] or ckpt["G"])
     except (RuntimeError, KeyError) as e:

@@ -12,6 +12,8 @@ f = D(G(z)) the raw logits and σ the logistic function:
 | hinge         | relu(1 - r) + relu(1 + f)            | -f                   |
 | lsgan         | ½ (r - 1)² + ½ f²                    | ½ (f - 1)²           |
 
+Any loss may add R1 (``loss.r1_gamma``): γ/2 · ‖∇ₓ D(x)‖² on real x (Mescheder et al. 2018).
+
 log σ(x) = -softplus(-x) and log(1 - σ(x)) = -softplus(x), which stay finite for any logit.
 """
 
@@ -65,7 +67,10 @@ def get_loss(kind: str) -> Loss:
     return LOSSES[kind]
 
 
-def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
+Critic = Callable[[Tensor], Tensor]  # D, or D with its labels and augmentation bound: x -> logits
+
+
+def gradient_penalty(D: nn.Module | Critic, real: Tensor, fake: Tensor) -> Tensor:
     """Per-sample (‖∇ₓ D(x̂)‖₂ - 1)² at x̂ = εx + (1-ε)G(z), ε ~ U[0, 1] (Gulrajani et al. 2017).
 
     The gradient is taken out of place with ``create_graph=True``, so that one ordinary backward
@@ -75,3 +80,15 @@ def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
     mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)  # (B, C, H, W)
     (grad,) = torch.autograd.grad(D(mixed).sum(), mixed, create_graph=True)
     return (grad.flatten(1).norm(2, dim=1) - 1) ** 2  # (B,)
+
+
+def r1_penalty(D: nn.Module | Critic, real: Tensor) -> Tensor:
+    """Per-sample ‖∇ₓ D(x)‖₂² at the real images x (Mescheder et al. 2018); the step weighs it
+    by γ/2 (and by the interval of lazy regularisation, as StyleGAN2 does).
+
+    Out of place with ``create_graph=True``, like ``gradient_penalty``: one ordinary backward of
+    the total D loss reaches D's weights, and DDP syncs the gradients once.
+    """
+    x = real.detach().requires_grad_(True)  # (B, C, H, W)
+    (grad,) = torch.autograd.grad(D(x).sum(), x, create_graph=True)
+    return grad.flatten(1).square().sum(1)  # (B,)

@@ -2,6 +2,9 @@
 
     fake, d_metrics = d_step(nets, real, z, keep_graph=True)
     g_metrics = g_step(nets, fake)
+    # class-conditional: real labels for D on the reals, drawn labels for G and D on the fakes
+    fake, d_metrics = d_step(nets, real, z, keep_graph=True, real_labels=y, fake_labels=y_fake)
+    g_metrics = g_step(nets, fake, labels=y_fake)
 
 Plain functions of (G, D, optimizers, batch). They know nothing of Ray or torch.distributed, so
 the same step runs in a Ray Train worker, in a benchmark, or in a notebook; G and D may be DDP
@@ -12,6 +15,11 @@ during a D step, so G(z) is the same tensor a fresh forward would give; reusing 
 forward per step, as the classic DCGAN loop does. During the D step that output is detached, so
 no gradient of G is computed; during the G step D's weights have ``requires_grad=False`` and D
 is called unwrapped, so no gradient of D is computed or synced.
+
+Everything D judges goes through DiffAugment first when ``nets.augment`` names a policy (reals
+and fakes in the D step, fakes in the G step). R1 (``nets.r1_gamma``) is lazy as in StyleGAN2:
+computed every ``r1_every``-th D step with its weight multiplied by that interval. A packed D
+(``model.pack`` = m) gives one logit per m samples: the D step splits its logits in halves.
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from distgan.losses import Loss, gradient_penalty
+from distgan.augment import diff_augment
+from distgan.losses import Loss, gradient_penalty, r1_penalty
 
 Tensor = torch.Tensor
 
@@ -38,6 +47,10 @@ class Nets:
     loss: Loss
     gp_weight: float = 10.0
     clip: float = 0.01
+    r1_gamma: float = 0.0  # R1 weight γ; 0 = off
+    r1_every: int = 16  # R1 on every r1_every-th D step, its weight × r1_every
+    augment: tuple[str, ...] = ()  # DiffAugment policy (distgan.augment); () = off
+    num_classes: int = 0  # > 0: G and D are class-conditional; fakes get uniform labels
     autocast_dtype: torch.dtype | None = None  # bf16 / fp16 autocast, None for fp32
     scaler_g: torch.amp.GradScaler = field(
         default_factory=lambda: torch.amp.GradScaler(enabled=False)
@@ -54,6 +67,13 @@ class Nets:
 
 def _plain(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
+
+
+def judge(D: nn.Module, nets: Nets, x: Tensor, labels: Tensor | None) -> Tensor:
+    """D's logits for ``x`` (B, C, H, W), through DiffAugment, with labels when conditional."""
+    if nets.augment:
+        x = diff_augment(x, nets.augment)
+    return D(x) if labels is None else D(x, labels)  # (B / pack,)
 
 
 def set_requires_grad(model: nn.Module, flag: bool) -> None:
@@ -94,28 +114,44 @@ def _step_if_finite(model: nn.Module, opt, scaler, norm: Tensor | None) -> Tenso
 
 
 def d_step(
-    nets: Nets, real: Tensor, z: Tensor, keep_graph: bool = False, measure: bool = False
+    nets: Nets,
+    real: Tensor,
+    z: Tensor,
+    keep_graph: bool = False,
+    measure: bool = False,
+    real_labels: Tensor | None = None,
+    fake_labels: Tensor | None = None,
+    r1: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """One D update on a real batch (B, C, H, W) and G(z), z (B, z_dim).
+    """One D update on a real batch (B, C, H, W) and G(z), z (B, z_dim); for a conditional G and
+    D, ``real_labels`` (B,) of the reals and ``fake_labels`` (B,) given to G and to D.
 
     Returns G(z) (with its graph to G when ``keep_graph``, for the G step) and detached metrics:
-    d_loss, d_real and d_fake (D's mean output, through σ for the logistic losses), gp,
-    and d_grad_norm when ``measure``.
+    d_loss, d_real and d_fake (D's mean output, through σ for the logistic losses), gp, r1 (when
+    ``r1``: this step carries the lazy R1 penalty), and d_grad_norm when ``measure``.
     """
-    B = real.shape[0]
     with nets.autocast(real), nullcontext() if keep_graph else torch.no_grad():
-        fake = nets.G(z)  # (B, C, H, W)
+        fake = nets.G(z) if fake_labels is None else nets.G(z, fake_labels)  # (B, C, H, W)
+    labels = None if real_labels is None else torch.cat([real_labels, fake_labels])  # (2B,)
     with nets.autocast(real):
-        logits = nets.D(torch.cat([real, fake.detach()])).float()  # (2B,)
-        r, f = logits[:B], logits[B:]
+        logits = judge(nets.D, nets, torch.cat([real, fake.detach()]), labels).float()  # (2B/m,)
+        r, f = logits.chunk(2)
         d_loss = nets.loss.d(r, f).mean()
     metrics = {"d_loss": d_loss.detach()}
+
+    def critic(x: Tensor) -> Tensor:  # D as the penalties see it, with the reals' labels
+        return judge(nets.D, nets, x, real_labels)
+
+    # The penalties' double backward stays in fp32: autocast gains little there and fp16
+    # second-order gradients underflow.
     if nets.loss.gradient_penalty:
-        # The penalty's double backward stays in fp32: autocast gains little there and fp16
-        # second-order gradients underflow.
-        gp = gradient_penalty(nets.D, real.float(), fake.detach().float()).mean()
+        gp = gradient_penalty(critic, real.float(), fake.detach().float()).mean()
         d_loss = d_loss + nets.gp_weight * gp
         metrics["gp"] = gp.detach()
+    if r1:
+        penalty = r1_penalty(critic, real.float()).mean()
+        d_loss = d_loss + (nets.r1_gamma / 2) * nets.r1_every * penalty
+        metrics["r1"] = penalty.detach()
     nets.opt_d.zero_grad(set_to_none=True)
     nets.scaler_d.scale(_poison_if_not_finite(d_loss)).backward()
     norm = None
@@ -134,13 +170,16 @@ def d_step(
     return fake, metrics
 
 
-def g_step(nets: Nets, fake: Tensor, measure: bool = False) -> dict[str, Tensor]:
-    """One G update through D on ``fake`` = G(z) with its graph. Returns g_loss (and norm)."""
+def g_step(
+    nets: Nets, fake: Tensor, measure: bool = False, labels: Tensor | None = None
+) -> dict[str, Tensor]:
+    """One G update through D on ``fake`` = G(z) (G(z, labels) when conditional) with its graph.
+    Returns g_loss (and norm)."""
     D = _plain(nets.D)  # no DDP: D's gradients are neither computed nor synced here
     set_requires_grad(D, False)
     try:
         with nets.autocast(fake):
-            g_loss = nets.loss.g(D(fake).float()).mean()
+            g_loss = nets.loss.g(judge(D, nets, fake, labels).float()).mean()
         nets.opt_g.zero_grad(set_to_none=True)
         nets.scaler_g.scale(_poison_if_not_finite(g_loss)).backward()
         metrics = {"g_loss": g_loss.detach()}
@@ -155,9 +194,18 @@ def g_step(nets: Nets, fake: Tensor, measure: bool = False) -> dict[str, Tensor]
 
 
 def train_step(
-    nets: Nets, reals: list[Tensor], sample_z, measure: bool = False
+    nets: Nets,
+    reals: list[Tensor],
+    sample_z,
+    measure: bool = False,
+    real_labels: list[Tensor] | None = None,
+    step: int = 0,
 ) -> dict[str, Tensor]:
     """``len(reals)`` D steps (one a real batch) then one G step; ``sample_z(B)`` draws latents.
+
+    ``real_labels``: the labels (B,) of each real batch, for a conditional G and D (the fakes'
+    labels are drawn uniformly, the same for G and for D). ``step``: G steps done before this
+    one, which places the lazy R1 penalty on every ``nets.r1_every``-th D step of the run.
 
     Returns the metrics of the last D step and of the G step, and ``skipped``: the number of
     updates (D and G) skipped because a loss or gradient was not finite. When any was skipped,
@@ -168,13 +216,25 @@ def train_step(
     saved = [b.detach().clone() for b in buffers]  # small: BatchNorm statistics
     metrics: dict[str, Tensor] = {}
     skipped = torch.zeros(())
+    fake_labels = None
     for i, real in enumerate(reals):
         last = i == len(reals) - 1
+        B = real.shape[0]
+        if nets.num_classes:
+            fake_labels = torch.randint(nets.num_classes, (B,), device=real.device)
+        r1 = nets.r1_gamma > 0 and (step * len(reals) + i) % nets.r1_every == 0
         fake, metrics = d_step(
-            nets, real, sample_z(real.shape[0]), keep_graph=last, measure=measure
+            nets,
+            real,
+            sample_z(B),
+            keep_graph=last,
+            measure=measure,
+            real_labels=None if real_labels is None else real_labels[i],
+            fake_labels=fake_labels,
+            r1=r1,
         )
         skipped = skipped + metrics.pop("d_skipped")
-    g_metrics = g_step(nets, fake, measure=measure)
+    g_metrics = g_step(nets, fake, measure=measure, labels=fake_labels)
     skipped = skipped + g_metrics.pop("g_skipped")
     metrics.update(g_metrics)
     if skipped:

@@ -393,7 +393,7 @@ def _check_model(spec: JobSpec, job_file: str) -> None:
     from distgan.data import EMBEDDED_DIR, read_manifest
     from distgan.train.launch import check_model
 
-    check_model(spec, read_manifest(EMBEDDED_DIR).shape, job_file)
+    check_model(spec, read_manifest(EMBEDDED_DIR), job_file)
 
 
 def _slug(name: str) -> str:

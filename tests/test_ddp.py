@@ -26,7 +26,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from distgan.losses import get_loss
-from distgan.models import build_models
+from distgan.models import ModelOptions, build_models
 from distgan.step import Nets, train_step
 
 WORLD = 2
@@ -34,7 +34,14 @@ JOIN_TIMEOUT_S = 120
 Z_DIM = 16
 SHAPE = (1, 28, 28)
 BATCH = 4  # per rank
+CLASSES = 3
 
+# The options of issue 12 together: SNGAN's resnet with spectral norm, class-conditional (labels
+# per rank), R1 on this step, DiffAugment on everything D sees, minibatch std and packing.
+ISSUE_12 = {
+    "options": ModelOptions(spectral_norm=True, mbstd_group=2, pack=2, num_classes=CLASSES),
+    "settings": {"r1_gamma": 1.0, "r1_every": 1, "augment": ("color", "translation", "cutout")},
+}
 # name -> (arch, width, loss, n_critic, wrap in DDP)
 SCENARIOS = {
     "dcgan-wgan-gp": ("dcgan", 8, "wgan-gp", 1, True),
@@ -43,9 +50,14 @@ SCENARIOS = {
     "mlp-nonsaturating-ncritic2": ("mlp", 32, "nonsaturating", 2, True),
     "control-dcgan-wgan-gp-no-ddp": ("dcgan", 8, "wgan-gp", 1, False),
     "control-mlp-nonsaturating-no-ddp": ("mlp", 32, "nonsaturating", 2, False),
+    "resnet-sn-r1-diffaugment-conditional": ("resnet", 4, "nonsaturating", 1, True),
+    "control-resnet-sn-r1-diffaugment-conditional-no-ddp": ("resnet", 4, "nonsaturating", 1, False),
 }
+EXTRAS = {name: ISSUE_12 for name in SCENARIOS if "conditional" in name}
 SYNCED = [name for name, s in SCENARIOS.items() if s[4]]
-CONTROLS = [name for name, s in SCENARIOS.items() if not s[4]]
+# (The issue-12 control is checked on its own: Adam's first step moves each number by ±lr, and
+# its small spectrally normalised head moves alike on both ranks more often than not.)
+CONTROLS = [name for name, s in SCENARIOS.items() if not s[4] and name not in EXTRAS]
 
 
 def free_port() -> int:
@@ -65,9 +77,19 @@ def gather(vector: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
-def run_scenario(rank: int, arch: str, width: int, kind: str, n_critic: int, ddp: bool) -> dict:
+def run_scenario(
+    rank: int,
+    arch: str,
+    width: int,
+    kind: str,
+    n_critic: int,
+    ddp: bool,
+    options: ModelOptions | None = None,
+    settings: dict | None = None,
+) -> dict:
     torch.manual_seed(0)  # the same initial weights on both ranks
-    G, D = build_models(arch, Z_DIM, width, SHAPE)
+    G, D = build_models(arch, Z_DIM, width, SHAPE, options)
+    classes = options.num_classes if options else 0
     initial = {"G": flat(G.parameters()), "D": flat(D.parameters())}
     if ddp:
         G = DistributedDataParallel(G)
@@ -78,10 +100,13 @@ def run_scenario(rank: int, arch: str, width: int, kind: str, n_critic: int, ddp
         torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.5, 0.999)),
         torch.optim.Adam(D.parameters(), lr=1e-3, betas=(0.5, 0.999)),
         get_loss(kind),
+        num_classes=classes,
+        **(settings or {}),
     )
     torch.manual_seed(100 + rank)  # each rank its own data, latents and GP interpolation
     reals = [torch.rand(BATCH, *SHAPE) * 2 - 1 for _ in range(n_critic)]
-    metrics = train_step(nets, reals, lambda n: torch.randn(n, Z_DIM))
+    labels = [torch.randint(classes, (BATCH,)) for _ in reals] if classes else None
+    metrics = train_step(nets, reals, lambda n: torch.randn(n, Z_DIM), real_labels=labels)
     plain_g, plain_d = getattr(G, "module", G), getattr(D, "module", D)
     result = {
         "initial": {k: gather(v) for k, v in initial.items()},
@@ -94,12 +119,13 @@ def run_scenario(rank: int, arch: str, width: int, kind: str, n_critic: int, ddp
             "D": [(n, p.numel()) for n, p in plain_d.named_parameters()],
         },
         "finite": all(torch.isfinite(v).all().item() for v in metrics.values()),
+        "metrics": sorted(metrics),
     }
     # DDP broadcasts rank 0's buffers (G's BatchNorm statistics) at the start of each forward of
     # G; the step's own forward then updates them from the rank's latents. Another forward that
     # does not update them (eval mode) shows the broadcast.
     plain_g.eval()
-    G(torch.randn(2, Z_DIM))
+    G(torch.randn(2, Z_DIM), *([torch.zeros(2, dtype=torch.long)] if classes else []))
     result["G_buffers"] = gather(flat([torch.zeros(1), *plain_g.buffers()]))
     return result
 
@@ -110,7 +136,10 @@ def worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     try:
         dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
-        results = {name: run_scenario(rank, *spec) for name, spec in SCENARIOS.items()}
+        results = {
+            name: run_scenario(rank, *spec, **EXTRAS.get(name, {}))
+            for name, spec in SCENARIOS.items()
+        }
         dist.barrier()
         dist.destroy_process_group()
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
@@ -198,3 +227,15 @@ def test_without_ddp_the_ranks_drift_apart(ddp_results, name):
         moved = [n for n, _ in result["names"][net] if n not in unchanged(result, net)]
         assert moved and sorted(differing(result, net)) == sorted(moved), net
         assert unchanged(result, net) == expected_unchanged(name, result, net)
+
+
+def test_the_issue_12_scenario_runs_every_option(ddp_results):
+    result = ddp_results[0]["resnet-sn-r1-diffaugment-conditional"]
+    assert "r1" in result["metrics"]  # R1 was part of this step's D loss
+    d_names = [n for n, _ in result["names"]["D"]]
+    assert "embed.parametrizations.weight.original" in d_names  # projection, spectral norm
+    assert any(".gain." in n for n, _ in result["names"]["G"])  # conditional BatchNorm
+
+    # Without DDP the same step leaves the ranks apart in both players.
+    control = ddp_results[0]["control-resnet-sn-r1-diffaugment-conditional-no-ddp"]
+    assert len(differing(control, "G")) > 10 and len(differing(control, "D")) > 10

@@ -21,7 +21,7 @@ from test_bad_inputs import _checkpoint, _run_dir
 from distgan.cli import main
 from distgan.config import from_dict
 from distgan.generate import load_generator
-from distgan.models import build_models, generate
+from distgan.models import generate, models_for_job
 
 JOB = {"model": {"arch": "dcgan", "width": 8, "z_dim": 16}, "run": {"name": "r"}}
 
@@ -111,10 +111,12 @@ def test_safetensors_hold_g_ema_and_the_json_says_how_to_rebuild_it(run_dir, tmp
         np.testing.assert_array_equal(tensors[name], value)
 
     info = json.loads((tmp_path / "g.safetensors.json").read_text())
-    assert info["model"] == {"arch": "dcgan", "z_dim": 16, "width": 8}
+    assert info["model"]["arch"] == "dcgan" and info["model"]["z_dim"] == 16
+    assert info["model"]["width"] == 8 and info["num_classes"] == 0
     # What the JSON names is enough to rebuild the network that draws distgan's samples.
-    m, shape = info["model"], tuple(info["output"]["shape"][1:])
-    rebuilt, _ = build_models(m["arch"], m["z_dim"], m["width"], shape)
+    shape = tuple(info["output"]["shape"][1:])
+    model = from_dict({"model": info["model"]}).model
+    rebuilt, _ = models_for_job(model, shape, info["num_classes"])
     rebuilt.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
     z = latents(3, 0)
     with torch.no_grad():

@@ -17,8 +17,8 @@ def activations(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, (nn.LeakyReLU, nn.ReLU, nn.Tanh))]
 
 
-def test_registry_holds_both_architectures():
-    assert set(MODELS) == {"mlp", "dcgan"}
+def test_registry_holds_every_architecture():
+    assert set(MODELS) == {"mlp", "dcgan", "resnet"}
 
 
 def test_reference_mlp_layer_sizes():
@@ -122,8 +122,10 @@ def test_dcgan_rejects_unserved_shapes(shape):
 
 
 def test_unknown_architecture():
-    with pytest.raises(ValueError, match=r"unknown architecture 'resnet'; known: dcgan, mlp"):
-        build_models("resnet", 100, 0, (1, 28, 28))
+    with pytest.raises(
+        ValueError, match=r"unknown architecture 'biggan'; known: dcgan, mlp, resnet"
+    ):
+        build_models("biggan", 100, 0, (1, 28, 28))
 
 
 def test_unwrap_returns_the_inner_module():
@@ -147,10 +149,12 @@ def test_square_sides_come_from_building_each_architecture(monkeypatch):
     assert resolution_warning((3, 32, 32)) is None
     warning = resolution_warning((3, 33, 33))
     assert "dcgan serves 28, 32, 64" in warning and "only mlp" in warning
-    assert "--resolution 28, 32 or 64" in warning
+    assert (
+        "resnet serves 28, 32, 64, 128" in warning and "--resolution 28, 32, 64 or 128" in warning
+    )
 
     # A new architecture is covered by its own ValueError, with no list to update.
-    def only_48(z_dim, width, shape):
+    def only_48(z_dim, width, shape, options):
         if shape[1:] != (48, 48):
             raise ValueError(f"only 48×48, not {shape}")
         return build_models("mlp", z_dim, width, shape)

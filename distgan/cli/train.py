@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     # does besides printing the job.
     manifest = check_job(spec, job_source)
     if resume_from:
-        ckpts.check_compatible(ckpts.load(resume_from), spec, manifest.shape, resume_from)
+        ckpt = ckpts.load(resume_from)
+        ckpts.check_compatible(ckpt, spec, manifest.shape, resume_from, manifest.num_classes)
     if args.dry_run:
         sys.stdout.write(dump_yaml(spec))
         return 0

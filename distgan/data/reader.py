@@ -4,6 +4,10 @@
     source = InMemoryBatches(load_shard(shard, shape), batch_size=64, seed=0, rank=0)
     for x in source.epoch_batches(epoch=0, skip=0): ...   # (B, C, H, W) float in [-1, 1]
 
+    # with labels (class-conditional models): batches are (x, y), y (B,) int64
+    images, labels = load_shard(shard, shape, with_labels=True)
+    source = InMemoryBatches(images, 64, seed=0, rank=0, labels=labels)
+
 Streaming small images through Ray Data is 6–10× slower than slicing a tensor (DESIGN.md), so a
 worker whose shard fits in memory reads it once (``load_shard``) and reshuffles it in torch each
 epoch; a larger shard is streamed again every epoch (``StreamingBatches``). Pixels stay uint8
@@ -22,6 +26,7 @@ import torch
 from distgan.errors import DataError
 
 ROWS_PER_READ = 1024  # rows per Ray Data batch when loading a shard into memory
+Batch = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # images, or (images, labels)
 
 
 def decode_images(batch: dict[str, np.ndarray], shape: tuple[int, int, int]) -> torch.Tensor:
@@ -30,22 +35,32 @@ def decode_images(batch: dict[str, np.ndarray], shape: tuple[int, int, int]) -> 
     return torch.from_numpy(raw.copy()).view(-1, *shape)
 
 
+def decode_labelled(
+    batch: dict[str, np.ndarray], shape: tuple[int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Ray Data batch with ``image`` and ``label`` -> ((N, C, H, W) uint8, (N,) int64)."""
+    labels = torch.from_numpy(np.asarray(batch["label"], dtype=np.int64))
+    return decode_images(batch, shape), labels
+
+
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     """uint8 pixels -> floats in [-1, 1], on whatever device ``x`` is."""
     return x.float().div_(127.5).sub_(1.0)
 
 
-def load_shard(shard, shape: tuple[int, int, int]) -> torch.Tensor:
-    """Reads a whole Ray Data shard (a DataIterator) into one (N, C, H, W) uint8 tensor."""
+def load_shard(shard, shape: tuple[int, int, int], with_labels: bool = False):
+    """Reads a whole Ray Data shard (a DataIterator) into one (N, C, H, W) uint8 tensor, or with
+    ``with_labels`` into (images, labels (N,) int64) (the shard must hold a ``label`` column)."""
+    collate = decode_labelled if with_labels else decode_images
     parts = list(
-        shard.iter_torch_batches(
-            batch_size=ROWS_PER_READ, collate_fn=lambda b: decode_images(b, shape)
-        )
+        shard.iter_torch_batches(batch_size=ROWS_PER_READ, collate_fn=lambda b: collate(b, shape))
     )
     if not parts:
         raise DataError(
             "this worker's data shard is empty; the dataset has fewer rows than workers"
         )
+    if with_labels:
+        return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
     return torch.cat(parts)
 
 
@@ -54,10 +69,17 @@ class InMemoryBatches:
 
     The order of epoch e is a permutation drawn from (seed, epoch, rank), so a resumed run that
     skips the batches it already consumed sees exactly the batches an uninterrupted run would.
+    With ``labels`` (N,) each batch is (images, labels).
     """
 
     def __init__(
-        self, images: torch.Tensor, batch_size: int, seed: int, rank: int, device: torch.device
+        self,
+        images: torch.Tensor,
+        batch_size: int,
+        seed: int,
+        rank: int,
+        device: torch.device,
+        labels: torch.Tensor | None = None,
     ):
         if images.shape[0] < batch_size:
             raise DataError(
@@ -65,6 +87,7 @@ class InMemoryBatches:
                 f"{batch_size}; lower train.batch_size or scale.workers"
             )
         self.images = images.to(device)  # (N, C, H, W) uint8
+        self.labels = None if labels is None else labels.to(device)  # (N,) int64
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
@@ -72,35 +95,52 @@ class InMemoryBatches:
     def __len__(self) -> int:
         return self.images.shape[0] // self.batch_size  # batches per epoch
 
-    def epoch_batches(self, epoch: int, skip: int = 0) -> Iterator[torch.Tensor]:
+    def epoch_batches(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
         g = torch.Generator().manual_seed(hash((self.seed, epoch, self.rank)) % 2**63)
         order = torch.randperm(self.images.shape[0], generator=g).to(self.images.device)
         for i in range(skip, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield to_unit_range(self.images[idx])  # (B, C, H, W)
+            if self.labels is None:
+                yield to_unit_range(self.images[idx])  # (B, C, H, W)
+            else:
+                yield to_unit_range(self.images[idx]), self.labels[idx]
 
 
 class StreamingBatches:
-    """Full batches streamed from the Ray Data shard every epoch (data larger than memory)."""
+    """Full batches streamed from the Ray Data shard every epoch (data larger than memory);
+    (images, labels) with ``with_labels``."""
 
     def __init__(
-        self, shard, shape: tuple[int, int, int], batch_size: int, seed: int, device: torch.device
+        self,
+        shard,
+        shape: tuple[int, int, int],
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        with_labels: bool = False,
     ):
         self.shard = shard
+        self.with_labels = with_labels
         self.shape = shape
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
 
-    def epoch_batches(self, epoch: int, skip: int = 0) -> Iterator[torch.Tensor]:
+    def epoch_batches(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
+        collate = decode_labelled if self.with_labels else decode_images
         batches = self.shard.iter_torch_batches(
             batch_size=self.batch_size,
             drop_last=True,
             local_shuffle_buffer_size=16 * self.batch_size,
             local_shuffle_seed=self.seed + epoch,
             prefetch_batches=2,
-            collate_fn=lambda b: decode_images(b, self.shape),
+            collate_fn=lambda b: collate(b, self.shape),
         )
-        for i, x in enumerate(batches):
-            if i >= skip:
-                yield to_unit_range(x.to(self.device, non_blocking=True))
+        for i, batch in enumerate(batches):
+            if i < skip:
+                continue
+            if self.with_labels:
+                x, y = batch
+                yield to_unit_range(x.to(self.device, non_blocking=True)), y.to(self.device)
+            else:
+                yield to_unit_range(batch.to(self.device, non_blocking=True))

@@ -68,6 +68,12 @@ class ShardManifest:
     class_names: dict[int, str] | None = None  # label -> name, when the source names its classes
 
     @property
+    def num_classes(self) -> int:
+        """Classes of a conditional model on this data: the largest label + 1 (labels are class
+        indices 0..K-1); 0 when the data has no labels."""
+        return max(self.labels) + 1 if self.labels else 0
+
+    @property
     def shard_paths(self) -> list[str]:
         """The shard files in order: absolute paths, or URIs for a dataset in object storage."""
         return [join(self.root, s.file) for s in self.shards]

@@ -5,9 +5,14 @@
     logits = D(x)                # (8,)
     x = generate(G, z_dim=100, n=1000, seed=0)   # (1000, 1, 28, 28) in [-1, 1], batched
 
-An architecture is a function ``(z_dim, width, shape) -> (G, D)`` registered with
-``@register_model("name")``. It raises ``ValueError`` for a shape it cannot serve; the caller
-turns that into a user-facing error naming the job field.
+    G, D = models_for_job(spec.model, shape, num_classes=10)   # the options of a job
+    x = G(z, y)                  # a conditional G: labels y (B,) in 0..num_classes-1
+    logits = D(x, y)             # (B / model.pack,)
+
+An architecture is a function ``(z_dim, width, shape, options) -> (G, D)`` registered with
+``@register_model("name")``. It raises ``ValueError`` for a shape or option it cannot serve;
+the caller turns that into a user-facing error naming the job field. Every G has
+``num_classes`` (0 when unconditional).
 """
 
 from __future__ import annotations
@@ -15,17 +20,52 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distgan.models import dcgan, mlp  # noqa: F401  (each registers its architecture)
-from distgan.models.registry import MODELS
+from distgan.models import dcgan, mlp, resnet  # noqa: F401  (each registers its architecture)
+from distgan.models.registry import MODELS, ModelOptions
 
 
 def build_models(
-    arch: str, z_dim: int, width: int, shape: tuple[int, int, int]
+    arch: str,
+    z_dim: int,
+    width: int,
+    shape: tuple[int, int, int],
+    options: ModelOptions | None = None,
 ) -> tuple[nn.Module, nn.Module]:
-    """Builds (G, D) for images of ``shape`` = (C, H, W). ``width`` 0 means the arch's default."""
+    """Builds (G, D) for images of ``shape`` = (C, H, W). ``width`` 0 means the arch's default;
+    ``options`` None: the plain architecture."""
     if arch not in MODELS:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(MODELS))}")
-    return MODELS[arch](z_dim, width, tuple(shape))
+    return MODELS[arch](z_dim, width, tuple(shape), options or ModelOptions())
+
+
+def models_for_job(
+    model, shape: tuple[int, int, int], num_classes: int = 0
+) -> tuple[nn.Module, nn.Module]:
+    """(G, D) of a job's model section (``config.ModelSpec``) for data of ``shape``.
+
+    ``num_classes``: the data's classes (its manifest); used when ``model.conditional``.
+    """
+    if model.conditional and num_classes < 1:
+        raise ValueError("a conditional model needs labelled data (num_classes ≥ 1)")
+    options = ModelOptions(
+        spectral_norm=model.spectral_norm,
+        mbstd_group=model.mbstd_group,
+        pack=model.pack,
+        output=model.output,
+        num_classes=num_classes if model.conditional else 0,
+    )
+    return build_models(model.arch, model.z_dim, model.width, shape, options)
+
+
+def apply_speed_options(model: nn.Module, channels_last: bool, compile: bool) -> nn.Module:
+    """The job's ``train.channels_last`` and ``train.compile`` applied to a plain module, before
+    DDP wraps it. ``Module.compile`` compiles in place, so parameter names (checkpoints) and the
+    module that EMA copies stay as they were."""
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)  # 4-D weights only; a no-op on mlp
+    if compile:
+        model.compile()
+    return model
 
 
 PROBE_SIDES = range(1, 257)  # the square image sides that ``square_sides`` tries
@@ -51,9 +91,36 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
+def class_labels(G: nn.Module, n: int) -> torch.Tensor | None:
+    """Labels 0, 1, ..., K-1, 0, 1, ... (n of them) for a conditional G of K classes, else None:
+    every class equally often, as evaluation wants."""
+    k = getattr(G, "num_classes", 0)
+    return torch.arange(n) % k if k else None
+
+
 @torch.no_grad()
-def generate(G: nn.Module, z_dim: int, n: int, seed: int, batch: int = 500, device="cpu"):
-    """``n`` samples (n, C, H, W) in [-1, 1] on the CPU; the same seed gives the same latents."""
+def generate(
+    G: nn.Module,
+    z_dim: int,
+    n: int,
+    seed: int,
+    batch: int = 500,
+    device="cpu",
+    labels: torch.Tensor | None = None,
+):
+    """``n`` samples (n, C, H, W) in [-1, 1] on the CPU; the same seed gives the same latents.
+
+    A conditional G draws ``labels`` (n,), or every class in turn when none are given.
+    """
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, z_dim, generator=g)
-    return torch.cat([G(z[i : i + batch].to(device)).float().cpu() for i in range(0, n, batch)])
+    if labels is None:
+        labels = class_labels(G, n)
+    if labels is None:
+        return torch.cat([G(z[i : i + batch].to(device)).float().cpu() for i in range(0, n, batch)])
+    return torch.cat(
+        [
+            G(z[i : i + batch].to(device), labels[i : i + batch].to(device)).float().cpu()
+            for i in range(0, n, batch)
+        ]
+    )

@@ -4,6 +4,9 @@ G: z -> linear to (8w or 4w, 4×4 or 7×7) -> [ConvTranspose 4/2/1, BatchNorm, R
 D: [Conv 4/2/1, LeakyReLU(0.2)] ... -> linear to one logit. D has no BatchNorm: its statistics
 would mix real and fake batches and trip DDP's buffer broadcast (see DESIGN.md).
 ``width`` is the base channel count w (default 64).
+
+Options (``ModelOptions``): spectral norm, minibatch std (before D's head), packing (D's first
+conv reads m× the channels) and classes (G's BatchNorms conditional, D a projection head).
 """
 
 from __future__ import annotations
@@ -11,7 +14,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distgan.models.registry import register_model
+from distgan.models.layers import (
+    LabelSequential,
+    MinibatchStd,
+    batch_norm,
+    pack,
+    projection,
+    spectral_normalize,
+)
+from distgan.models.registry import ModelOptions, register_model
 
 # resolution -> (size of the first feature map, number of 2× upsamplings)
 _LAYOUT = {28: (7, 2), 32: (4, 3), 64: (4, 4)}
@@ -27,46 +38,58 @@ def _layout(shape: tuple[int, int, int]) -> tuple[int, int]:
 
 
 class DCGANGenerator(nn.Module):
-    def __init__(self, z_dim: int, width: int, shape: tuple[int, int, int]):
+    def __init__(self, z_dim: int, width: int, shape: tuple[int, int, int], num_classes: int = 0):
         super().__init__()
         start, ups = _layout(shape)
         ch = width * 2 ** (ups - 1)  # channels of the first feature map
         self.start = (ch, start, start)
-        self.project = nn.Sequential(
+        self.num_classes = num_classes
+        self.project = LabelSequential(
             nn.Linear(z_dim, ch * start * start, bias=False),
             nn.Unflatten(1, self.start),
-            nn.BatchNorm2d(ch),
+            batch_norm(ch, num_classes),
             nn.ReLU(inplace=True),
         )
         blocks: list[nn.Module] = []
         for _ in range(ups - 1):
             blocks += [
                 nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(ch // 2),
+                batch_norm(ch // 2, num_classes),
                 nn.ReLU(inplace=True),
             ]
             ch //= 2
         blocks += [nn.ConvTranspose2d(ch, shape[0], 4, 2, 1), nn.Tanh()]
-        self.body = nn.Sequential(*blocks)
+        self.body = LabelSequential(*blocks)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.body(self.project(z))  # (B, z) -> (B, C, H, W)
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.body(self.project(z, y), y)  # (B, z), labels (B,) -> (B, C, H, W)
 
 
 class DCGANDiscriminator(nn.Module):
-    def __init__(self, width: int, shape: tuple[int, int, int]):
+    def __init__(self, width: int, shape: tuple[int, int, int], options: ModelOptions):
         super().__init__()
         start, ups = _layout(shape)
         layers: list[nn.Module] = []
-        ch_in, ch = shape[0], width
+        ch_in, ch = shape[0] * options.pack, width
         for _ in range(ups):
             layers += [nn.Conv2d(ch_in, ch, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
             ch_in, ch = ch, ch * 2
+        self.pack = options.pack
         self.features = nn.Sequential(*layers)  # (B, C, H, W) -> (B, ch_in, start, start)
-        self.head = nn.Linear(ch_in * start * start, 1)
+        self.mbstd = MinibatchStd(options.mbstd_group) if options.mbstd_group else None
+        features = (ch_in + (self.mbstd is not None)) * start * start
+        self.head = nn.Linear(features, 1)
+        self.embed = nn.Embedding(options.num_classes, features) if options.num_classes else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).flatten(1)).squeeze(1)  # (B,)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.features(pack(x, self.pack))  # (B/m, ch, start, start)
+        if self.mbstd is not None:
+            h = self.mbstd(h)  # (B/m, ch+1, start, start)
+        h = h.flatten(1)
+        logits = self.head(h).squeeze(1)  # (B/m,)
+        if self.embed is not None:
+            logits = logits + projection(h, self.embed, y)
+        return logits
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -75,15 +98,22 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.normal_(m.weight, 0.0, 0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.BatchNorm2d):
+    elif isinstance(m, nn.BatchNorm2d) and m.affine:
         nn.init.normal_(m.weight, 1.0, 0.02)
         nn.init.zeros_(m.bias)
 
 
 @register_model("dcgan")
-def build(z_dim: int, width: int, shape: tuple[int, int, int]) -> tuple[nn.Module, nn.Module]:
+def build(
+    z_dim: int, width: int, shape: tuple[int, int, int], options: ModelOptions
+) -> tuple[nn.Module, nn.Module]:
+    if options.output != "tanh":
+        raise ValueError(f"dcgan's G ends in tanh; output {options.output!r} is served by mlp")
     width = width or 64
-    G, D = DCGANGenerator(z_dim, width, shape), DCGANDiscriminator(width, shape)
+    G = DCGANGenerator(z_dim, width, shape, options.num_classes)
+    D = DCGANDiscriminator(width, shape, options)
     G.apply(_init_weights)
     D.apply(_init_weights)
+    if options.spectral_norm:
+        spectral_normalize(D)
     return G, D

@@ -25,7 +25,7 @@ import torch
 
 from distgan.ema import EMA
 from distgan.errors import CheckpointError
-from distgan.models import build_models, unwrap
+from distgan.models import models_for_job, unwrap
 from distgan.step import Nets
 from distgan.storage import is_uri, join, open_location
 
@@ -79,6 +79,7 @@ def snapshot(
         "batch_in_epoch": state.batch_in_epoch,
         "images_seen": state.images_seen,
         "image_shape": list(state.image_shape),
+        "num_classes": unwrap(nets.G).num_classes,  # of a conditional G, else 0
         "G": unwrap(nets.G).state_dict(),
         "D": unwrap(nets.D).state_dict(),
         "G_ema": state.ema.state_dict() if state.ema else None,
@@ -127,9 +128,12 @@ def _load_weights(G: torch.nn.Module, D: torch.nn.Module, ckpt: dict[str, Any], 
         ) from None
 
 
-def check_compatible(ckpt: dict[str, Any], spec, shape: tuple[int, int, int], source: str) -> None:
-    """CheckpointError unless ``ckpt`` was trained on images of ``shape`` and its G and D load
-    into the models of ``spec`` (a JobSpec). Run on the driver before a resume writes anything."""
+def check_compatible(
+    ckpt: dict[str, Any], spec, shape: tuple[int, int, int], source: str, num_classes: int = 0
+) -> None:
+    """CheckpointError unless ``ckpt`` was trained on images of ``shape`` (and, for a conditional
+    model, ``num_classes`` classes) and its G and D load into the models of ``spec`` (a JobSpec).
+    Run on the driver before a resume writes anything."""
     trained = tuple(ckpt.get("image_shape") or ())
     if trained != tuple(shape):
         raise CheckpointError(
@@ -137,7 +141,13 @@ def check_compatible(ckpt: dict[str, Any], spec, shape: tuple[int, int, int], so
             f"holds {'×'.join(map(str, shape))} images; resume with the data the run was "
             "trained on, or start a new run"
         )
-    G, D = build_models(spec.model.arch, spec.model.z_dim, spec.model.width, shape)
+    trained_classes = int(ckpt.get("num_classes") or 0)  # absent before conditional models
+    if spec.model.conditional and trained_classes != num_classes:
+        raise CheckpointError(
+            f"{source}: trained on {trained_classes} classes, but data.source now holds "
+            f"{num_classes}; resume with the data the run was trained on, or start a new run"
+        )
+    G, D = models_for_job(spec.model, shape, num_classes)
     _load_weights(G, D, ckpt, source)
 
 

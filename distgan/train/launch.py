@@ -24,7 +24,7 @@ from pathlib import Path
 from distgan.config import METRIC_NAMES, JobSpec, to_dict
 from distgan.data import EMBEDDED_DIR, ShardManifest, read_manifest, verify_shards
 from distgan.errors import ClusterError, DataError, JobError, StorageError, UserError
-from distgan.models import build_models
+from distgan.models import models_for_job
 from distgan.progress import duration
 from distgan.storage import Location, check_reachable, display, is_uri, open_location
 from distgan.train.checkpoint import CHECKPOINTS
@@ -89,9 +89,14 @@ def check_storage(spec: JobSpec, job_source: str) -> None:
             raise StorageError(f"{job_source}: {e}") from None
 
 
-def check_model(spec: JobSpec, shape: tuple[int, int, int], job_source: str) -> None:
+def check_model(spec: JobSpec, manifest: ShardManifest, job_source: str) -> None:
+    if spec.model.conditional and not manifest.labels:
+        raise JobError(
+            f"{job_source}: model.conditional: the data at {manifest.root} has no labels; set "
+            "model.conditional: false, or import labelled data (distgan data import ... --labels)"
+        )
     try:
-        build_models(spec.model.arch, spec.model.z_dim, spec.model.width, shape)
+        models_for_job(spec.model, manifest.shape, manifest.num_classes)
     except ValueError as e:
         raise JobError(f"{job_source}: model.arch: {e}; pick another arch or dataset") from None
 
@@ -224,7 +229,7 @@ def check_job(spec: JobSpec, job_source: str) -> ShardManifest:
         verify_shards(manifest, hashes=False)
     except DataError as e:
         raise DataError(f"{job_source}: data.source: {e}") from None
-    check_model(spec, manifest.shape, job_source)
+    check_model(spec, manifest, job_source)
     if spec.eval.every:
         from distgan.train.evaluation import check_evaluation
 
@@ -284,16 +289,18 @@ def launch(
     out = out or sys.stdout
     ray.data.DataContext.get_current().enable_progress_bars = False
     data = open_location(manifest.root, field="data.source")
+    columns = ["image", "label"] if spec.model.conditional else ["image"]
     dataset = ray.data.read_parquet(
         [data.child(s.file).path for s in manifest.shards],
         filesystem=None if data.is_local else data.fs,
-    ).select_columns(["image"])
+    ).select_columns(columns)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "job": to_dict(spec),
             "job_source": job_source,
             "shape": list(manifest.shape),
+            "num_classes": manifest.num_classes,
             "run_dir": run.uri,
             "cache": p.cache,
             "resume_from": resume_from,

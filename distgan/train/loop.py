@@ -34,13 +34,16 @@ from distgan.train.guard import ROLLED_BACK, STOP, Guard
 from distgan.train.outputs import RunOutputs
 
 GRID_SIZE = 64  # samples in each grid (8×8)
+GRID_COLUMNS = 8
+GRID_CLASSES = 10  # a conditional G's grid: one row per class, the first 10 classes
 
 # (metrics, checkpoint snapshot or None) -> None; called by every rank at the same steps.
 Report = Callable[[dict[str, float], "dict[str, Any] | None"], None]
 
 
 class BatchSource(Protocol):
-    def epoch_batches(self, epoch: int, skip: int = 0) -> Iterator[torch.Tensor]: ...
+    # Images (B, C, H, W), or (images, labels (B,)) for a conditional model.
+    def epoch_batches(self, epoch: int, skip: int = 0) -> Iterator[Any]: ...
 
 
 class Evaluator(Protocol):
@@ -75,7 +78,7 @@ class _Meter:
         return dict(zip(keys, means))
 
 
-def _batches(source: BatchSource, state: TrainState) -> Iterator[torch.Tensor]:
+def _batches(source: BatchSource, state: TrainState) -> Iterator[Any]:
     """Real batches forever, epoch after epoch, keeping the position in ``state``."""
     while True:
         seen = 0
@@ -102,9 +105,24 @@ def sampling_generator(state: TrainState) -> Iterator[torch.nn.Module]:
 
 
 @torch.no_grad()
-def sample_grid(state: TrainState, z: torch.Tensor) -> torch.Tensor:
+def sample_grid(
+    state: TrainState, z: torch.Tensor, labels: torch.Tensor | None = None
+) -> torch.Tensor:
     with sampling_generator(state) as G:
-        return G(z)
+        return G(z) if labels is None else G(z, labels)
+
+
+def grid_inputs(
+    z: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
+    """The grid's latents, labels and columns: ``z`` as it is for an unconditional G; for a
+    conditional one, GRID_COLUMNS latents repeated in one row per class (up to GRID_CLASSES), so
+    that a column shows one latent across the classes."""
+    if not num_classes:
+        return z, None, None
+    rows = min(num_classes, GRID_CLASSES)
+    labels = torch.arange(rows, device=z.device).repeat_interleave(GRID_COLUMNS)  # (rows·8,)
+    return z[:GRID_COLUMNS].repeat(rows, 1), labels, GRID_COLUMNS
 
 
 def run(
@@ -129,7 +147,7 @@ def run(
     z_dim = spec.model.z_dim
     # The grid's latents are the same in every run of a job and across resumes.
     fixed_z = torch.randn(GRID_SIZE, z_dim, generator=torch.Generator().manual_seed(t.seed))
-    fixed_z = fixed_z.to(device)
+    fixed_z, fixed_labels, grid_columns = grid_inputs(fixed_z.to(device), state.nets.num_classes)
 
     # Non-finite steps are skipped, then rolled back, then stop the run (train/guard.py).
     guard = Guard(spec, dist.rank(), outputs.checkpoints_uri if outputs else None)
@@ -153,8 +171,13 @@ def run(
         before = time.perf_counter()
         reals = [next(batches) for _ in range(spec.optim.n_critic)]
         waited += time.perf_counter() - before
+        labels = None
+        if state.nets.num_classes:  # conditional: each batch is (images, labels)
+            reals, labels = [x for x, _ in reals], [y for _, y in reals]
         log_now = (state.step + 1) % t.log_every == 0 or state.step + 1 == t.steps
-        step_metrics = train_step(state.nets, reals, sample_z, measure=log_now)
+        step_metrics = train_step(
+            state.nets, reals, sample_z, measure=log_now, real_labels=labels, step=state.step
+        )
         skipped = bool(step_metrics["skipped"])  # the same on every rank
         meter.add({"skipped": step_metrics["skipped"]} if skipped else step_metrics)
         state.step += 1
@@ -200,7 +223,8 @@ def run(
         if outputs is not None:
             outputs.write_metrics(metrics)
         if outputs is not None and (sample_now or final):
-            outputs.write_samples(step, to_uint8(sample_grid(state, fixed_z)))
+            grid = to_uint8(sample_grid(state, fixed_z, fixed_labels))
+            outputs.write_samples(step, grid, grid_columns)
         ckpt = None
         if checkpoint_now or final:
             rngs = dist.all_gather_object(rng_state())

@@ -122,9 +122,10 @@ class RunOutputs:
         self.run.write_text(METRICS, "\n".join(self._lines) + "\n")
         self.events.scalars(int(step), record)
 
-    def write_samples(self, step: int, images: np.ndarray) -> str:
+    def write_samples(self, step: int, images: np.ndarray, columns: int | None = None) -> str:
+        """A grid of ``images`` (``columns`` wide: a conditional grid has one row per class)."""
         name = f"samples/step_{step:06d}.png"
-        self.run.write_bytes(name, grid_png(images))
+        self.run.write_bytes(name, grid_png(images, columns))
         self.events.samples(step, images)
         return self.run.child(name).uri
 

@@ -1,6 +1,9 @@
 """Trains GANs on the synthetic mixtures of ``metrics/modes.py``, in one process, without Ray.
 
     G, history = train_synthetic(SOURCES["grid25"], "nonsaturating", steps=5000)
+    # G with a linear output (no tanh squashing the outer modes), D judging pairs (PacGAN):
+    options = ModelOptions(output="linear", pack=2)
+    G, history = train_synthetic(SOURCES["grid25"], "nonsaturating", 5000, options=options)
     with torch.no_grad():
         score = score_modes(G(torch.randn(2500, 64)), SOURCES["grid25"])
 
@@ -16,16 +19,21 @@ import torch
 
 from distgan.losses import get_loss
 from distgan.metrics.modes import SyntheticModes, score_modes
-from distgan.models import build_models
+from distgan.models import ModelOptions, build_models
 from distgan.step import Nets, train_step
 
 
 def make_nets(
-    arch: str, shape: tuple[int, int, int], loss_kind: str, z_dim: int, width: int
+    arch: str,
+    shape: tuple[int, int, int],
+    loss_kind: str,
+    z_dim: int,
+    width: int,
+    options: ModelOptions | None = None,
 ) -> Nets:
     """G, D and Adam (lr 1e-4, betas (0.5, 0.9): the usual toy-problem setting) for
-    ``loss_kind``."""
-    G, D = build_models(arch, z_dim, width, shape)
+    ``loss_kind``; ``options`` of the models (None: the plain ones)."""
+    G, D = build_models(arch, z_dim, width, shape, options)
     return Nets(
         G=G,
         D=D,
@@ -49,8 +57,11 @@ def train_synthetic(
     z_dim: int = 64,
     width: int = 128,
     log_every: int = 500,
+    options: ModelOptions | None = None,
 ) -> tuple[torch.nn.Module, list[dict[str, float]]]:
     """Trains the mlp GAN on ``source`` for ``steps`` G steps, on this process, without Ray.
+    ``options``: the mlp's options, e.g. ``ModelOptions(output="linear", pack=2)``; ``batch``
+    must then be a multiple of the pack.
 
     Each G step follows ``n_critic(loss_kind)`` D steps, each on a fresh real batch of ``batch``.
     Returns (G in eval mode, history): one dict per ``log_every`` steps and one at the end, with
@@ -58,7 +69,7 @@ def train_synthetic(
     """
     torch.manual_seed(seed)  # G's and D's initial weights
     gen = torch.Generator().manual_seed(seed)  # real batches and latents
-    nets = make_nets("mlp", (2, 1, 1), loss_kind, z_dim, width)
+    nets = make_nets("mlp", (2, 1, 1), loss_kind, z_dim, width, options)
     k = n_critic(loss_kind)
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()

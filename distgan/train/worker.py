@@ -15,11 +15,12 @@ import ray.train
 import ray.train.torch
 import torch
 
+from distgan.augment import parse_policy
 from distgan.config import dump_yaml, from_dict
 from distgan.data.reader import InMemoryBatches, StreamingBatches, load_shard
-from distgan.ema import EMA
+from distgan.ema import make_ema
 from distgan.losses import get_loss
-from distgan.models import build_models, unwrap
+from distgan.models import apply_speed_options, models_for_job, unwrap
 from distgan.step import Nets
 from distgan.train import checkpoint as ckpts
 from distgan.train.loop import run
@@ -28,10 +29,15 @@ from distgan.train.outputs import RunOutputs
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def build_nets(spec, shape: tuple[int, int, int], device: torch.device, wrap) -> Nets:
-    """G, D (each passed through ``wrap``, e.g. Ray's prepare_model), Adam for each, the loss."""
-    G, D = build_models(spec.model.arch, spec.model.z_dim, spec.model.width, shape)
-    G, D = wrap(G.to(device), False), wrap(D.to(device), True)
+def build_nets(
+    spec, shape: tuple[int, int, int], device: torch.device, wrap, num_classes: int = 0
+) -> Nets:
+    """G, D (each passed through ``wrap``, e.g. Ray's prepare_model), Adam for each, the loss.
+    ``num_classes``: the data's classes, for a conditional model (``model.conditional``)."""
+    t = spec.train
+    G, D = models_for_job(spec.model, shape, num_classes)
+    G, D = (apply_speed_options(m.to(device), t.channels_last, t.compile) for m in (G, D))
+    G, D = wrap(G, False), wrap(D, True)
     o = spec.optim
     precision = spec.train.precision
     return Nets(
@@ -42,6 +48,10 @@ def build_nets(spec, shape: tuple[int, int, int], device: torch.device, wrap) ->
         loss=get_loss(spec.loss.kind),
         gp_weight=spec.loss.gp_weight,
         clip=spec.loss.clip,
+        r1_gamma=spec.loss.r1_gamma,
+        r1_every=spec.loss.r1_every,
+        augment=parse_policy(t.diffaugment),
+        num_classes=unwrap(G).num_classes,
         autocast_dtype=_AUTOCAST[precision],
         scaler_g=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
         scaler_d=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
@@ -80,8 +90,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     if spec.train.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(spec.train.seed)  # the same initial weights on every rank
-    nets = build_nets(spec, shape, device, _prepare)
-    ema = EMA(unwrap(nets.G), spec.train.ema_decay) if spec.train.ema else None
+    nets = build_nets(spec, shape, device, _prepare, config.get("num_classes", 0))
+    ema = make_ema(unwrap(nets.G), spec.train)
     state = ckpts.TrainState(nets, ema, shape)
     torch.manual_seed(spec.train.seed + 1 + rank)  # different latents on each rank
 
@@ -97,16 +107,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
 
     per_worker = spec.train.batch_size // world
     shard = ray.train.get_dataset_shard("train")
-    if spec.train.deterministic:
-        # Every worker is handed the whole dataset in file order (launch.py); it keeps its rows.
-        images = load_shard(shard, shape)[rank::world].clone()
-        source = InMemoryBatches(images, per_worker, spec.train.seed, rank, device)
-    elif config["cache"]:
-        source = InMemoryBatches(
-            load_shard(shard, shape), per_worker, spec.train.seed, rank, device
-        )
+    labelled = spec.model.conditional  # batches of (images, labels)
+    if spec.train.deterministic or config["cache"]:
+        data = load_shard(shard, shape, labelled)
+        images, labels = data if labelled else (data, None)
+        if spec.train.deterministic:
+            # Every worker is handed the whole dataset in file order (launch.py); it keeps its rows.
+            images = images[rank::world].clone()
+            labels = None if labels is None else labels[rank::world].clone()
+        source = InMemoryBatches(images, per_worker, spec.train.seed, rank, device, labels)
     else:
-        source = StreamingBatches(shard, shape, per_worker, spec.train.seed, device)
+        source = StreamingBatches(shard, shape, per_worker, spec.train.seed, device, labelled)
 
     def report(metrics: dict[str, float], snapshot: dict | None) -> None:
         name = ckpts.checkpoint_dir_name(int(metrics["step"]))

@@ -111,7 +111,7 @@ def pbt_trial(context: SearchContext):
     def train_pbt_trial(config: dict[str, Any]) -> None:
         from distgan.data import load_arrays
         from distgan.data.reader import InMemoryBatches
-        from distgan.ema import EMA
+        from distgan.ema import make_ema
         from distgan.train import checkpoint as ckpts
         from distgan.train.evaluation import InTrainingEvaluator
         from distgan.train.loop import run
@@ -124,8 +124,9 @@ def pbt_trial(context: SearchContext):
         torch.set_num_threads(max(1, round(p.workers * p.cpus_per_worker)))
         shape = context.manifest.shape
         torch.manual_seed(spec.train.seed)
-        nets = build_nets(spec, shape, device, lambda model, is_d: model)
-        ema = EMA(nets.G, spec.train.ema_decay) if spec.train.ema else None
+        num_classes = context.manifest.num_classes
+        nets = build_nets(spec, shape, device, lambda model, is_d: model, num_classes)
+        ema = make_ema(nets.G, spec.train)
         state = ckpts.TrainState(nets, ema, shape)
         torch.manual_seed(spec.train.seed + 1)
 
@@ -147,9 +148,10 @@ def pbt_trial(context: SearchContext):
             exploit["lr_d"] = nets.opt_d.param_groups[0]["lr"]
             append_exploit(context.search_dir, exploit)
 
-        images, _ = load_arrays(context.manifest)  # (N, C, H, W) uint8
+        images, labels = load_arrays(context.manifest)  # (N, C, H, W) uint8, (N,) int64
+        labels = torch.from_numpy(labels) if spec.model.conditional else None
         batches = InMemoryBatches(
-            torch.from_numpy(images), spec.train.batch_size, spec.train.seed, 0, device
+            torch.from_numpy(images), spec.train.batch_size, spec.train.seed, 0, device, labels
         )
         evaluate = InTrainingEvaluator(spec, p.evaluation, device)
         extra = {"exploited_from": exploit["donor"]} if exploit else {}

@@ -1,0 +1,401 @@
+"""Class-conditional models (issue 12): conditional BatchNorm in G, the projection head in D,
+labels from the shards through the reader, the step and the loop into sample grids, checkpoints
+and ``distgan sample --class``; and the new job fields' rules. One process, no Ray.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from torch import nn
+
+from distgan import errors
+from distgan.cli import main
+from distgan.config import dump_yaml, from_dict, load_job
+from distgan.data import write_shards
+from distgan.data.reader import InMemoryBatches, StreamingBatches, load_shard
+from distgan.ema import make_ema
+from distgan.generate import load_generator
+from distgan.images import to_uint8
+from distgan.models import ModelOptions, build_models, generate
+from distgan.models.layers import ConditionalBatchNorm2d
+from distgan.search_space import parse_space
+from distgan.step import train_step
+from distgan.train import checkpoint as ckpts
+from distgan.train.loop import grid_inputs, run
+from distgan.train.outputs import RunOutputs
+from distgan.train.worker import build_nets
+
+Z_DIM = 8
+SHAPE = (1, 28, 28)
+CLASSES = 4
+
+
+def conditional(arch: str, **options) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    return build_models(arch, Z_DIM, 4, SHAPE, ModelOptions(num_classes=CLASSES, **options))
+
+
+# --- conditional BatchNorm and the projection head -------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+def test_conditional_batchnorm_makes_g_depend_on_the_class(arch):
+    G, _ = conditional(arch)
+    norms = [m for m in G.modules() if isinstance(m, ConditionalBatchNorm2d)]
+    assert norms and G.num_classes == CLASSES
+    z = torch.randn(4, Z_DIM)
+    G.eval()  # BatchNorm from running statistics: each sample on its own
+    # At initialisation every class has gain 1 and bias 0: a plain BatchNorm.
+    assert torch.allclose(G(z, torch.zeros(4, dtype=torch.long)), G(z, torch.ones(4).long()))
+    with torch.no_grad():
+        for norm in norms:  # what training would do: a gain and a bias of each class's own
+            norm.gain.weight.normal_(1.0, 0.5)
+            norm.bias.weight.normal_(0.0, 0.5)
+    by_class = [G(z, torch.full((4,), k)) for k in range(CLASSES)]
+    for a in range(CLASSES):
+        for b in range(a + 1, CLASSES):
+            assert not torch.allclose(by_class[a], by_class[b], atol=1e-4), (a, b)
+    # One class's sample does not depend on the labels of the rest of the batch.
+    mixed = G(z, torch.tensor([2, 0, 1, 3]))
+    assert torch.allclose(mixed[0], by_class[2][0], atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+def test_projection_head_adds_the_class_embedding_times_the_features(arch):
+    _, D = conditional(arch)
+    x = torch.rand(3, *SHAPE) * 2 - 1
+    features = []
+    D.head.register_forward_hook(lambda m, args, out: features.append((args[0], out)))
+    for k in range(CLASSES):
+        y = torch.full((3,), k)
+        logits = D(x, y)
+        h, head = features[-1]
+        expected = head.squeeze(1) + (D.embed.weight[k] * h).sum(1)
+        assert torch.allclose(logits, expected, atol=1e-5)
+    assert not torch.allclose(D(x, torch.zeros(3).long()), D(x, torch.ones(3).long()))
+
+
+def test_packed_projection_sums_the_embeddings_of_a_packs_labels():
+    _, D = conditional("dcgan", pack=2)
+    x = torch.rand(4, *SHAPE) * 2 - 1
+    swapped = D(x, torch.tensor([1, 0, 3, 2]))
+    assert torch.allclose(D(x, torch.tensor([0, 1, 2, 3])), swapped)  # a pack's labels as a set
+    assert not torch.allclose(D(x, torch.tensor([0, 0, 2, 3])), swapped)
+
+
+def test_unconditional_models_have_no_class_layers():
+    G, D = build_models("dcgan", Z_DIM, 4, SHAPE)
+    assert G.num_classes == 0 and D.embed is None
+    assert not [m for m in G.modules() if isinstance(m, (ConditionalBatchNorm2d, nn.Embedding))]
+    with pytest.raises(ValueError, match="mlp has no conditional version"):
+        build_models("mlp", Z_DIM, 4, SHAPE, ModelOptions(num_classes=3))
+
+
+class Recorder(nn.Module):
+    """Calls ``model`` and records the labels it was given."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.labels: list[torch.Tensor | None] = []
+
+    def forward(self, x, y=None):
+        self.labels.append(y)
+        return self.model(x, y)
+
+
+def test_step_gives_d_the_real_labels_and_g_and_d_the_same_drawn_labels():
+    from distgan.losses import get_loss
+    from distgan.step import Nets
+
+    G, D = conditional("dcgan")
+    G, D = Recorder(G), Recorder(D)
+    nets = Nets(
+        G,
+        D,
+        torch.optim.Adam(G.parameters()),
+        torch.optim.Adam(D.parameters()),
+        get_loss("nonsaturating"),
+        num_classes=CLASSES,
+    )
+    real_labels = torch.tensor([3, 3, 1, 0])
+    torch.manual_seed(1)
+    train_step(
+        nets, [torch.rand(4, *SHAPE)], lambda n: torch.randn(n, Z_DIM), real_labels=[real_labels]
+    )
+    (drawn,) = G.labels  # one G forward: its output is reused by the G step
+    assert drawn.shape == (4,) and drawn.dtype == torch.long
+    assert drawn.min() >= 0 and drawn.max() < CLASSES
+    d_step_labels, g_step_labels = D.labels
+    assert torch.equal(d_step_labels, torch.cat([real_labels, drawn]))
+    assert torch.equal(g_step_labels, drawn)
+
+
+# --- labels through the reader ---------------------------------------------------------------
+
+
+class FakeShard:
+    """What Ray Data hands a worker, enough for the reader: numpy batches through collate_fn."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.rows = [(img.tobytes(), int(y)) for img, y in zip(images, labels)]
+
+    def iter_torch_batches(self, batch_size, collate_fn, drop_last=False, **_):
+        for i in range(0, len(self.rows), batch_size):
+            chunk = self.rows[i : i + batch_size]
+            if drop_last and len(chunk) < batch_size:
+                return
+            batch = {
+                "image": np.array([r[0] for r in chunk], dtype=object),
+                "label": np.array([r[1] for r in chunk], dtype=np.int64),
+            }
+            yield collate_fn(batch)
+
+
+def labelled_images(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images whose every pixel is 10 × their label: a batch shows whether labels kept up."""
+    labels = np.arange(n) % CLASSES
+    images = np.repeat(labels * 10, 28 * 28).reshape(n, *SHAPE).astype(np.uint8)
+    return images, labels
+
+
+def pixel_label(x: torch.Tensor) -> torch.Tensor:
+    """The label an image of ``labelled_images`` encodes, from its [-1, 1] pixels."""
+    return ((x[:, 0, 0, 0] + 1) * 127.5 / 10).round().long()
+
+
+def test_load_shard_and_in_memory_batches_keep_labels_with_their_images():
+    shard = FakeShard(*labelled_images(40))
+    images = load_shard(shard, SHAPE)
+    assert images.shape == (40, *SHAPE)  # without labels: as before
+    images, labels = load_shard(shard, SHAPE, with_labels=True)
+    assert labels.dtype == torch.long and labels.tolist() == [i % CLASSES for i in range(40)]
+    source = InMemoryBatches(images, 8, seed=0, rank=0, device=torch.device("cpu"), labels=labels)
+    batches = list(source.epoch_batches(0))
+    assert len(batches) == 5
+    for x, y in batches:
+        assert x.shape == (8, *SHAPE) and torch.equal(pixel_label(x), y)
+    assert sorted(torch.cat([y for _, y in batches]).tolist()) == sorted(labels.tolist())
+
+
+def test_streaming_batches_yield_labels():
+    shard = FakeShard(*labelled_images(24))
+    source = StreamingBatches(shard, SHAPE, 8, 0, torch.device("cpu"), with_labels=True)
+    batches = list(source.epoch_batches(0, skip=1))
+    assert len(batches) == 2
+    for x, y in batches:
+        assert torch.equal(pixel_label(x), y)
+    plain = StreamingBatches(shard, SHAPE, 8, 0, torch.device("cpu"))
+    assert all(isinstance(x, torch.Tensor) for x in plain.epoch_batches(0))
+
+
+# --- the loop, checkpoints and sampling ------------------------------------------------------
+
+
+def test_grid_has_one_row_per_class_of_eight_columns():
+    z = torch.randn(64, Z_DIM)
+    same, labels, columns = grid_inputs(z, 0)
+    assert same is z and labels is None and columns is None
+    grid_z, labels, columns = grid_inputs(z, 4)
+    assert columns == 8 and labels.tolist() == [k for k in range(4) for _ in range(8)]
+    assert torch.equal(grid_z[:8], z[:8]) and torch.equal(grid_z[8:16], z[:8])  # a column, a z
+    assert grid_inputs(z, 25)[1].max() == 9  # the first 10 classes
+
+
+CONDITIONAL_JOB = {
+    "model": {"arch": "dcgan", "width": 4, "z_dim": Z_DIM, "conditional": True},
+    "loss": {"kind": "hinge", "r1_gamma": 1.0, "r1_every": 2},
+    "train": {
+        "steps": 3,
+        "batch_size": 8,
+        "log_every": 1,
+        "sample_every": 1,
+        "checkpoint_every": 3,
+        "diffaugment": "color,translation",
+        "ema_kimg": 0.1,
+    },
+    "scale": {"workers": 1},
+}
+
+
+def conditional_job(**model) -> dict:
+    return {**CONDITIONAL_JOB, "model": {**CONDITIONAL_JOB["model"], **model}}
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory):
+    """A conditional dcgan (with SN, R1, DiffAugment, EMA half-life) trained 3 steps by the real
+    loop on labelled images, written as a run directory with its checkpoint."""
+    run_dir = tmp_path_factory.mktemp("conditional_run")
+    spec = from_dict(conditional_job(spectral_norm=True))
+    torch.manual_seed(0)
+    nets = build_nets(spec, SHAPE, torch.device("cpu"), lambda m, is_d: m, CLASSES)
+    state = ckpts.TrainState(nets, make_ema(nets.G, spec.train), SHAPE)
+    images, labels = labelled_images(32)
+    source = InMemoryBatches(
+        torch.from_numpy(images), 8, 0, 0, torch.device("cpu"), torch.from_numpy(labels)
+    )
+    reported = []
+    result = run(
+        state,
+        source,
+        spec,
+        device=torch.device("cpu"),
+        report=lambda m, ckpt: reported.append(ckpt),
+        outputs=RunOutputs(run_dir),
+        job_yaml=dump_yaml(spec),
+    )
+    folder = run_dir / "checkpoints" / ckpts.checkpoint_dir_name(3)
+    folder.mkdir(parents=True)
+    ckpts.save(reported[-1], folder)
+    return run_dir, result, reported[-1], state
+
+
+def test_the_loop_trains_a_conditional_model_with_every_option(conditional_run):
+    run_dir, result, ckpt, state = conditional_run
+    assert result["step"] == 3 and np.isfinite(result["d_loss"]) and result["skipped"] == 0
+    assert state.nets.num_classes == CLASSES and state.nets.augment == ("color", "translation")
+    assert state.nets.r1_gamma == 1.0 and "r1" in result  # steps 0 and 2 of 3 carry R1
+    assert ckpt["num_classes"] == CLASSES
+    # The sample grid: one row per class (4), 8 columns of 28 pixels with 2 between.
+    grid = Image.open(run_dir / "samples" / "step_000003.png")
+    assert grid.size == (8 * 30 + 2, 4 * 30 + 2)
+
+
+def test_load_generator_rebuilds_the_conditional_g(conditional_run):
+    run_dir, _, ckpt, _ = conditional_run
+    G, spec, _, _ = load_generator(run_dir)
+    assert spec.model.conditional and G.num_classes == CLASSES
+    x = generate(G, Z_DIM, 8, seed=0)  # every class in turn
+    assert x.shape == (8, *SHAPE)
+
+
+def test_sample_draws_the_class_asked_for(conditional_run, tmp_path, capsys):
+    run_dir, *_ = conditional_run
+    out = tmp_path / "x.npy"
+    assert main(["sample", str(run_dir), "--n", "5", "--class", "2", "--out", str(out)]) == 0
+    assert "5 samples of class 2" in capsys.readouterr().out
+    G, _, _, _ = load_generator(run_dir)
+    expected = to_uint8(generate(G, Z_DIM, 5, 0, labels=torch.full((5,), 2)))
+    assert np.array_equal(np.load(out), expected)
+    other = to_uint8(generate(G, Z_DIM, 5, 0, labels=torch.full((5,), 3)))
+    assert not np.array_equal(np.load(out), other)
+
+
+def test_resuming_a_conditional_run_on_other_classes_is_refused(conditional_run):
+    _, _, ckpt, _ = conditional_run
+    spec = from_dict(conditional_job(spectral_norm=True))
+    ckpts.check_compatible(ckpt, spec, SHAPE, "ckpt", num_classes=CLASSES)
+    with pytest.raises(
+        errors.CheckpointError, match="trained on 4 classes, but data.source now holds 10"
+    ):
+        ckpts.check_compatible(ckpt, spec, SHAPE, "ckpt", num_classes=10)
+
+
+# --- the job fields --------------------------------------------------------------------------
+
+BAD_VALUES = [
+    ("model.spectral_norm", "yes", "expected true or false"),
+    ("model.mbstd_group", -1, "expected a number of at least 0"),
+    ("model.pack", 0, "expected a number of at least 1"),
+    ("model.output", "sigmoid", "'sigmoid' is not one of tanh, linear"),
+    ("model.conditional", 1, "expected true or false"),
+    ("loss.r1_gamma", -1, "expected a number of at least 0.0"),
+    ("loss.r1_every", 0, "expected a number of at least 1"),
+    ("train.ema_kimg", -0.5, "expected a number of at least 0.0"),
+    ("train.ema_rampup", "soon", "expected a number of at least 0.0"),
+    ("train.diffaugment", 3, "expected a string"),
+    ("train.diffaugment", "color,flip", "unknown augmentation 'flip'"),
+    ("train.channels_last", "on", "expected true or false"),
+    ("train.compile", 2, "expected true or false"),
+]
+
+
+@pytest.mark.parametrize("dotted, value, message", BAD_VALUES, ids=lambda v: str(v))
+def test_each_new_field_is_validated(tmp_path, dotted, value, message):
+    section, name = dotted.split(".")
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({section: {name: value}}))
+    with pytest.raises(errors.JobError) as info:
+        load_job(path)
+    assert str(info.value).startswith(f"{path}: {dotted}: ") and message in str(info.value)
+
+
+CROSS_RULES = [
+    ({"model": {"pack": 3}, "train": {"batch_size": 32}}, "model.pack",
+     "model.pack: 3 does not divide the per-worker batch of 16"),
+    ({"model": {"mbstd_group": 3, "pack": 2}, "train": {"batch_size": 32}}, "model.mbstd_group",
+     "does not divide the 8 inputs D sees per worker"),
+    ({"model": {"output": "linear"}}, "model.output", "served by arch mlp only"),
+    ({"model": {"arch": "mlp", "conditional": True}}, "model.conditional",
+     "mlp has no conditional version"),
+    ({"loss": {"r1_gamma": 1.0}, "train": {"compile": True}}, "train.compile",
+     "cannot be differentiated twice"),
+    ({"loss": {"kind": "wgan-gp"}, "train": {"compile": True}}, "train.compile", "wgan-gp"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("job, dotted, message", CROSS_RULES, ids=lambda v: str(v)[:30])
+def test_rules_between_fields(job, dotted, message):
+    with pytest.raises(errors.JobError) as info:
+        from_dict(job, source="jobs/x.yaml")
+    assert str(info.value).startswith(f"jobs/x.yaml: {dotted}: ") and message in str(info.value)
+
+
+def test_new_fields_defaults_keep_the_old_behaviour():
+    spec = from_dict({})
+    m, t = spec.model, spec.train
+    assert (m.spectral_norm, m.mbstd_group, m.pack, m.output, m.conditional) == (
+        False, 0, 1, "tanh", False
+    )  # fmt: skip
+    assert (spec.loss.r1_gamma, t.ema_kimg, t.diffaugment, t.channels_last, t.compile) == (
+        0.0, 0.0, "", False, False
+    )  # fmt: skip
+    ok = {"model": {"arch": "resnet", "pack": 2, "mbstd_group": 4}, "train": {"batch_size": 16}}
+    assert from_dict({**ok, "scale": {"workers": 2}}).model.pack == 2
+
+
+def test_a_search_space_over_the_new_fields_parses():
+    spec = from_dict(
+        {
+            "tune": {
+                "space": {
+                    "loss.r1_gamma": "loguniform(0.1, 10)",
+                    "model.spectral_norm": "choice([true, false])",
+                    "train.diffaugment": "grid(['', 'color,translation'])",
+                    "model.arch": "choice([dcgan, resnet])",
+                }
+            }
+        }
+    )
+    domains = parse_space(spec, "jobs/x.yaml")
+    assert domains["loss.r1_gamma"].values == (0.1, 10.0)
+    assert domains["model.arch"].values == ("dcgan", "resnet")
+    with pytest.raises(errors.JobError, match="tune.space.model.output: 'sigmoid' is not one of"):
+        from_dict({"tune": {"space": {"model.output": "choice([tanh, sigmoid])"}}})
+
+
+# --- the job against its data, before Ray ----------------------------------------------------
+
+
+def test_dry_run_refuses_a_conditional_job_on_unlabelled_data(tmp_path, capsys):
+    images, labels = labelled_images(16)
+    write_shards(images, None, tmp_path / "plain", source="test")
+    write_shards(images, labels, tmp_path / "labelled", source="test")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        yaml.safe_dump(
+            {"data": {"source": str(tmp_path / "plain")}, "model": {"conditional": True}}
+        )
+    )
+    assert main(["train", str(job), "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert f"{job}: model.conditional: the data at" in err and "has no labels" in err
+    assert "model.conditional: false" in err
+    assert main(["train", str(job), "--dry-run", "--set", f"data.source={tmp_path}/labelled"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["conditional"] is True
