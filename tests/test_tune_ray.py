@@ -16,8 +16,8 @@ from distgan.config import load_job
 from distgan.train import checkpoint as ckpts
 from distgan.train.launch import check_job
 from distgan.train.outputs import read_metrics
-from distgan.tune.exploits import EXPLOITS
-from distgan.tune.trials import TRIALS
+from distgan.tune.exploits import read_exploits
+from distgan.tune.trials import PROGRESS_LOG, TRIALS
 
 pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray-a")]  # conftest.py
 
@@ -74,6 +74,9 @@ def test_asha_stops_a_hopeless_trial_and_writes_a_best_yaml_job(ray_cluster, tmp
     # Each trial is a run directory of its own, trained by a TorchTrainer with the job's scale
     # (one worker here: two DDP workers are what test_train_ray.py and the PBT test run).
     assert len(list((search_dir / TRIALS).glob("*/checkpoints"))) == 2
+    # Its progress lines are in its folder (the search prints one line per evaluation).
+    progress = (search_dir / TRIALS / good["trial_id"] / PROGRESS_LOG).read_text()
+    assert "step 60/60" in progress and "step 60/60" not in out
 
     # best.yaml is a job: `distgan train` resolves it, and it passes every check made before
     # Ray (data, model); training a job file is what test_train_ray.py tests.
@@ -97,7 +100,7 @@ def test_pbt_clones_the_donor_state_and_applies_new_learning_rates(ray_cluster, 
     job = tiny_job(tmp_path, "pbt", END, tune)
     search_dir, rows, out = search(tmp_path, job, capsys)
 
-    exploits = [json.loads(line) for line in (search_dir / EXPLOITS).read_text().splitlines()]
+    exploits = read_exploits(str(search_dir))
     assert exploits, "PBT never cloned a trial"
     assert "exploit: trial" in out
     for e in exploits:
