@@ -257,3 +257,28 @@ def test_sample_uses_best_when_a_trial_folder_has_no_other_checkpoint(search, tm
     folder.mkdir(parents=True)
     ckpts.save(checkpoint(spec, 60, math.nan), folder)
     assert resolve_checkpoint(trial) == trial / "checkpoints" / "step_0000060"
+
+
+def test_a_search_in_storage_is_resumed_by_its_uri(tmp_path, capsys):
+    from distgan.submit import prepare
+
+    spec = from_dict(pbt_job(tmp_path))
+    search_dir = open_location(f"file://{tmp_path}/runs/00000-pbt-tune", field="run.storage")
+    search_dir.write_text("job.resolved.yaml", dump_yaml(spec))
+    search_dir.write_text("tune/tuner.pkl", "Tune's state")
+    # Submitted, it runs `distgan tune --resume` on the cluster (a run's goes to train).
+    job = prepare(None, [], resume=f"file://{search_dir.path}")
+    assert job.entrypoint.startswith("python -m distgan.cli tune --resume file://")
+    run = open_location(tmp_path / "runs" / "00001-pbt", field="run.storage")
+    run.write_text("job.resolved.yaml", dump_yaml(spec))
+    assert prepare(None, [], resume=run.uri).entrypoint.startswith("python -m distgan.cli train")
+
+    # `distgan tune --resume URI` reads the search's own job there, and refuses another one
+    # before Ray starts; a URI that holds no search is one line.
+    argv = ["tune", "--resume", f"file://{search_dir.path}", "--set", "optim.lr_d=1e-3"]
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "differs from the search being resumed" in line
+    assert main(["tune", "--resume", f"file://{tmp_path}/elsewhere"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "not a distgan search directory (no job.resolved.yaml)" in line
