@@ -170,6 +170,26 @@ class Location:
             raise storage_error(join(self.uri, rel), "location", e) from None
 
 
+class LogFile:
+    """A text stream (for ``print(..., file=log)``) kept in ``location/rel``: object stores
+    cannot append, so each flush writes the whole text again. It goes on from the file's text,
+    when there is one. Meant for logs of a few hundred lines."""
+
+    def __init__(self, location: Location, rel: str):
+        self.location, self.rel = location, rel
+        self._text = location.read_text(rel) if location.is_file(rel) else ""
+        self._written = len(self._text)
+
+    def write(self, text: str) -> int:
+        self._text += text
+        return len(text)
+
+    def flush(self) -> None:
+        if len(self._text) != self._written:
+            self.location.write_text(self.rel, self._text)
+            self._written = len(self._text)
+
+
 def open_location(location: str | Path, field: str) -> Location:
     """Opens a local path or a URI; StorageError naming ``field`` when pyarrow cannot."""
     location = str(location)

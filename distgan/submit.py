@@ -293,7 +293,8 @@ def check_env_names(names: list[str]) -> dict[str, str]:
 
 def entrypoint(verb: str, job_rel: str | None, overrides: list[str], resume: str = "") -> str:
     """The shell command the cluster runs: ``distgan train`` (or ``tune`` for a job with a
-    ``tune:`` section) on the shipped job file, or ``train --resume RUN``."""
+    ``tune:`` section) on the shipped job file, or ``train --resume RUN`` (``tune --resume`` for
+    a search)."""
     args = ["python", "-m", "distgan.cli", verb]
     args += [job_rel] if job_rel else []
     args += ["--resume", resume] if resume else []
@@ -332,20 +333,21 @@ def prepare(
 ) -> Submission:
     """Validates the job here (no cluster needed) and builds what the Jobs API is sent.
 
-    ``resume``: a run in shared storage to continue (its own job, with ``overrides``)."""
+    ``resume``: a run or a search in shared storage to continue (its own job, with
+    ``overrides``)."""
     env = check_env_names(list(env_names))
     root = project_root()
     if resume:
-        spec, job_rel, base = _resume_job(resume, job_file, overrides, root)
+        spec, job_rel, base, verb = _resume_job(resume, job_file, overrides, root)
     else:
         if not job_file:
             raise JobError("distgan submit: a job file is required (or --resume RUN)")
         spec = load_job(job_file, overrides)  # a bad job never reaches the cluster
         base = root or Path(job_file).resolve().parent
         job_rel = _relative_job(job_file, base)
+        verb = "tune" if spec.tune.space else "train"
     check_cluster_paths(spec, job_file or resume)
     _check_model(spec, job_file or resume)
-    verb = "tune" if spec.tune.space and not resume else "train"
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Submission(
         spec=spec,
@@ -367,11 +369,13 @@ def _relative_job(job_file: str, base: Path) -> str:
 
 
 def _resume_job(resume: str, job_file: str | None, overrides: list[str], root: Path | None):
-    """A run to continue on the cluster: it must be in storage the cluster reaches (a URI or a
-    shared absolute path), and is read here to validate the job and the overrides."""
+    """A run or a search to continue on the cluster: it must be in storage the cluster reaches
+    (a URI or a shared absolute path), and is read here to validate the job and the overrides.
+    Returns (the job, the job file to ship or None, the project's folder, the verb)."""
     from distgan.config import RESOLVED_JOB, parse_job
     from distgan.storage import is_uri
     from distgan.train.outputs import existing_run_dir
+    from distgan.tune.search import EXPERIMENT
 
     if not is_uri(resume) and not Path(resume).is_absolute():
         raise JobError(
@@ -381,9 +385,10 @@ def _resume_job(resume: str, job_file: str | None, overrides: list[str], root: P
     run = existing_run_dir(resume)
     resolved = run.child(RESOLVED_JOB)
     base = root or Path.cwd()
+    verb = "tune" if run.is_dir(EXPERIMENT) else "train"  # a search keeps Tune's state there
     if job_file:
-        return load_job(job_file, overrides), _relative_job(job_file, base), base
-    return parse_job(resolved.read_bytes(), str(resolved), overrides), None, base
+        return load_job(job_file, overrides), _relative_job(job_file, base), base, verb
+    return parse_job(resolved.read_bytes(), str(resolved), overrides), None, base, verb
 
 
 def _check_model(spec: JobSpec, job_file: str) -> None:

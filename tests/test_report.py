@@ -9,7 +9,6 @@ every image decodes, and a screenshot is saved.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from distgan.report import REPORT, build_report, write_report
 from distgan.report.page import Section, page
 from distgan.storage import Location, open_location
 from distgan.train.outputs import RunOutputs, write_resolved
-from distgan.tune.exploits import EXPLOITS, exploit_record
+from distgan.tune.exploits import exploit_record, record_exploit
 from distgan.tune.results import TrialRow, write_results
 from distgan.tune.space import trial_spec
 from distgan.tune.trials import TRIALS
@@ -71,9 +70,9 @@ def search_dir(tmp_path_factory) -> Path:
     donor = trial_spec(spec, {"optim.lr_g": 2e-4}, "test")
     clone = trial_spec(spec, {"optim.lr_g": 2.4e-4}, "test")
     exploit = exploit_record("t_00002", "t_00000", 20, donor, clone)  # as a PBT trial writes it
-    (search / EXPLOITS).write_text(json.dumps(exploit) + "\n")
+    record_exploit(str(search), exploit)
     rows.sort(key=lambda r: r.best)
-    write_results(rows, spec, search)
+    write_results(rows, spec, open_location(str(search), field="search"))
     return search
 
 

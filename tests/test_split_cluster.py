@@ -325,3 +325,56 @@ def test_a_killed_worker_restarts_from_storage_then_stop_and_resume(
     steps = [r["step"] for r in rows]
     assert steps == sorted(set(steps))  # one line a step, the checkpoint's not twice
     assert json.loads(s3.read("runs", f"{run}/status.json"))["status"] == "done"
+
+
+def test_submitted_search_lives_in_the_storage(split_cluster, in_bucket, client, capsys):
+    """A search submitted to the split cluster keeps all of it in the bucket: Tune's state, each
+    trial's run directory (written on the worker node), results.csv, best.yaml, best_samples/;
+    nothing of it is on the head's disk, where the search's driver runs."""
+    from distgan.config import parse_job
+
+    cluster, s3 = split_cluster, in_bucket
+    s3.create_bucket("searches")
+    local_runs = sorted((REPO / "runs").iterdir())
+
+    # Two trials one after the other, one worker each, two evaluations of a few images each.
+    overrides = [
+        "train.steps=40", "train.log_every=20", "train.sample_every=20",
+        "eval.every=20", "eval.n_samples=64", "eval.n_real=256", "scale.workers=1",
+        "tune.space={optim.lr_g: 'grid([2e-4, 1e-3])'}", "tune.num_samples=1",
+        "tune.scheduler=fifo", "tune.max_concurrent_trials=1",
+        f"run.storage={s3.uri('searches', 's')}", f"data.source={s3.uri('data', 'embedded')}",
+    ]  # fmt: skip
+    code, _, out, err = submit(["jobs/tune_quickstart.yaml", "--wait"], overrides, capsys)
+    assert code == 0, out[-3000:] + err
+    assert "best: s3://searches/s/" in out
+
+    keys = s3.keys("searches", "s/")
+    (resolved,) = [k for k in keys if k.count("/") == 2 and k.endswith("/job.resolved.yaml")]
+    search = resolved.removesuffix("/job.resolved.yaml")
+    assert search.endswith("-tune_quickstart-tune")
+    rows = s3.read("searches", f"{search}/results.csv").decode().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("trial_id,status,optim.lr_g,best_fid")
+    best = parse_job(s3.read("searches", f"{search}/best.yaml"), "best.yaml")
+    assert best.optim.lr_g in (2e-4, 1e-3) and best.tune.space == {}
+    assert [k for k in keys if k.startswith(f"{search}/best_samples/step_")]
+    # Tune's experiment state (what --resume reads) is there too.
+    assert f"{search}/tune/tuner.pkl" in keys
+    # Each trial's run directory was written on the worker node, into the bucket.
+    trials = {k.split("/")[3] for k in keys if k.startswith(f"{search}/trials/")} - {""}
+    assert len(trials) == 2
+    for trial in trials:
+        run = f"{search}/trials/{trial}"
+        metrics = [
+            json.loads(line) for line in s3.read("searches", f"{run}/metrics.jsonl").splitlines()
+        ]
+        assert [m["step"] for m in metrics if "fid" in m] == [20, 40]
+        assert "step 40/40" in s3.read("searches", f"{run}/progress.log").decode()
+        assert f"{run}/job.resolved.yaml" in keys and f"{run}/best/state.pt" in keys
+
+    # Nothing of the search on the head's disk: not in the project's runs/, not in the head's
+    # Ray temp dir (where the search's driver ran).
+    assert sorted((REPO / "runs").iterdir()) == local_runs
+    head_files = {p.name for p in cluster.head_temp_dir.rglob("*")}
+    names = {"job.resolved.yaml", "metrics.jsonl", "results.csv", "best.yaml", "progress.log"}
+    assert not head_files & names

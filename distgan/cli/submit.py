@@ -3,9 +3,9 @@
 Validates the job here, ships it with the project to a Ray cluster through the Jobs API (the
 entrypoint runs ``distgan train`` there, or ``distgan tune`` for a job with a ``tune:`` section)
 and prints the job id and the dashboard address. ``--env NAME`` passes a variable of this shell
-(credentials, endpoints) to the job; ``--resume RUN`` continues a run kept in shared storage.
-``--wait`` follows the job's log until it ends; a job that fails is one error line with its
-status and exit reason (its last log lines are printed just above it).
+(credentials, endpoints) to the job; ``--resume RUN`` continues a run (or a search) kept in
+shared storage. ``--wait`` follows the job's log until it ends; a job that fails is one error line
+with its status and exit reason (its last log lines are printed just above it).
 """
 
 from __future__ import annotations
@@ -42,7 +42,10 @@ def add_parser(verbs) -> None:
         "its value is never printed or written into the run",
     )
     p.add_argument(
-        "--resume", metavar="RUN", default="", help="continue a run in run.storage (its URI)"
+        "--resume",
+        metavar="RUN",
+        default="",
+        help="continue a run or a search in run.storage (its URI)",
     )
     p.add_argument("--wait", action="store_true", help="follow the job's log until it ends")
     p.set_defaults(run=run)

@@ -2,21 +2,23 @@
 
 Searches the values of the job's ``tune.space`` with Ray Tune: each trial trains the job with its
 sampled values and reports ``tune.metric`` (FID by default) at every evaluation; ASHA stops poor
-trials early, PBT clones the best ones. The search directory ``runs/<id>-<name>-tune/`` ends with
-``results.csv``, ``best.yaml`` (ready for ``distgan train``) and the best trial's samples.
-``--resume`` continues an interrupted search from Tune's saved state.
+trials early, PBT clones the best ones. The search directory ``<run.storage or run.root>/<id>-
+<name>-tune/`` (a folder or a URI) ends with ``results.csv``, ``best.yaml`` (ready for ``distgan
+train``) and the best trial's samples. ``--resume SEARCH`` (the folder or its URI) continues an
+interrupted search from Tune's saved state.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
-from pathlib import Path
 
 from distgan.cli.flags import add_overrides_flag
-from distgan.config import RESOLVED_JOB, load_job
+from distgan.config import RESOLVED_JOB, load_job, parse_job
 from distgan.errors import JobError
+from distgan.storage import display
 
 
 def add_parser(verbs) -> None:
@@ -29,72 +31,89 @@ def add_parser(verbs) -> None:
         "job", nargs="?", help="job file with a tune section, e.g. jobs/tune_quickstart.yaml"
     )
     add_overrides_flag(p, "tune.num_samples=8")
-    p.add_argument("--resume", metavar="SEARCH_DIR", help="continue an interrupted search")
+    p.add_argument(
+        "--resume", metavar="SEARCH_DIR", help="continue an interrupted search (folder or URI)"
+    )
     p.set_defaults(run=run)
 
 
 def _resume_spec(args: argparse.Namespace):
-    search_dir = Path(args.resume)
-    if not (search_dir / RESOLVED_JOB).is_file():
+    """The search to continue (a folder or a URI in run.storage), its own job, and the source
+    named in messages."""
+    from distgan.storage import open_location
+
+    search = open_location(args.resume, field="--resume")
+    resolved = search.child(RESOLVED_JOB)
+    if not search.is_file(RESOLVED_JOB):
         raise JobError(
-            f"{search_dir}: not a distgan search directory (no {RESOLVED_JOB}); pass a folder "
-            "runs/<id>-<name>-tune/"
+            f"{search}: not a distgan search directory (no {RESOLVED_JOB}); pass a folder "
+            "runs/<id>-<name>-tune/ or the search's URI in run.storage"
         )
-    spec = load_job(search_dir / RESOLVED_JOB)
+    spec = parse_job(resolved.read_bytes(), str(resolved))
     if args.job or args.overrides:
-        given = load_job(args.job or search_dir / RESOLVED_JOB, args.overrides)
+        if args.job:
+            given = load_job(args.job, args.overrides)
+        else:
+            given = parse_job(resolved.read_bytes(), str(resolved), args.overrides)
         if given != spec:
             raise JobError(
-                f"{args.job or '--set'}: differs from the search being resumed ({search_dir}); "
-                f"resume with its own job: distgan tune --resume {search_dir}"
+                f"{args.job or '--set'}: differs from the search being resumed ({search}); "
+                f"resume with its own job: distgan tune --resume {shlex.quote(search.uri)}"
             )
-    return spec, search_dir, str(search_dir / RESOLVED_JOB)
+    return spec, search, str(resolved)
 
 
 def run(args: argparse.Namespace) -> int:
-    from distgan.train.launch import ray_session, wait_seconds
-    from distgan.train.outputs import new_run_dir, write_resolved
-    from distgan.tune.results import format_table, trial_rows, write_results
+    from distgan.train.launch import check_storage, ray_session, wait_seconds
+    from distgan.train.outputs import new_run_dir, storage_home, write_resolved
+    from distgan.tune.results import RESULTS, format_table, trial_rows, write_results
     from distgan.tune.search import check_search, run_search
+    from distgan.tune.trials import TRIALS
 
     if args.resume:
-        spec, search_dir, source = _resume_spec(args)
+        spec, search, source = _resume_spec(args)
     else:
         if not args.job:
             raise JobError("distgan tune: a job file is required (or --resume SEARCH_DIR)")
         spec = load_job(args.job, args.overrides)
-        search_dir, source = None, args.job
+        search, source = None, args.job
     check_search(spec, source)
+    check_storage(spec, source)
     t0 = time.monotonic()
     with ray_session():
-        if search_dir is None:
-            search_dir = Path(new_run_dir(spec.run.root, f"{spec.run.name}-tune").path)
-            write_resolved(spec, search_dir)
+        if search is None:
+            # The search's home is its storage (run.storage), like a run's: on a cluster the
+            # trials run on nodes that share no disk with this driver.
+            search = new_run_dir(storage_home(spec.run), f"{spec.run.name}-tune")
+            write_resolved(spec, search)
         t = spec.tune
         print(
-            f"distgan tune: {search_dir} · {t.scheduler} · {t.num_samples} sample(s) of "
+            f"distgan tune: {search} · {t.scheduler} · {t.num_samples} sample(s) of "
             f"{', '.join(t.space)} · {t.metric} every {spec.eval.every} steps"
             + (" · resuming" if args.resume else ""),
             flush=True,
         )
         try:
-            grid, interrupted = run_search(spec, Path(search_dir), source, bool(args.resume))
+            grid, interrupted = run_search(spec, search, source, bool(args.resume))
         except KeyboardInterrupt:
             interrupted = True
         if interrupted:
-            sys.stderr.write(f"interrupted; continue with: distgan tune --resume {search_dir}\n")
+            sys.stderr.write(
+                f"interrupted; continue with: distgan tune --resume {shlex.quote(search.uri)}\n"
+            )
             return 130
-    rows = trial_rows(grid, spec, search_dir)
-    best = write_results(rows, spec, Path(search_dir))
+    rows = trial_rows(grid, spec, search)
+    best = write_results(rows, spec, search)
     print(format_table(rows, spec))
     print(
         f"done: {len(rows)} trials, {sum(r.steps for r in rows):,} training steps in "
-        f"{wait_seconds(t0)} · {Path(search_dir) / 'results.csv'}"
+        f"{wait_seconds(t0)} · {search.child(RESULTS)}"
     )
     if best is None:
-        print(
-            "no trial measured the metric; see the trials' logs under", Path(search_dir) / "trials"
-        )
+        print("no trial measured the metric; see the trials' logs under", search.child(TRIALS))
         return 1
-    print(f"best: {best}  (train it: distgan train {best})")
+    if search.is_local:
+        print(f"best: {best}  (train it: distgan train {best})")
+    else:  # distgan train and submit read job files from this machine's disk
+        print(f"best: {display(best)}  (copy it here, then: distgan train best.yaml)")
     return 0

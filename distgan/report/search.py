@@ -1,7 +1,7 @@
 """The report of a search: the objective of every trial over the steps, PBT's exploits, results.
 
 Read through the search folder's ``Location``: ``trials/<id>/metrics.jsonl`` and
-``job.resolved.yaml`` of each trial, ``exploits.jsonl`` (PBT), ``results.csv`` and ``best.yaml``
+``job.resolved.yaml`` of each trial, ``exploits/`` (PBT), ``results.csv`` and ``best.yaml``
 (written when the search ends), ``best_samples/``. The layout is tune/'s (trials.py, results.py).
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 
 from distgan.config import RESOLVED_JOB, JobSpec, load_resolved
@@ -17,7 +16,7 @@ from distgan.report.charts import Line, Point, chart, data_uri
 from distgan.report.page import Section, chart_img, facts, grid_figure, note, pre, table
 from distgan.report.run import read_records, sample_grids, series
 from distgan.storage import Location
-from distgan.tune.exploits import EXPLOITS
+from distgan.tune.exploits import read_exploits
 from distgan.tune.results import BEST_JOB, BEST_SAMPLES, RESULTS
 from distgan.tune.search import search_mode
 from distgan.tune.trials import TRIALS
@@ -56,9 +55,7 @@ def search_sections(search: Location, spec: JobSpec) -> list[Section]:
 
 
 def _exploits(search: Location) -> list[dict]:
-    if not search.is_file(EXPLOITS):
-        return []
-    return [json.loads(line) for line in search.read_text(EXPLOITS).splitlines() if line.strip()]
+    return read_exploits(search)
 
 
 def _value_at(records: list[dict], metric: str, step: float) -> float | None:

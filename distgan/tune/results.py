@@ -1,8 +1,11 @@
 """What a finished search leaves: a table on screen, ``results.csv``, ``best.yaml``, samples.
 
-    rows = trial_rows(grid, spec)                 # one TrialRow per trial, best first
-    write_results(rows, spec, search_dir)         # results.csv, best.yaml, best_samples/
+    rows = trial_rows(grid, spec, search)         # one TrialRow per trial, best first
+    write_results(rows, spec, search)             # results.csv, best.yaml, best_samples/
     print(format_table(rows, spec))
+
+``search`` is the search directory, a ``storage.Location`` (a local folder or a URI): the trials'
+files are read from it and the results written into it, whole.
 
 ``best.yaml`` is the searched job with the best trial's values (those of its best step) filled in
 and no ``tune`` section, ready for ``distgan train best.yaml`` or for submission; after a PBT
@@ -14,14 +17,16 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
-import shutil
+import posixpath
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from distgan.config import JobSpec, TuneSpec, dump_yaml, load_resolved
-from distgan.train.outputs import BEST, read_best, read_metrics
+from distgan.images import grid_png
+from distgan.storage import Location
+from distgan.train.outputs import BEST, METRICS, read_best, read_metrics
 from distgan.tune.exploits import format_schedule, read_exploits, resolved_values, schedule
 from distgan.tune.search import search_mode
 from distgan.tune.space import sampled_values, trial_spec
@@ -42,18 +47,18 @@ class TrialRow:
     steps: int  # the last step it trained
 
 
-def trial_rows(grid, spec: JobSpec, search_dir: str | Path | None = None) -> list[TrialRow]:
+def trial_rows(grid, spec: JobSpec, search: Location | None = None) -> list[TrialRow]:
     """One row per trial of a ResultGrid, best first (trials never measured last).
 
-    A trial's figures come from its own ``metrics.jsonl`` under ``search_dir`` where it has one:
+    A trial's figures come from its own ``metrics.jsonl`` under ``search`` where it has one:
     Tune's metrics table of a trial that PBT restored can lack the results after the restore.
     """
     metric, higher = spec.tune.metric, search_mode(spec) == "max"
     rows = []
     for result in grid:
-        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
-        own = trial_run_dir(search_dir, trial_id) if search_dir is not None else None
-        if own is not None and (own / "metrics.jsonl").is_file():
+        trial_id = (result.metrics or {}).get("trial_id") or posixpath.basename(result.path)
+        own = trial_run_dir(search, trial_id) if search is not None else None
+        if own is not None and own.is_file(METRICS):
             logged = read_metrics(own)
             points = [(float(m[metric]), int(m["step"])) for m in logged if metric in m]
             steps = max((int(m["step"]) for m in logged), default=0)
@@ -91,47 +96,47 @@ def best_job(spec: JobSpec, row: TrialRow) -> JobSpec:
     return dataclasses.replace(best, tune=TuneSpec(), run=run)
 
 
-def write_results(rows: list[TrialRow], spec: JobSpec, search_dir: Path) -> Path | None:
-    """Writes results.csv and, when a trial measured the metric, best.yaml and best_samples/.
+def write_results(rows: list[TrialRow], spec: JobSpec, search: Location) -> str | None:
+    """Writes results.csv and, when a trial measured the metric, best.yaml and best_samples/
+    into the search directory ``search``.
 
-    Returns the path of best.yaml, or None when no trial measured anything."""
+    Returns the URI (or local path) of best.yaml, or None when no trial measured anything."""
     keys = list(spec.tune.space)
     metric = spec.tune.metric
-    with open(search_dir / RESULTS, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["trial_id", "status", *keys, f"best_{metric}", "best_step", "steps"])
-        for r in rows:
-            w.writerow([r.trial_id, r.status, *(r.values.get(k) for k in keys),
-                        r.best, r.best_step, r.steps])  # fmt: skip
+    table = io.StringIO(newline="")
+    w = csv.writer(table)
+    w.writerow(["trial_id", "status", *keys, f"best_{metric}", "best_step", "steps"])
+    for r in rows:
+        w.writerow([r.trial_id, r.status, *(r.values.get(k) for k in keys),
+                    r.best, r.best_step, r.steps])  # fmt: skip
+    search.write_text(RESULTS, table.getvalue())
     if not rows or math.isnan(rows[0].best):
         return None
-    trial_dir = trial_run_dir(search_dir, rows[0].trial_id)
+    trial_dir = trial_run_dir(search, rows[0].trial_id)
     # A PBT trial's values change at its exploits: best.yaml takes those of its best step.
     winner = dataclasses.replace(rows[0], values=_values_at_best(trial_dir, spec, rows[0]))
+    best_job_file = search.child(BEST_JOB)
+    # `distgan train` reads a job file on this machine's disk.
+    train_it = best_job_file if search.is_local else f"{BEST_JOB} (copied from {best_job_file})"
     header = (
-        f"# The best trial ({winner.trial_id}) of the search {search_dir}:\n"
+        f"# The best trial ({winner.trial_id}) of the search {search}:\n"
         f"# {metric} {winner.best:.6g} at step {winner.best_step}, with "
         + ", ".join(f"{k}={v}" for k, v in winner.values.items())
-        + f"\n#   distgan train {search_dir / BEST_JOB}\n"
+        + f"\n#   distgan train {train_it}\n"
     )
     if spec.tune.scheduler == "pbt":
-        segments = schedule(
-            read_exploits(search_dir), winner.trial_id, winner.values, winner.best_step
-        )
+        segments = schedule(read_exploits(search), winner.trial_id, winner.values, winner.best_step)
         header += (
             f"# PBT schedule: the values that trained the state of step {winner.best_step}, "
             "and the trials that held it (each exploit took a donor's state):\n"
             + "".join(f"#   {line}\n" for line in format_schedule(segments))
         )
-    path = search_dir / BEST_JOB
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(header + dump_yaml(best_job(spec, winner)))
-    tmp.replace(path)
-    write_best_samples(trial_dir, winner.best_step, search_dir / BEST_SAMPLES)
-    return path
+    search.write_text(BEST_JOB, header + dump_yaml(best_job(spec, winner)))
+    write_best_samples(trial_dir, winner.best_step, search.child(BEST_SAMPLES))
+    return best_job_file.uri
 
 
-def _values_at_best(trial_dir: Path, spec: JobSpec, row: TrialRow) -> dict[str, Any]:
+def _values_at_best(trial_dir: Location, spec: JobSpec, row: TrialRow) -> dict[str, Any]:
     """The searched values the trial's best checkpoint (``best/``) was trained with, or the row's
     (its last values) when it kept none of that step."""
     from distgan.train import checkpoint as ckpts
@@ -139,34 +144,36 @@ def _values_at_best(trial_dir: Path, spec: JobSpec, row: TrialRow) -> dict[str, 
     best = read_best(trial_dir)
     if best is None or best["step"] != row.best_step:
         return row.values
-    job = load_resolved(ckpts.load(trial_dir / BEST)["job"], source=str(trial_dir / BEST))
+    folder = trial_dir.child(BEST)
+    job = load_resolved(ckpts.load(folder.uri)["job"], source=str(folder))
     resolved = resolved_values(job)
     return {k: resolved[k] for k in row.values}
 
 
-def write_best_samples(trial_dir: Path, step: int, out: Path) -> Path | None:
+def write_best_samples(trial_dir: Location, step: int, out: Location) -> str | None:
     """``out/step_<step>.png``: the trial's grid of ``step``, the one it wrote then, or drawn from
-    its ``best/`` checkpoint of that step on the run's fixed grid latents (train.seed). None when
-    it has neither (its earlier best_samples/ is removed either way)."""
-    shutil.rmtree(out, ignore_errors=True)
+    its ``best/`` checkpoint of that step on the run's fixed grid latents (train.seed). Returns
+    its URI (or local path); None when it has neither (its earlier best_samples/ is removed
+    either way)."""
+    out.delete_dir("")
     name = f"step_{step:06d}.png"
-    written = trial_dir / "samples" / name
+    written = f"samples/{name}"
     best = read_best(trial_dir)
-    if not written.is_file() and (best is None or best["step"] != step):
+    if trial_dir.is_file(written):
+        out.write_bytes(name, trial_dir.read_bytes(written))
+        return out.child(name).uri
+    if best is None or best["step"] != step:
         return None
-    out.mkdir(parents=True)
-    if written.is_file():
-        shutil.copy2(written, out / name)
-        return out / name
     from distgan.generate import load_generator
-    from distgan.images import save_grid, to_uint8
+    from distgan.images import to_uint8
     from distgan.models import generate
     from distgan.train.loop import GRID_SIZE
 
-    G, job, _, _ = load_generator(trial_dir / BEST)
+    G, job, _, _ = load_generator(trial_dir.child(BEST).uri)
     # The loop's grid latents: torch.randn(GRID_SIZE, z_dim) from a generator seeded train.seed.
     images = to_uint8(generate(G, job.model.z_dim, GRID_SIZE, job.train.seed))
-    return save_grid(images, out / name)
+    out.write_bytes(name, grid_png(images))
+    return out.child(name).uri
 
 
 def format_table(rows: list[TrialRow], spec: JobSpec) -> str:

@@ -2,11 +2,15 @@
 
     check_search(spec, "jobs/tune_quickstart.yaml")       # before anything starts
     with ray_session():
-        grid = run_search(spec, search_dir, "jobs/tune_quickstart.yaml", resume=False)
+        grid = run_search(spec, search, "jobs/tune_quickstart.yaml", resume=False)
 
-The search directory holds ``job.resolved.yaml`` (the job searched, written first), Tune's
-experiment state in ``tune/`` (what ``--resume`` restores), and ``trials/<id>/``, one run
-directory per trial. ``tune/results.py`` adds the table, ``results.csv`` and ``best.yaml``.
+The search directory (a ``storage.Location``: under ``run.storage`` when the job sets it, else
+``run.root``) holds ``job.resolved.yaml`` (the job searched, written first), Tune's experiment
+state in ``tune/`` (what ``--resume`` restores; PBT's checkpoints too), ``trials/<id>/``, one run
+directory per trial, and PBT's ``exploits/``. ``tune/results.py`` adds the table, ``results.csv``
+and ``best.yaml``. Tune and every trial write there through the storage's file system, so a
+search whose trials run on nodes that share no disk keeps all of it in one place, and PBT's clones
+read their donors' checkpoints from it.
 
 How ``scale`` applies: with ``fifo`` and ``asha`` each trial is a TorchTrainer with the job's
 ``scale.workers`` DDP workers, sized so that ``tune.max_concurrent_trials`` trials fit on the
@@ -18,11 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 from distgan.config import JobSpec, to_dict
 from distgan.errors import ClusterError, JobError
 from distgan.search_space import parse_space
+from distgan.storage import Location
 from distgan.tune.space import to_ray
 
 EXPERIMENT = "tune"  # Tune's experiment folder inside the search directory
@@ -152,8 +156,14 @@ def trial_plan(spec: JobSpec, source: str):
     return manifest, dataclasses.replace(share, evaluation=p.evaluation)
 
 
-def run_search(spec: JobSpec, search_dir: Path, source: str, resume: bool):
-    """Runs (or, with ``resume``, continues) the search into ``search_dir``.
+def tune_storage(search: Location) -> tuple[str, object | None]:
+    """Tune's ``storage_path`` and ``storage_filesystem`` for the search directory (no file
+    system for a local one: Tune's default)."""
+    return search.path, None if search.is_local else search.fs
+
+
+def run_search(spec: JobSpec, search: Location, source: str, resume: bool):
+    """Runs (or, with ``resume``, continues) the search into the directory ``search``.
 
     Returns (the ResultGrid, whether it was interrupted with trials left to run).
 
@@ -166,7 +176,7 @@ def run_search(spec: JobSpec, search_dir: Path, source: str, resume: bool):
 
     base = searched_job(spec)
     manifest, p = trial_plan(base, source)
-    context = SearchContext(to_dict(base), source, str(search_dir.resolve()), manifest, p)
+    context = SearchContext(to_dict(base), source, search.uri, manifest, p)
     t = base.tune
     if t.scheduler == "pbt":
         resources = {"GPU": 1, "CPU": 1} if p.use_gpu else {"CPU": p.workers * p.cpus_per_worker}
@@ -176,16 +186,17 @@ def run_search(spec: JobSpec, search_dir: Path, source: str, resume: bool):
         # Ray Data's tasks run outside every placement group, on the CPU that plan() leaves free.
         trainable = tune.with_resources(trainer_trial(context), {"CPU": TRIAL_DRIVER_CPUS})
     param_space = {k: to_ray(d) for k, d in parse_space(base, source).items()}
-    experiment = search_dir.resolve() / EXPERIMENT
+    storage_path, fs = tune_storage(search)
+    experiment = search.child(EXPERIMENT)
     if resume:
-        if not tune.Tuner.can_restore(str(experiment)):
+        if not tune.Tuner.can_restore(experiment.path, storage_filesystem=fs):
             raise JobError(
-                f"{search_dir}: no search state to resume in {experiment}; start a new search "
+                f"{search}: no search state to resume in {experiment}; start a new search "
                 "with distgan tune JOB"
             )
         tuner = tune.Tuner.restore(
-            str(experiment), trainable, resume_unfinished=True, resume_errored=True,
-            param_space=param_space,
+            experiment.path, trainable, resume_unfinished=True, resume_errored=True,
+            param_space=param_space, storage_filesystem=fs,
         )  # fmt: skip
     else:
         tuner = tune.Tuner(
@@ -202,7 +213,8 @@ def run_search(spec: JobSpec, search_dir: Path, source: str, resume: bool):
             ),
             run_config=tune.RunConfig(
                 name=EXPERIMENT,
-                storage_path=str(search_dir.resolve()),
+                storage_path=storage_path,
+                storage_filesystem=fs,
                 callbacks=[SearchProgress(t.metric, list(t.space))],
                 verbose=0,
             ),
@@ -210,7 +222,7 @@ def run_search(spec: JobSpec, search_dir: Path, source: str, resume: bool):
     grid = tuner.fit()
     # On Ctrl-C Tune saves its state and returns as if done: the saved state (what --resume
     # reads) tells whether trials are left unfinished or were never started.
-    saved = tune.ExperimentAnalysis(str(experiment)).trials
+    saved = tune.ExperimentAnalysis(experiment.path, storage_filesystem=fs).trials
     expected = t.num_samples * math.prod(
         len(d.values) for d in parse_space(base, source).values() if d.kind == "grid"
     )

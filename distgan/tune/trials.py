@@ -5,8 +5,9 @@
 
 Every trial trains the base job with its sampled values (``tune/space.py: trial_spec``) into
 ``<search>/trials/<trial_id>/``, a run directory like ``distgan train``'s (job.resolved.yaml,
-metrics.jsonl, samples/, best/), and reports to Tune only the evaluations (the reports that carry
-``tune.metric``; Tune rejects a result without it).
+metrics.jsonl, samples/, best/, and a fifo/asha trial's checkpoints/ and progress.log) in the
+search's storage, from whichever node the trial runs on, and reports to Tune only the evaluations
+(the reports that carry ``tune.metric``; Tune rejects a result without it).
 
 Two shapes, because of Ray 2.60 (DESIGN.md, "Tune"):
 - ``trainer_trial`` runs a TorchTrainer (DDP over ``scale.workers``) whose reports reach Tune
@@ -33,12 +34,14 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from distgan.config import JobSpec, dump_yaml, from_dict, load_resolved
 from distgan.data import ShardManifest
+from distgan.storage import Location, LogFile, open_location
 from distgan.train.launch import Plan
 from distgan.train.outputs import write_resolved
-from distgan.tune.exploits import append_exploit, exploit_record, progress_lines
+from distgan.tune.exploits import exploit_record, progress_lines, record_exploit
 
 TRIALS = "trials"  # inside the search directory: one run directory per trial
 ORIGIN = "origin.json"  # inside each PBT checkpoint: which trial wrote it
+PROGRESS_LOG = "progress.log"  # inside a fifo/asha trial's run directory: launch's lines
 
 
 @dataclass(frozen=True)
@@ -47,16 +50,19 @@ class SearchContext:
 
     job: dict  # the base JobSpec as a dict, eval.metric set to tune.metric
     job_source: str
-    search_dir: str  # absolute
+    search_dir: str  # the search's URI, or its absolute path
     manifest: ShardManifest
     plan: Plan  # a trial's workers and CPUs, with the evaluation config
 
 
-def trial_run_dir(search_dir: str | Path, trial_id: str) -> Path:
-    return Path(search_dir) / TRIALS / trial_id
+def trial_run_dir(search_dir: Location | str, trial_id: str) -> Location:
+    """``<search>/trials/<trial_id>``, in the search's storage."""
+    if not isinstance(search_dir, Location):
+        search_dir = open_location(search_dir, field="run.storage")
+    return search_dir.child(TRIALS, trial_id)
 
 
-def _start_trial(context: SearchContext, config: dict[str, Any]) -> tuple[JobSpec, Path, str]:
+def _start_trial(context: SearchContext, config: dict[str, Any]) -> tuple[JobSpec, Location, str]:
     """The trial's JobSpec, its run directory (with job.resolved.yaml) and its id."""
     from distgan.tune.space import sampled_values, trial_spec
 
@@ -66,7 +72,6 @@ def _start_trial(context: SearchContext, config: dict[str, Any]) -> tuple[JobSpe
         base, sampled_values(config, base), f"{context.job_source} (trial {trial_id})"
     )
     run_dir = trial_run_dir(context.search_dir, trial_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
     write_resolved(spec, run_dir)
     return spec, run_dir, trial_id
 
@@ -90,17 +95,21 @@ def trainer_trial(context: SearchContext):
         from distgan.train.launch import launch
 
         spec, run_dir, _ = _start_trial(context, config)
-        # The progress lines go to the trial's folder; the search prints one line per evaluation.
-        with open(run_dir / "progress.log", "a") as out:
+        # The progress lines go to the trial's folder (written whole at each line: a few dozen
+        # lines); the search prints one line per evaluation.
+        log = LogFile(run_dir, PROGRESS_LOG)
+        try:
             launch(
                 spec,
                 run_dir,
                 context.manifest,
                 context.plan,
                 context.job_source,
-                out=out,
+                out=log,
                 callbacks=(EvaluationReports(spec.tune.metric),),
             )
+        finally:
+            log.flush()
 
     return train_trial
 
@@ -146,7 +155,7 @@ def pbt_trial(context: SearchContext):
         if exploit is not None:  # the rates the clone's optimizers now hold, as evidence
             exploit["lr_g"] = nets.opt_g.param_groups[0]["lr"]
             exploit["lr_d"] = nets.opt_d.param_groups[0]["lr"]
-            append_exploit(context.search_dir, exploit)
+            record_exploit(context.search_dir, exploit)
 
         images, labels = load_arrays(context.manifest)  # (N, C, H, W) uint8, (N,) int64
         labels = torch.from_numpy(labels) if spec.model.conditional else None
