@@ -151,8 +151,10 @@ def test_two_node_job_succeeds_and_leaves_checkpoints(with_token, tmp_path, caps
             assert cluster.token.encode() not in path.read_bytes(), path
 
 
-def test_long_job_is_stopped(with_token, capsys):
-    assert main(["submit", "jobs/quickstart.yaml", "--set", "train.steps=100000"]) == 0
+def test_long_job_is_stopped(with_token, tmp_path, capsys):
+    storage = f"run.storage={tmp_path / 'store'}"  # this cluster's nodes share this disk
+    argv = ["submit", "jobs/quickstart.yaml", "--set", "train.steps=100000", "--set", storage]
+    assert main(argv) == 0
     job_id = _job_id(capsys.readouterr().out)
     assert main(["stop", job_id]) == 0
     assert capsys.readouterr().out.strip() == f"{job_id}: STOPPED"
@@ -166,7 +168,11 @@ def test_long_job_is_stopped(with_token, capsys):
 def test_failed_job_reports_status_reason_and_log(with_token, tmp_path, capsys):
     # Valid here (an absolute path is for the cluster to resolve), missing on the cluster.
     missing = tmp_path / "no-such-shards"
-    code = main(["submit", "jobs/quickstart.yaml", "--set", f"data.source={missing}", "--wait"])
+    storage = f"run.storage={tmp_path / 'store'}"  # this cluster's nodes share this disk
+    code = main(
+        ["submit", "jobs/quickstart.yaml", "--set", f"data.source={missing}", "--set", storage,
+         "--wait"]
+    )  # fmt: skip
     printed = capsys.readouterr()
     assert code == 2
     error = printed.err.strip().splitlines()[-1]
