@@ -27,6 +27,7 @@ import torch
 from distgan.config import JobSpec, to_dict
 from distgan.errors import JobError
 from distgan.generate import load_generator
+from distgan.storage import is_uri, open_location
 
 FORMATS = ("pt2", "onnx", "safetensors")
 SUFFIX = {"pt2": ".pt2", "onnx": ".onnx", "safetensors": ".safetensors"}
@@ -59,12 +60,18 @@ def export_generator(
 ) -> tuple[Path, Path]:
     """Exports the generator of ``source`` (a run folder or a checkpoint folder) as ``fmt``.
 
-    ``out`` defaults to ``<source>/export/generator.<suffix>``. Returns (the file, its JSON).
+    ``out`` defaults to ``<source>/export/generator.<suffix>`` (for a run in object storage,
+    ``export/<run name>/generator.<suffix>`` here). Returns (the file, its JSON).
     JobError for a format or file name that does not fit; CheckpointError from the checkpoint.
     """
     if fmt not in FORMATS:
         raise JobError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
-    out = Path(out) if out else Path(source) / "export" / f"generator{SUFFIX[fmt]}"
+    if out:
+        out = Path(out)
+    elif is_uri(str(source)):  # a run in object storage: the file lands here, named after it
+        out = Path("export") / open_location(str(source), "RUN").name / f"generator{SUFFIX[fmt]}"
+    else:
+        out = Path(source) / "export" / f"generator{SUFFIX[fmt]}"
     if out.suffix != SUFFIX[fmt]:
         raise JobError(f"--out {out}: a {fmt} export is a {SUFFIX[fmt]} file; name it so")
     G, spec, folder, ckpt = load_generator(source)

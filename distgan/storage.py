@@ -148,7 +148,8 @@ class Location:
                     f.write(data)
                 os.replace(tmp, target)
                 return
-            self.fs.create_dir(parent, recursive=True)  # a no-op on object stores
+            # No create_dir: an object store needs no folders, and pyarrow would leave an empty
+            # marker object for each one.
             with self.fs.open_output_stream(target) as f:
                 f.write(data)
         except OSError as e:
@@ -239,8 +240,8 @@ def storage_error(location: str, field: str, error: OSError) -> StorageError:
     where = f"{field}: {display(location)}"
     unreachable = ("couldn't connect", "connection refused", "timed out", "network_connection",
                    "could not resolve", "curlcode")  # fmt: skip
-    refused = ("access denied", "accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch",
-               "forbidden", "http status 403")  # fmt: skip
+    refused = ("access denied", "accessdenied", "access_denied", "invalidaccesskeyid",
+               "signaturedoesnotmatch", "forbidden", "http status 403")  # fmt: skip
     if any(k in lower for k in unreachable):
         return StorageError(
             f"{where}: the storage endpoint does not answer; check endpoint_override and that "

@@ -2,7 +2,7 @@
 
 These run on the local file system, through both its path and its ``file://`` URI (the same code
 that serves ``s3://``); the object-store side is tested against a real S3-compatible server in
-``test_storage_s3.py``.
+``test_storage_s3.py`` and on the split cluster (``test_split_cluster.py``).
 """
 
 from __future__ import annotations
