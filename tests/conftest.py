@@ -181,9 +181,14 @@ def split_cluster(s3_server, tmp_path_factory):
     left."""
     from split import start_split_cluster, stop_split_cluster
 
-    cluster = start_split_cluster(
-        ray_port_base() + 800, s3_server.env, tmp_path_factory.getbasetemp()
-    )
+    try:
+        cluster = start_split_cluster(
+            ray_port_base() + 800, s3_server.env, tmp_path_factory.getbasetemp()
+        )
+    except (RuntimeError, TimeoutError):  # a head that timed out on a loaded machine: once more
+        cluster = start_split_cluster(
+            ray_port_base() + 800, s3_server.env, tmp_path_factory.getbasetemp()
+        )
     try:
         yield cluster
     finally:

@@ -18,9 +18,9 @@ from distgan.models.layers import (
     LabelSequential,
     MinibatchStd,
     batch_norm,
+    initialize,
     pack,
     projection,
-    spectral_normalize,
 )
 from distgan.models.registry import ModelOptions, register_model
 
@@ -112,8 +112,4 @@ def build(
     width = width or 64
     G = DCGANGenerator(z_dim, width, shape, options.num_classes)
     D = DCGANDiscriminator(width, shape, options)
-    G.apply(_init_weights)
-    D.apply(_init_weights)
-    if options.spectral_norm:
-        spectral_normalize(D)
-    return G, D
+    return initialize(G, D, _init_weights, options)

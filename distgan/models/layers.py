@@ -111,3 +111,13 @@ def spectral_normalize(model: nn.Module) -> nn.Module:
         if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)):
             spectral_norm(m)
     return model
+
+
+def initialize(G: nn.Module, D: nn.Module, init, options) -> tuple[nn.Module, nn.Module]:
+    """``init`` applied to every module of G and D, then spectral norm on D when the options
+    (``registry.ModelOptions``) ask for it; returns (G, D)."""
+    G.apply(init)
+    D.apply(init)
+    if options.spectral_norm:
+        spectral_normalize(D)
+    return G, D

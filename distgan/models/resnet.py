@@ -28,10 +28,10 @@ from torch import nn
 from distgan.models.layers import (
     MinibatchStd,
     batch_norm,
+    initialize,
     normalize,
     pack,
     projection,
-    spectral_normalize,
 )
 from distgan.models.registry import ModelOptions, register_model
 
@@ -182,8 +182,4 @@ def build(
     width = width or _DEFAULT_WIDTH[shape[1]]
     G = ResNetGenerator(z_dim, width, shape, options.num_classes)
     D = ResNetDiscriminator(width, shape, options)
-    G.apply(_init_weights)
-    D.apply(_init_weights)
-    if options.spectral_norm:
-        spectral_normalize(D)
-    return G, D
+    return initialize(G, D, _init_weights, options)
