@@ -154,6 +154,7 @@ def ray_session():
         logging_level=logging.WARNING,
         runtime_env={"env_vars": dict(RAY_ENV)},
     )
+    _quiet_worker_deaths()
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -191,6 +192,36 @@ def eta_seconds(
     if max_minutes > 0 and 60 * max_minutes - elapsed < left:
         return max(0.0, 60 * max_minutes - elapsed), True
     return left, False
+
+
+_WORKER_DIED = "A worker died or was killed while executing"
+
+
+def _quiet_worker_deaths() -> None:
+    """Drops the raylet's many-line worker-death warning from this driver's output.
+
+    Ray prints every error the raylet publishes to the driver (``print_to_stdstream`` in its
+    error-listener thread), and a killed training worker gives a paragraph about OOM killers and
+    ``--enable-resource-isolation``. distgan says it in one line instead, from the run's records:
+    which step the run had reached and from which checkpoint the restarted workers go on
+    (``_fit_with_progress``). Every other message goes through unchanged.
+    """
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+    if getattr(original, "distgan_quiet", False):
+        return
+
+    def print_to_stdstream(data, ignore_prefix: bool):
+        lines = [line for line in data.get("lines", []) if _WORKER_DIED not in str(line)]
+        if data.get("pid") == "raylet" and len(lines) < len(data.get("lines", [])):
+            if not lines:
+                return
+            data = {**data, "lines": lines}
+        original(data, ignore_prefix)
+
+    print_to_stdstream.distgan_quiet = True
+    ray_worker.print_to_stdstream = print_to_stdstream
 
 
 def _progress_line(
@@ -398,23 +429,26 @@ def _fit_with_progress(trainer, run: Location, t, out, on_record=None) -> dict:
 
     thread = threading.Thread(target=fit, name="distgan-fit", daemon=True)
     thread.start()
-    shown = _metrics_lines(run)  # a resumed run's earlier lines are not shown again
-    last_step = int(json.loads(shown[-1])["step"]) if shown else -1
+    shown = [json.loads(line) for line in _metrics_lines(run)]  # earlier parts: not shown
+    last_step = int(shown[-1]["step"]) if shown else -1
+    groups = {m["started_at"] for m in shown if "started_at" in m}  # worker groups seen
     anchor = None  # the first record of this session: the ETA's speed is measured from it
 
     def show_new_lines() -> None:
         nonlocal last_step, anchor
         for line in _metrics_lines(run):
             m = json.loads(line)
-            if m.get("resumed_from") is not None and m["resumed_from"] < last_step:
-                # Ray Train restarted the worker group: its lines go on from the checkpoint.
-                print(
-                    f"distgan: a worker died at step {last_step} or later; the workers were "
-                    f"restarted from the checkpoint at step {m['resumed_from']} in {run}",
-                    file=out,
-                    flush=True,
-                )
-                last_step, anchor = m["resumed_from"], None
+            if m.get("started_at") is not None and m["started_at"] not in groups:
+                groups.add(m["started_at"])
+                if m["resumed_from"] < last_step:
+                    # Ray Train restarted the worker group: its lines go on from the checkpoint.
+                    print(
+                        f"distgan: a training worker died after step {last_step}; the workers "
+                        f"go on from the checkpoint at step {m['resumed_from']} in {run}",
+                        file=out,
+                        flush=True,
+                    )
+                    last_step, anchor = m["resumed_from"], None
             if m["step"] > last_step:
                 anchor = anchor or m
                 print(_progress_line(m, t.steps, t.max_minutes, anchor), file=out, flush=True)

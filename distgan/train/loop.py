@@ -167,6 +167,7 @@ def run(
     # death Ray Train restarts the group from the latest checkpoint, and the driver tells the
     # user from which step the run goes on.
     resumed_from = state.step or None
+    group_started = time.time()  # tells two restarts from the same checkpoint apart
     while state.step < t.steps:
         before = time.perf_counter()
         reals = [next(batches) for _ in range(spec.optim.n_critic)]
@@ -213,7 +214,8 @@ def run(
             data_stall=waited / max(now - last_time, 1e-9),
         )
         if resumed_from is not None:
-            metrics["resumed_from"], resumed_from = resumed_from, None
+            metrics.update(resumed_from=resumed_from, started_at=group_started)
+            resumed_from = None
         last_time, last_images, waited = now, state.images_seen, 0.0
         if device.type == "cuda":  # this rank's peak, in GiB (rank 0's goes to metrics.jsonl)
             metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
