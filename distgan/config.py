@@ -30,10 +30,12 @@ AUGMENTATIONS = ("color", "translation", "cutout")  # distgan.augment's (kept in
 LOSS_KINDS = ("minimax", "nonsaturating", "wgan", "wgan-gp", "hinge", "lsgan")
 PRECISIONS = ("fp32", "bf16", "fp16")
 CACHE_MODES = ("auto", "memory", "stream")
+CLASS_BALANCES = ("none", "balanced", "sqrt")  # distgan.data.imbalance's (kept in sync by a test)
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray placement groups
 # The metrics of distgan.metrics (kept in sync by a test; config imports nothing below it).
 RESOLVED_JOB = "job.resolved.yaml"  # every run's (and search's) own copy of its job, resolved
-METRIC_NAMES = ("fid", "kid", "precision", "recall", "classifier_score", "class_coverage")
+METRIC_NAMES = ("fid", "kid", "precision", "recall", "classifier_score", "class_coverage",
+                "intra_fid", "class_kl", "rare_recall")  # fmt: skip
 
 
 def _f(default: Any, help: str, **rules: Any) -> Any:
@@ -115,6 +117,12 @@ class TrainSpec:
     channels_last: bool = _f(False, "channels-last memory format for G and D (conv models)")
     compile: bool = _f(False, "torch.compile G and D (not with wgan-gp or R1: no double backward)")
     precision: str = _f("fp32", "autocast precision", choices=PRECISIONS)
+    class_balance: str = _f(
+        "none",
+        "classes of the real batches (and a conditional G's fake labels): none = the data's "
+        "frequencies, balanced = each class equally often, sqrt = ∝ √count; needs labels",
+        choices=CLASS_BALANCES,
+    )
     seed: int = _f(0, "seed of weights, latents and data order", min=0)
     deterministic: bool = _f(
         False,
@@ -415,6 +423,12 @@ def _check_cross_fields(spec: JobSpec, source: str, field_sources: dict[str, str
             f"got {spec.guard.inject_nan!r}; leave it empty outside tests"
         )
     _check_model_options(spec, src)
+    if spec.train.class_balance != "none" and spec.data.cache == "stream":
+        raise JobError(
+            f"{src('data.cache')}: data.cache: stream reads each image once an epoch in the "
+            f"order it comes, which cannot draw classes by weight (train.class_balance: "
+            f"{spec.train.class_balance}); use data.cache: memory (or auto)"
+        )
     if spec.train.deterministic and spec.data.cache == "stream":
         raise JobError(
             f"{src('data.cache')}: data.cache: stream reads data in a varying order, which "

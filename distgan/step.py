@@ -50,7 +50,10 @@ class Nets:
     r1_gamma: float = 0.0  # R1 weight γ; 0 = off
     r1_every: int = 16  # R1 on every r1_every-th D step, its weight × r1_every
     augment: tuple[str, ...] = ()  # DiffAugment policy (distgan.augment); () = off
-    num_classes: int = 0  # > 0: G and D are class-conditional; fakes get uniform labels
+    num_classes: int = 0  # > 0: G and D are class-conditional
+    # A conditional G's fake labels are drawn from this (num_classes,) distribution (the class
+    # prior of the real batches, train.class_balance); None: uniformly.
+    label_prior: torch.Tensor | None = None
     autocast_dtype: torch.dtype | None = None  # bf16 / fp16 autocast, None for fp32
     scaler_g: torch.amp.GradScaler = field(
         default_factory=lambda: torch.amp.GradScaler(enabled=False)
@@ -193,6 +196,13 @@ def g_step(
     return metrics
 
 
+def draw_labels(nets: Nets, n: int, device: torch.device) -> Tensor:
+    """``n`` fake labels (n,) for a conditional G: from ``nets.label_prior``, else uniform."""
+    if nets.label_prior is None:
+        return torch.randint(nets.num_classes, (n,), device=device)
+    return torch.multinomial(nets.label_prior.to(device), n, replacement=True)
+
+
 def train_step(
     nets: Nets,
     reals: list[Tensor],
@@ -204,8 +214,9 @@ def train_step(
     """``len(reals)`` D steps (one a real batch) then one G step; ``sample_z(B)`` draws latents.
 
     ``real_labels``: the labels (B,) of each real batch, for a conditional G and D (the fakes'
-    labels are drawn uniformly, the same for G and for D). ``step``: G steps done before this
-    one, which places the lazy R1 penalty on every ``nets.r1_every``-th D step of the run.
+    labels are drawn from ``nets.label_prior``, or uniformly without one; the same for G and D).
+    ``step``: G steps done before this one, which places the lazy R1 penalty on every
+    ``nets.r1_every``-th D step of the run.
 
     Returns the metrics of the last D step and of the G step, and ``skipped``: the number of
     updates (D and G) skipped because a loss or gradient was not finite. When any was skipped,
@@ -221,7 +232,7 @@ def train_step(
         last = i == len(reals) - 1
         B = real.shape[0]
         if nets.num_classes:
-            fake_labels = torch.randint(nets.num_classes, (B,), device=real.device)
+            fake_labels = draw_labels(nets, B, real.device)
         r1 = nets.r1_gamma > 0 and (step * len(reals) + i) % nets.r1_every == 0
         fake, metrics = d_step(
             nets,

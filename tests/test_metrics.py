@@ -262,6 +262,9 @@ def test_registry_names_and_directions():
         "recall": True,
         "classifier_score": True,
         "class_coverage": True,
+        "intra_fid": False,
+        "class_kl": False,
+        "rare_recall": True,
     }
     assert METRICS["classifier_score"].uses == {"fake_probs"}
     assert METRICS["fid"].uses == {"real_features", "fake_features"}
@@ -269,7 +272,8 @@ def test_registry_names_and_directions():
 
 def test_compute_metrics_gives_each_metric_its_own_figures():
     real, fake = feature_sets()
-    figures = compute_metrics(list(METRIC_NAMES), real, fake)
+    overall = [n for n in METRIC_NAMES if "real_labels" not in METRICS[n].uses]  # not per class
+    figures = compute_metrics(overall, real, fake)
     assert list(figures) == [
         "fid", "kid", "kid_std", "precision", "recall", "classifier_score", "class_coverage"
     ]  # fmt: skip
@@ -321,7 +325,8 @@ def test_unknown_metric_suggests_the_closest_name():
     with pytest.raises(ValueError, match=r"unknown metric 'fdi'; did you mean 'fid'\? known: "):
         get_metric("fdi")
     with pytest.raises(
-        ValueError, match="'zzz'; known: class_coverage, classifier_score, fid, kid"
+        ValueError,
+        match="'zzz'; known: class_coverage, class_kl, classifier_score, fid, intra_fid, kid",
     ):
         compute_metrics(["zzz"], *feature_sets())
 

@@ -2,6 +2,7 @@
 
     distgan data import train-images-idx3-ubyte.gz --labels train-labels-idx1-ubyte.gz --out data/fm
     distgan data import photos/ --resolution 64 --channels 3 --on-error skip --out data/photos
+    distgan data import train-images-idx3-ubyte.gz --labels ... --long-tail 100 --out data/fm-lt
     distgan data verify data/fm
 
 Each prints one summary line; a user error prints one line and exits 2 (``distgan.cli.main``).
@@ -48,6 +49,19 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     )
     imp.add_argument("--limit", type=_positive_int, help="keep only the first N images")
     imp.add_argument(
+        "--long-tail",
+        type=_ratio,
+        metavar="RATIO",
+        help="keep a long-tailed subset (CIFAR-10-LT protocol): class k of K (sorted labels) keeps "
+        "RATIO^(-k/(K-1)) of its images, so the largest class has RATIO times the smallest",
+    )
+    imp.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="with --long-tail: seed of which images each class keeps (default: 0)",
+    )
+    imp.add_argument(
         "--shard-size", type=_positive_int, default=10000, help="images per shard (default: 10000)"
     )
     imp.add_argument(
@@ -75,6 +89,8 @@ def run_import(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         on_error=args.on_error,
         class_names=None if args.class_names is None else parse_class_names(args.class_names),
+        long_tail=args.long_tail,
+        long_tail_seed=args.seed,
     )
     c, h, w = manifest.shape
     classes = "no labels" if manifest.labels is None else f"{len(manifest.labels)} classes"
@@ -83,6 +99,9 @@ def run_import(args: argparse.Namespace) -> int:
         classes += f" ({', '.join(first)}{', ...' if len(manifest.labels) > 3 else ''})"
     shards = f"{len(manifest.shards)} shard" + ("s" if len(manifest.shards) > 1 else "")
     line = f"imported {manifest.count} images of {c}×{h}×{w}, {classes}, {shards} -> {args.out}"
+    if manifest.long_tail:
+        counts = [manifest.label_counts[k] for k in manifest.labels]
+        line += f"; long tail ×{args.long_tail:g}: {', '.join(map(str, counts))} images a class"
     if skipped:
         line += f"; skipped {skipped} unreadable image" + ("s" if skipped > 1 else "")
     print(line)
@@ -146,6 +165,20 @@ def run_verify(args: argparse.Namespace) -> int:
         f"shard(s); hashes, schemas and row counts match"
     )
     return 0
+
+
+def _ratio(text: str) -> float:
+    """``--long-tail``: an imbalance ratio, a finite number ≥ 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 1 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"expected an imbalance ratio of at least 1 (largest class / smallest), got {text!r}; "
+            "e.g. --long-tail 100"
+        )
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -16,6 +16,7 @@ from distgan.errors import DataError, JobError
 from distgan.storage import display, join, open_location
 
 DEFAULT_METRICS = "fid,kid,precision,recall"
+PER_CLASS_INPUT = "real_labels"  # what the per-class metrics (intra_fid, ...) read
 
 
 def add_parser(verbs) -> None:
@@ -90,21 +91,29 @@ def _evaluate(args: argparse.Namespace) -> int:
         manifest = read_manifest(real_dir)
     except DataError as e:
         raise DataError(f"--real: {e}") from None
+    per_class = [n for n in names if PER_CLASS_INPUT in get_metric(n).uses]
+    trained_on = None if args.real else manifest  # the training data's manifest, when the same
+    classes = _training_classes(spec, trained_on, per_class) if per_class else None
     extractor = load_feature_extractor(args.features, real_dir)
-    reference = real_reference(manifest, extractor, args.n_real, args.seed)
+    reference = real_reference(manifest, extractor, args.n_real, args.seed, classes)
     fake = fake_features(G, spec.model.z_dim, extractor, args.n, args.seed)
     try:
         figures = compute_metrics(names, reference.features, fake)
     except ValueError as e:  # a metric the feature network cannot serve (no class probabilities)
         raise JobError(f"--metrics: {e}; pick other metrics or --features") from None
     proto = protocol(reference, extractor, args.n, args.seed)
+    extra = {}
+    if per_class:
+        from distgan.metrics.classes import class_protocol
+
+        extra = dict.fromkeys(per_class, class_protocol(reference.features, fake))
 
     if args.out:
         out = args.out
     else:  # beside the run's other files (a run directory given), else in the checkpoint
         given = open_location(args.source, field="RUN")
         out = join(given.uri if given.is_file(RESOLVED_JOB) else str(folder), "eval.json")
-    written = write_eval_json(out, str(folder), int(ckpt["step"]), figures, proto)
+    written = write_eval_json(out, str(folder), int(ckpt["step"]), figures, proto, extra)
     print(f"{display(str(folder))} (step {ckpt['step']})")
     print(f"{'metric':<18}{'value':>12}")
     for k, v in figures.items():
@@ -112,9 +121,37 @@ def _evaluate(args: argparse.Namespace) -> int:
     if "class_coverage" in figures:  # which classes: the share of samples in each
         print("class_coverage by class (share of samples):")
         print("\n".join(per_class_lines(fake, manifest)))
+    if per_class:
+        c = extra[per_class[0]]
+        print(
+            f"classes: rare {', '.join(map(str, c['rare_classes']))} ({c['rare_rule']}); "
+            f"prior {c['class_balance']}; generated classed by {c['fake_classes']}; samples a "
+            f"class real {c['real_per_class']}, generated {c['fake_per_class']}"
+        )
     print(
         f"features {proto['features']} ({proto['features_sha256'][:12]}) · real {proto['real']}: "
         f"{proto['real_count']:,} images · fake {proto['fake_count']:,} · seed {proto['seed']}"
     )
     print(f"written: {written}")
     return 0
+
+
+def _training_classes(spec, trained_on, names: list[str]):
+    """The class counts, prior (train.class_balance) and rare classes of the run's training
+    data (``trained_on``: its manifest, or None to read it), for the per-class metrics
+    ``names``; JobError when it has no labels."""
+    from distgan.data import EMBEDDED_DIR, read_manifest
+    from distgan.data.imbalance import ClassPrior
+
+    source = str(EMBEDDED_DIR) if spec.data.source == "embedded" else spec.data.source
+    if trained_on is None:
+        try:
+            trained_on = read_manifest(source)
+        except DataError as e:
+            raise DataError(f"--metrics {','.join(names)}: the training data: {e}") from None
+    if not trained_on.label_counts:
+        raise JobError(
+            f"--metrics {','.join(names)}: the training data at {display(source)} has no labels, "
+            "so there are no classes to measure; drop the per-class metrics"
+        )
+    return ClassPrior.of(trained_on.label_counts, spec.train.class_balance)

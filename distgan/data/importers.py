@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from distgan.data.imbalance import long_tail_rows
 from distgan.data.shards import ShardManifest, write_shards
 from distgan.errors import DataError
 from distgan.progress import track
@@ -314,6 +315,8 @@ def import_source(
     shard_size: int = 10000,
     on_error: str = "fail",
     class_names: list[str] | None = None,
+    long_tail: float | None = None,
+    long_tail_seed: int = 0,
 ) -> tuple[ShardManifest, int]:
     """Imports ``src`` into shards under ``out``; returns (manifest, number of skipped images).
 
@@ -322,7 +325,9 @@ def import_source(
     sorted file order for a folder). ``resolution`` and ``channels`` resize image folders; for
     IDX and npz sources they may only restate the data's own size. The manifest names the
     classes: ``class_names`` (label k is the k-th), else a folder's subfolder names, else the
-    documented names of a known IDX dataset (``idx_class_names``).
+    documented names of a known IDX dataset (``idx_class_names``). ``long_tail``: an imbalance
+    ratio R ≥ 1; the source (after ``limit``) is cut to a long-tailed subset (``data/imbalance.py``;
+    which images a class keeps is chosen by ``long_tail_seed``), its protocol in the manifest.
     """
     src = Path(src)
     if not src.exists():
@@ -357,10 +362,41 @@ def import_source(
     if limit is not None and len(images) == limit:
         source += f" (first {limit})"
     names = _class_names(src, image_labels, class_names, known)
+    protocol = None
+    if long_tail is not None:
+        images, image_labels, protocol = _long_tail(
+            src, images, image_labels, long_tail, long_tail_seed
+        )
+        source += f", long-tailed ×{long_tail:g} (seed {long_tail_seed})"
     manifest = write_shards(
-        images, image_labels, out, shard_size=shard_size, source=source, class_names=names
-    )
+        images, image_labels, out, shard_size=shard_size, source=source, class_names=names,
+        long_tail=protocol,
+    )  # fmt: skip
     return manifest, len(skipped)
+
+
+def _long_tail(
+    src: Path, images: np.ndarray, labels: np.ndarray | None, ratio: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The long-tailed subset of ``images`` and ``labels``, and its protocol for the manifest."""
+    if labels is None:
+        raise DataError(
+            f"--long-tail: {src} has no labels, so it has no classes to make a long tail of; "
+            "import labelled data (IDX with --labels, class subfolders, or an .npz 'labels' array)"
+        )
+    if not (math.isfinite(ratio) and ratio >= 1):
+        raise DataError(
+            f"--long-tail: the imbalance ratio (largest class / smallest) must be a number of at "
+            f"least 1, got {ratio:g}; e.g. --long-tail 100"
+        )
+    values, counts = np.unique(labels, return_counts=True)
+    rows = long_tail_rows(labels, ratio, seed)
+    protocol = {
+        "ratio": ratio,
+        "seed": seed,
+        "source_counts": {str(v): int(n) for v, n in zip(values, counts, strict=True)},
+    }
+    return images[rows], labels[rows], protocol
 
 
 def _class_names(

@@ -8,6 +8,9 @@
     images, labels = load_shard(shard, shape, with_labels=True)
     source = InMemoryBatches(images, 64, seed=0, rank=0, labels=labels)
 
+    # class-balanced draws (train.class_balance): rows drawn with replacement by weight
+    source = InMemoryBatches(images, 64, seed=0, rank=0, weights=sample_weights(labels, prior))
+
 Streaming small images through Ray Data is 6–10× slower than slicing a tensor (DESIGN.md), so a
 worker whose shard fits in memory reads it once (``load_shard``) and reshuffles it in torch each
 epoch; a larger shard is streamed again every epoch (``StreamingBatches``). Pixels stay uint8
@@ -69,7 +72,9 @@ class InMemoryBatches:
 
     The order of epoch e is a permutation drawn from (seed, epoch, rank), so a resumed run that
     skips the batches it already consumed sees exactly the batches an uninterrupted run would.
-    With ``labels`` (N,) each batch is (images, labels).
+    With ``labels`` (N,) each batch is (images, labels). With ``weights`` (N,) (each row's chance,
+    ``data.imbalance.sample_weights``) an epoch is as many batches as without, but its rows are
+    drawn with replacement by weight (class-balanced sampling), again from (seed, epoch, rank).
     """
 
     def __init__(
@@ -80,6 +85,7 @@ class InMemoryBatches:
         rank: int,
         device: torch.device,
         labels: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
     ):
         if images.shape[0] < batch_size:
             raise DataError(
@@ -88,6 +94,7 @@ class InMemoryBatches:
             )
         self.images = images.to(device)  # (N, C, H, W) uint8
         self.labels = None if labels is None else labels.to(device)  # (N,) int64
+        self.weights = None if weights is None else weights.double().cpu()  # (N,)
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
@@ -97,7 +104,12 @@ class InMemoryBatches:
 
     def epoch_batches(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
         g = torch.Generator().manual_seed(hash((self.seed, epoch, self.rank)) % 2**63)
-        order = torch.randperm(self.images.shape[0], generator=g).to(self.images.device)
+        if self.weights is None:
+            order = torch.randperm(self.images.shape[0], generator=g)
+        else:
+            n = len(self) * self.batch_size
+            order = torch.multinomial(self.weights, n, replacement=True, generator=g)
+        order = order.to(self.images.device)
         for i in range(skip, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             if self.labels is None:

@@ -4,12 +4,14 @@ A shard folder holds ``shard-00000.parquet``, ``shard-00001.parquet``, … and `
 Each shard has an ``image`` column (``binary``: the C*H*W uint8 bytes of one image, channels
 first, C-order) and, when the dataset has labels, a ``label`` column (``int64``). The manifest
 records the count, the image shape, the label set and counts, the classes' names when known
-(optional: manifests written before it stay valid), a short description of the source, and each
-shard's row count and sha256::
+(optional: manifests written before it stay valid), for a long-tailed subset its protocol
+(``long_tail``, optional too: see ``data/imbalance.py``), a short description of the source, and
+each shard's row count and sha256::
 
     {"format": "distgan-shards/1", "count": 10000, "shape": [1, 28, 28], "dtype": "uint8",
      "labels": [0, 1, ...], "label_counts": {"0": 1000, ...},
      "class_names": {"0": "T-shirt/top", ...}, "source": "...",
+     "long_tail": {"ratio": 100, "seed": 0, "source_counts": {"0": 6000, ...}},
      "shards": [{"file": "shard-00000.parquet", "count": 10000, "sha256": "..."}]}
 """
 
@@ -66,6 +68,8 @@ class ShardManifest:
     shards: tuple[ShardInfo, ...]
     root: str
     class_names: dict[int, str] | None = None  # label -> name, when the source names its classes
+    # A long-tailed subset's protocol: {"ratio": R, "seed": s, "source_counts": {label: n}}
+    long_tail: dict | None = None
 
     @property
     def num_classes(self) -> int:
@@ -91,9 +95,11 @@ def write_shards(
     shard_size: int = 10000,
     source: str,
     class_names: dict[int, str] | None = None,
+    long_tail: dict | None = None,
 ) -> ShardManifest:
     """Writes ``images`` (N, C, H, W) uint8 and ``labels`` (N,) ints or None into ``out_dir``,
-    with ``class_names`` (label -> name) in the manifest when given.
+    with ``class_names`` (label -> name) and ``long_tail`` (a long-tailed subset's protocol: ratio,
+    seed, source_counts) in the manifest when given.
 
     ``out_dir`` must be absent, empty, or an earlier shard folder (which is replaced). Every
     file is written under a temporary name and renamed; the manifest goes last, so a crash never
@@ -110,7 +116,8 @@ def write_shards(
     if shard_size < 1:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
     if is_uri(str(out_dir)):
-        return _write_remote(images, labels, str(out_dir), shard_size, source)
+        uri = str(out_dir)
+        return _write_remote(images, labels, uri, shard_size, source, class_names, long_tail)
     out = Path(out_dir)
     _prepare_folder(out)
 
@@ -146,6 +153,7 @@ def write_shards(
         shards=tuple(shards),
         root=str(out.resolve()),
         class_names=None if class_names is None else {int(k): v for k, v in class_names.items()},
+        long_tail=long_tail,
     )
     text = json.dumps(_to_json(manifest), indent=2) + "\n"
     with _atomic_file(out / MANIFEST_NAME) as f:
@@ -198,6 +206,12 @@ def read_manifest(folder: str | Path) -> ShardManifest:
             f"{path}: field 'class_names' must be null or {{label: name}}, got {class_names!r}; "
             f"{_FIX}"
         )
+    long_tail = get("long_tail")  # optional: only long-tailed subsets have one
+    if not _is_long_tail(long_tail):
+        raise DataError(
+            f"{path}: field 'long_tail' must be null or {{ratio: number >= 1, seed: integer, "
+            f"source_counts: {{label: count}}}}, got {long_tail!r}; {_FIX}"
+        )
     shards = field(
         "shards",
         isinstance(get("shards"), list) and get("shards") and all(map(_is_shard, get("shards"))),
@@ -225,6 +239,7 @@ def read_manifest(folder: str | Path) -> ShardManifest:
         shards=tuple(ShardInfo(s["file"], s["count"], s["sha256"]) for s in shards),
         root=loc.uri,
         class_names=None if class_names is None else {int(k): n for k, n in class_names.items()},
+        long_tail=long_tail,
     )
 
 
@@ -325,6 +340,25 @@ def read_rows(manifest: ShardManifest, rows: np.ndarray) -> np.ndarray:
             filled += len(wanted)
         start = stop
     return out.reshape(len(rows), *manifest.shape)
+
+
+def read_labels(manifest: ShardManifest) -> np.ndarray:
+    """Every image's label (N,) int64, in file order, reading only the ``label`` column;
+    DataError when the dataset has no labels."""
+    if manifest.labels is None:
+        raise DataError(
+            f"{display(manifest.root)}: the dataset has no labels; import it with them "
+            "(`distgan data import SRC --labels FILE`, or class subfolders)"
+        )
+    loc = manifest.location()
+    parts = []
+    for info, path in zip(manifest.shards, manifest.shard_paths, strict=True):
+        try:
+            table = pq.read_table(loc.child(info.file).path, columns=["label"], filesystem=loc.fs)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{display(path)}: corrupt Parquet file ({e}); {_FIX}") from None
+        parts.append(table.column("label").to_numpy())
+    return np.concatenate(parts).astype(np.int64)
 
 
 def _binary_to_rows(chunk: pa.BinaryArray, item: int, path: str) -> np.ndarray:
@@ -435,7 +469,13 @@ def _stream_sha256(loc: Location, name: str) -> str:
 
 
 def _write_remote(
-    images: np.ndarray, labels: np.ndarray | None, uri: str, shard_size: int, source: str
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    uri: str,
+    shard_size: int,
+    source: str,
+    class_names: dict[int, str] | None,
+    long_tail: dict | None,
 ) -> ShardManifest:
     """``write_shards`` into object storage: written in a local temporary folder, then uploaded
     shard by shard, the manifest last (so no reader pairs a new manifest with missing shards)."""
@@ -447,7 +487,10 @@ def _write_remote(
             "shard prefix; choose an empty or new --out"
         )
     with tempfile.TemporaryDirectory(prefix="distgan-shards-") as tmp:
-        local = write_shards(images, labels, tmp, shard_size=shard_size, source=source)
+        local = write_shards(
+            images, labels, tmp, shard_size=shard_size, source=source,
+            class_names=class_names, long_tail=long_tail,
+        )  # fmt: skip
         if out.is_file(MANIFEST_NAME):  # the old manifest goes first, as locally
             out.fs.delete_file(out.child(MANIFEST_NAME).path)
         for info in local.shards:
@@ -471,6 +514,7 @@ def file_sha256(path: str | Path) -> str:
 def _to_json(m: ShardManifest) -> dict:
     counts = m.label_counts
     names = {} if m.class_names is None else {"class_names": _json_keys(m.class_names)}
+    tail = {} if m.long_tail is None else {"long_tail": m.long_tail}
     return {
         "format": FORMAT,
         "count": m.count,
@@ -479,6 +523,7 @@ def _to_json(m: ShardManifest) -> dict:
         "labels": None if m.labels is None else list(m.labels),
         "label_counts": None if counts is None else _json_keys(counts),
         **names,
+        **tail,
         "source": m.source,
         "shards": [{"file": s.file, "count": s.count, "sha256": s.sha256} for s in m.shards],
     }
@@ -515,6 +560,16 @@ def _is_class_names(v) -> bool:
         isinstance(v, dict)
         and all(k.isdigit() and isinstance(n, str) and n.strip() for k, n in v.items())
     )
+
+
+def _is_long_tail(v) -> bool:
+    if v is None:
+        return True
+    if not isinstance(v, dict) or set(v) != {"ratio", "seed", "source_counts"}:
+        return False
+    ratio = v["ratio"]
+    number = isinstance(ratio, (int, float)) and not isinstance(ratio, bool)
+    return number and ratio >= 1 and _is_int(v["seed"]) and _is_label_counts(v["source_counts"])
 
 
 def _is_shard(v) -> bool:

@@ -4,6 +4,12 @@
     figures = compute_metrics(["fid", "kid", "precision"], real, fake)
     # {"fid": 12.3, "kid": 0.004, "kid_std": 0.0007, "precision": 0.71}
 
+The per-class metrics (``intra_fid``, ``class_kl``, ``rare_recall``: ``metrics/classes.py``)
+read the real images' labels and the training data's class prior as well::
+
+    real = FeatureSet(features, probs, labels=real_labels, classes=ClassPrior.of(counts, "none"))
+    fake = FeatureSet(features, probs, labels=given_labels)   # labels: a conditional G's only
+
 A metric's figures are named after it: ``<name>`` or ``<name>_<detail>`` (``kid_std``).
 Metrics registered on one compute function (precision and recall) are computed once per
 ``compute_metrics`` call, and each reports only its own figures.
@@ -17,17 +23,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from distgan.metrics import stats
+from distgan.data.imbalance import ClassPrior
+from distgan.metrics import classes, stats
 
-INPUTS = frozenset({"real_features", "fake_features", "fake_probs"})
+INPUTS = frozenset({"real_features", "fake_features", "fake_probs", "real_labels"})
 
 
 @dataclass(eq=False)
 class FeatureSet:
-    """Features (N, d) of a set of images, and class probabilities (N, K) if the net classifies."""
+    """Features (N, d) of a set of images, and class probabilities (N, K) if the net classifies;
+    ``labels`` (N,): the real images' classes, or the classes a conditional G was given;
+    ``classes``: for the real set, the training data's class counts, prior and rare classes."""
 
     features: np.ndarray
     probs: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    classes: ClassPrior | None = None
     _stats: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
 
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
@@ -86,6 +97,8 @@ def compute_metrics(names: list[str], real: FeatureSet, fake: FeatureSet) -> dic
     for m in metrics:
         if "fake_probs" in m.uses and fake.probs is None:
             raise ValueError(f"{m.name} needs a feature network that classifies (no fake probs)")
+        if "real_labels" in m.uses and (real.labels is None or real.classes is None):
+            raise ValueError(f"{m.name} needs labelled real and training data (per-class)")
     done: dict[Compute, dict[str, float]] = {}
     figures: dict[str, float] = {}
     for m in metrics:
@@ -124,3 +137,10 @@ def _classifier_score(real: FeatureSet, fake: FeatureSet) -> dict[str, float]:
 @register_metric("class_coverage", higher_is_better=True, uses={"fake_probs"})
 def _class_coverage(real: FeatureSet, fake: FeatureSet) -> dict[str, float]:
     return {"class_coverage": stats.class_coverage(fake.probs, num_classes=fake.probs.shape[1])}
+
+
+# The per-class metrics (intra-FID, class histogram KL, rare-class recall): metrics/classes.py.
+_PER_CLASS = {"real_features", "fake_features", "real_labels"}
+register_metric("intra_fid", higher_is_better=False, uses=_PER_CLASS)(classes.intra_fid)
+register_metric("class_kl", False, _PER_CLASS | {"fake_probs"})(classes.class_kl_figures)
+register_metric("rare_recall", higher_is_better=True, uses=_PER_CLASS)(classes.rare_recall)

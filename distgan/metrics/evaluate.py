@@ -22,9 +22,11 @@ import numpy as np
 import torch
 
 from distgan.data import ShardManifest, class_name, read_rows
+from distgan.data.imbalance import ClassPrior
+from distgan.data.shards import read_labels
 from distgan.metrics import FeatureSet, stats
 from distgan.metrics.features import FeatureExtractor
-from distgan.models import generate
+from distgan.models import class_labels, generate
 from distgan.storage import display, open_location
 
 REAL_BATCH = 1000
@@ -55,18 +57,29 @@ def _to_unit(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).float().div_(127.5).sub_(1.0)
 
 
+def subset_rows(manifest: ShardManifest, n: int, seed: int) -> np.ndarray:
+    """The rows (n,) of a seeded random subset of ``n`` real images (all if fewer), sorted."""
+    pick = np.random.default_rng(seed).permutation(manifest.count)[:n]
+    pick.sort()  # the same subset in file order, whatever the seed's permutation
+    return pick
+
+
 def real_subset(manifest: ShardManifest, n: int, seed: int) -> torch.Tensor:
     """``n`` real images (all if fewer) in [-1, 1]: a seeded random subset, in file order.
     Only the row groups that hold them are read."""
-    pick = np.random.default_rng(seed).permutation(manifest.count)[:n]
-    pick.sort()  # the same subset in file order, whatever the seed's permutation
-    return _to_unit(read_rows(manifest, pick))
+    return _to_unit(read_rows(manifest, subset_rows(manifest, n, seed)))
 
 
 def real_reference(
-    manifest: ShardManifest, extractor: FeatureExtractor, n: int, seed: int
+    manifest: ShardManifest,
+    extractor: FeatureExtractor,
+    n: int,
+    seed: int,
+    classes: ClassPrior | None = None,
 ) -> Reference:
-    """Features of ``n`` real images (a seeded random subset; all if fewer), cached on disk."""
+    """Features of ``n`` real images (a seeded random subset; all if fewer), cached on disk.
+    With ``classes`` (the training data's, for the per-class metrics) the features carry them
+    and the images' labels (DataError if ``manifest`` has none)."""
     data_hash = dataset_hash(manifest)
     count = min(n, manifest.count)
     key = f"{data_hash[:16]}-{extractor.sha256[:16]}-{count}-{seed}"
@@ -84,15 +97,22 @@ def real_reference(
         probs = feats.probs if feats.probs is not None else np.zeros(0, np.float32)
         np.savez(tmp, features=feats.features, probs=probs)
         tmp.replace(path)
+    if classes is not None:
+        feats.labels = read_labels(manifest)[subset_rows(manifest, count, seed)]
+        feats.classes = classes
     return Reference(feats, manifest.source, data_hash, count, seed)
 
 
 def fake_features(
     G: torch.nn.Module, z_dim: int, extractor: FeatureExtractor, n: int, seed: int, device="cpu"
 ) -> FeatureSet:
-    """Features of ``n`` samples of G drawn from latents seeded by ``seed``."""
-    f, p = extractor.extract(generate(G, z_dim, n, seed, device=device), desc="generated images")
-    return FeatureSet(f.numpy(), None if p is None else p.numpy())
+    """Features of ``n`` samples of G drawn from latents seeded by ``seed``; a conditional G draws
+    every class in turn, and the labels it was given go with the features."""
+    labels = class_labels(G, n)
+    x = generate(G, z_dim, n, seed, device=device, labels=labels)
+    f, p = extractor.extract(x, desc="generated images")
+    given = None if labels is None else labels.numpy()
+    return FeatureSet(f.numpy(), None if p is None else p.numpy(), labels=given)
 
 
 def per_class_lines(fake: FeatureSet, manifest: ShardManifest) -> list[str]:
@@ -126,14 +146,28 @@ def protocol(reference: Reference, extractor: FeatureExtractor, fake_count: int,
 
 
 def write_eval_json(
-    path: str | Path, checkpoint: str, step: int, figures: dict, proto: dict
+    path: str | Path,
+    checkpoint: str,
+    step: int,
+    figures: dict,
+    proto: dict,
+    extra: dict[str, dict] | None = None,
 ) -> str:
     """``eval.json`` (a local path or a URI in the run's storage): each figure beside its
-    protocol."""
+    protocol; ``extra`` maps a metric's name to more protocol for its figures (``<name>`` and
+    ``<name>_<detail>``), e.g. the per-class metrics' classes and sample counts."""
+    extra = extra or {}
+
+    def own(figure: str) -> dict:
+        for name, more in extra.items():
+            if figure == name or figure.startswith(name + "_"):
+                return {**proto, **more}
+        return proto
+
     record = {
         "checkpoint": display(checkpoint),
         "step": step,
-        "results": [{"metric": k, "value": v, "protocol": proto} for k, v in figures.items()],
+        "results": [{"metric": k, "value": v, "protocol": own(k)} for k, v in figures.items()],
     }
     target = open_location(str(path), field="--out")
     target.parent().write_text(target.name, json.dumps(record, indent=2) + "\n")

@@ -15,11 +15,13 @@ import torch
 from distgan import dist
 from distgan.config import JobSpec
 from distgan.data import ShardManifest, read_manifest
+from distgan.data.imbalance import ClassPrior
 from distgan.errors import DataError, JobError, UserError
 from distgan.metrics import FeatureSet, compute_metrics, get_metric
+from distgan.metrics.classes import RECALL_K
 from distgan.metrics.evaluate import real_reference
 from distgan.metrics.features import SHIPPED, FeatureExtractor, load_feature_extractor
-from distgan.models import generate
+from distgan.models import class_labels, generate
 from distgan.train.checkpoint import TrainState
 from distgan.train.loop import sampling_generator
 
@@ -44,6 +46,14 @@ def check_evaluation(
             f"{job_source}: eval.real: its images are {_shape(real.shape)}, the training "
             f"data's {_shape(manifest.shape)}; use a dataset of the same shape"
         )
+    if _per_class(spec):
+        for field, data in (("data.source", manifest), ("eval.real", real)):
+            if not data.labels:
+                raise JobError(
+                    f"{job_source}: eval.metric: {e.metric} measures each class, and the "
+                    f"{field} data at {data.root} has no labels; import it with labels or pick "
+                    "another eval.metric"
+                )
     try:
         extractor = load_feature_extractor(e.features, real_dir)
     except UserError as err:
@@ -72,14 +82,32 @@ def prepare_evaluation(spec: JobSpec, manifest: ShardManifest, job_source: str) 
     """The workers' evaluation config: the feature network and the real features."""
     e = spec.eval
     real, extractor = check_evaluation(spec, manifest, job_source)
-    reference = real_reference(real, extractor, e.n_real, e.seed)
+    classes = None
+    if _per_class(spec):  # the training data's classes, prior and rare classes
+        classes = ClassPrior.of(manifest.label_counts, spec.train.class_balance)
+    reference = real_reference(real, extractor, e.n_real, e.seed, classes)
+    if classes is not None:
+        rare = int(np.isin(reference.features.labels, classes.rare).sum())
+        if rare < 2 * RECALL_K:
+            raise JobError(
+                f"{job_source}: eval.n_real: the {reference.count} real images of the reference "
+                f"hold {rare} of the rare classes {list(classes.rare)}, too few to measure "
+                f"{e.metric} on; raise eval.n_real"
+            )
     return {
         # The shipped network by name: each node has its own copy (at its own path).
         "features_path": extractor.name if extractor.name in SHIPPED else str(extractor.path),
         "higher_is_better": get_metric(e.metric).higher_is_better,
         "real_features": reference.features.features,
         "real_probs": reference.features.probs,
+        "real_labels": reference.features.labels,
+        "classes": classes,
     }
+
+
+def _per_class(spec: JobSpec) -> bool:
+    """Whether eval.metric is a per-class metric (it reads the real images' labels)."""
+    return "real_labels" in get_metric(spec.eval.metric).uses
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -98,16 +126,24 @@ class InTrainingEvaluator:
         self.seed = spec.eval.seed * 100_003 + dist.rank()
         self.device = device
         self.extractor = load_feature_extractor(config["features_path"], device=device)
-        self.reference = FeatureSet(config["real_features"], config["real_probs"])
+        self.reference = FeatureSet(
+            config["real_features"],
+            config["real_probs"],
+            labels=config.get("real_labels"),
+            classes=config.get("classes"),
+        )
 
     def __call__(self, state: TrainState) -> dict[str, float]:
         with sampling_generator(state) as G:
-            x = generate(G, self.z_dim, self.n, self.seed, device=self.device)  # (n, C, H, W)
-        f, p = self.extractor.extract(x)
+            y = class_labels(G, self.n)  # a conditional G: every class in turn, else None
+            x = generate(G, self.z_dim, self.n, self.seed, device=self.device, labels=y)
+        f, p = self.extractor.extract(x)  # (n, C, H, W) -> (n, d), (n, K)
         f = dist.all_gather_cat(f.to(self.device)).cpu().numpy()
         if p is not None:
             p = dist.all_gather_cat(p.to(self.device)).cpu().numpy()
+        if y is not None:
+            y = dist.all_gather_cat(y.to(self.device)).cpu().numpy()
         if not dist.is_main():
             return {}
-        figures = compute_metrics([self.metric], self.reference, FeatureSet(f, p))
+        figures = compute_metrics([self.metric], self.reference, FeatureSet(f, p, labels=y))
         return {k: float(v) for k, v in figures.items() if np.isscalar(v)}

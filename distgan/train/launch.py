@@ -95,6 +95,12 @@ def check_model(spec: JobSpec, manifest: ShardManifest, job_source: str) -> None
             f"{job_source}: model.conditional: the data at {manifest.root} has no labels; set "
             "model.conditional: false, or import labelled data (distgan data import ... --labels)"
         )
+    if spec.train.class_balance != "none" and not manifest.labels:
+        raise JobError(
+            f"{job_source}: train.class_balance: {spec.train.class_balance} draws by class, and "
+            f"the data at {manifest.root} has no labels; set train.class_balance: none, or import "
+            "labelled data (distgan data import ... --labels)"
+        )
     try:
         models_for_job(spec.model, manifest.shape, manifest.num_classes)
     except ValueError as e:
@@ -129,6 +135,8 @@ def plan(spec: JobSpec, manifest: ShardManifest, cluster_cpus: float, cluster_gp
         cache = per_worker_bytes <= MEMORY_CACHE_LIMIT
     else:
         cache = spec.data.cache == "memory"
+    # Class-balanced draws need the shard in memory (config.py refuses data.cache: stream).
+    cache = cache or spec.train.class_balance != "none"
     return Plan(s.workers, cpus, s.use_gpu, cache)
 
 
@@ -320,7 +328,8 @@ def launch(
     out = out or sys.stdout
     ray.data.DataContext.get_current().enable_progress_bars = False
     data = open_location(manifest.root, field="data.source")
-    columns = ["image", "label"] if spec.model.conditional else ["image"]
+    labelled = spec.model.conditional or spec.train.class_balance != "none"
+    columns = ["image", "label"] if labelled else ["image"]
     dataset = ray.data.read_parquet(
         [data.child(s.file).path for s in manifest.shards],
         filesystem=None if data.is_local else data.fs,
@@ -332,6 +341,7 @@ def launch(
             "job_source": job_source,
             "shape": list(manifest.shape),
             "num_classes": manifest.num_classes,
+            "class_counts": manifest.label_counts,
             "run_dir": run.uri,
             "cache": p.cache,
             "resume_from": resume_from,

@@ -17,6 +17,7 @@ import torch
 
 from distgan.augment import parse_policy
 from distgan.config import dump_yaml, from_dict
+from distgan.data.imbalance import class_prior, sample_weights
 from distgan.data.reader import InMemoryBatches, StreamingBatches, load_shard
 from distgan.ema import make_ema
 from distgan.losses import get_loss
@@ -58,6 +59,28 @@ def build_nets(
     )
 
 
+def batch_source(spec, shard, shape, cache: bool, rank: int, world: int, device, prior):
+    """This worker's real batches from its Ray Data ``shard`` (a DataIterator): kept in memory
+    (``cache``, ``train.deterministic``, or class-balanced draws, which read the labels even for
+    an unconditional G) or streamed. ``prior``: the class prior (K,) of ``train.class_balance``
+    (None for data without labels)."""
+    per_worker = spec.train.batch_size // world
+    labelled = spec.model.conditional  # batches of (images, labels)
+    weighted = spec.train.class_balance != "none"
+    if not (spec.train.deterministic or cache or weighted):
+        return StreamingBatches(shard, shape, per_worker, spec.train.seed, device, labelled)
+    data = load_shard(shard, shape, labelled or weighted)
+    images, labels = data if labelled or weighted else (data, None)
+    if spec.train.deterministic:
+        # Every worker is handed the whole dataset in file order (launch.py); it keeps its rows.
+        images = images[rank::world].clone()
+        labels = None if labels is None else labels[rank::world].clone()
+    weights = sample_weights(labels, prior) if weighted else None
+    return InMemoryBatches(
+        images, per_worker, spec.train.seed, rank, device, labels if labelled else None, weights
+    )
+
+
 def apply_optim_settings(nets: Nets, spec, lr_scale: float = 1.0) -> None:
     """Sets the job's learning rates (× ``lr_scale``, the divergence guard's factor after its
     rollbacks) and betas on both optimizers. Called after a restore: the job's settings win over
@@ -91,6 +114,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(spec.train.seed)  # the same initial weights on every rank
     nets = build_nets(spec, shape, device, _prepare, config.get("num_classes", 0))
+    # The class prior of the real batches (train.class_balance), the same on every worker;
+    # None for data without labels.
+    counts = config.get("class_counts")
+    prior = class_prior(counts, spec.train.class_balance) if counts else None
+    if nets.num_classes and prior is not None:  # the fakes' labels follow the reals' classes
+        nets.label_prior = torch.as_tensor(prior, dtype=torch.float32, device=device)
     ema = make_ema(unwrap(nets.G), spec.train)
     state = ckpts.TrainState(nets, ema, shape)
     torch.manual_seed(spec.train.seed + 1 + rank)  # different latents on each rank
@@ -105,19 +134,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
 
     apply_optim_settings(nets, spec, state.lr_scale)
 
-    per_worker = spec.train.batch_size // world
     shard = ray.train.get_dataset_shard("train")
-    labelled = spec.model.conditional  # batches of (images, labels)
-    if spec.train.deterministic or config["cache"]:
-        data = load_shard(shard, shape, labelled)
-        images, labels = data if labelled else (data, None)
-        if spec.train.deterministic:
-            # Every worker is handed the whole dataset in file order (launch.py); it keeps its rows.
-            images = images[rank::world].clone()
-            labels = None if labels is None else labels[rank::world].clone()
-        source = InMemoryBatches(images, per_worker, spec.train.seed, rank, device, labels)
-    else:
-        source = StreamingBatches(shard, shape, per_worker, spec.train.seed, device, labelled)
+    source = batch_source(spec, shard, shape, config["cache"], rank, world, device, prior)
 
     def report(metrics: dict[str, float], snapshot: dict | None) -> None:
         name = ckpts.checkpoint_dir_name(int(metrics["step"]))
