@@ -30,7 +30,10 @@ import pyarrow.fs as pafs
 
 from distgan.errors import StorageError
 
-_EXAMPLE = "e.g. s3://bucket/runs or s3://bucket/runs?endpoint_override=HOST:9000&scheme=http"
+_OBJECT_STORES = tuple(
+    getattr(pafs, name) for name in ("S3FileSystem", "GcsFileSystem", "AzureFileSystem")
+    if hasattr(pafs, name)
+)  # fmt: skip
 
 
 def is_uri(location: str) -> bool:
@@ -148,8 +151,10 @@ class Location:
                     f.write(data)
                 os.replace(tmp, target)
                 return
-            # No create_dir: an object store needs no folders, and pyarrow would leave an empty
-            # marker object for each one.
+            if not isinstance(self.fs, _OBJECT_STORES):
+                # An object store needs no folders (pyarrow would leave an empty marker object
+                # for each one); other file systems (HDFS, pyarrow's mock) do.
+                self.fs.create_dir(parent, recursive=True)
             with self.fs.open_output_stream(target) as f:
                 f.write(data)
         except OSError as e:
