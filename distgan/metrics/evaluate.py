@@ -126,14 +126,22 @@ def protocol(reference: Reference, extractor: FeatureExtractor, fake_count: int,
 
 
 def write_eval_json(
-    path: str | Path, checkpoint: str, step: int, figures: dict, proto: dict
+    path: str | Path,
+    checkpoint: str,
+    step: int,
+    figures: dict,
+    proto: dict,
+    own_protocols: dict[str, dict] | None = None,
 ) -> str:
     """``eval.json`` (a local path or a URI in the run's storage): each figure beside its
-    protocol."""
+    protocol, ``proto`` or the figure's own in ``own_protocols`` (figure name -> protocol)."""
+    own = own_protocols or {}
     record = {
         "checkpoint": display(checkpoint),
         "step": step,
-        "results": [{"metric": k, "value": v, "protocol": proto} for k, v in figures.items()],
+        "results": [
+            {"metric": k, "value": v, "protocol": own.get(k, proto)} for k, v in figures.items()
+        ],
     }
     target = open_location(str(path), field="--out")
     target.parent().write_text(target.name, json.dumps(record, indent=2) + "\n")
