@@ -93,6 +93,8 @@ def root(tmp_path_factory) -> Path:
     (root / "empty").mkdir()
     write_shards(_images(64, 28), np.arange(64) % 4, root / "data", source="test")
     write_shards(_images(64, 30), None, root / "data30", source="test")
+    write_shards(_images(64, 30), np.arange(64) % 4, root / "labelled30", source="test")
+    write_shards(_images(64, 28), np.arange(64) % 9, root / "labelled9", source="test")
     for name in ("bad_json", "bad_schema", "truncated", "missing_shard", "modified"):
         shutil.copytree(root / "data", root / name)
     (root / "bad_json" / "manifest.json").write_text("{not json")

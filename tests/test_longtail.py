@@ -29,7 +29,7 @@ from distgan.errors import DataError, JobError
 from distgan.losses import get_loss
 from distgan.metrics import FeatureSet, compute_metrics
 from distgan.metrics.classes import class_kl, class_protocol, per_class_fid
-from distgan.metrics.evaluate import write_eval_json
+from distgan.metrics.evaluate import figure_protocols, write_eval_json
 from distgan.models import ModelOptions, build_models
 from distgan.search_space import parse_space
 from distgan.step import Nets, draw_labels, train_step
@@ -309,8 +309,10 @@ def test_eval_json_keeps_the_class_protocol_beside_the_per_class_figures(real, t
     f, y = cluster_features([300] * K, seed=3)
     fake = FeatureSet(f, one_hot(y))
     figures = compute_metrics(["fid", "intra_fid", "rare_recall"], real, fake)
-    extra = dict.fromkeys(["intra_fid", "rare_recall"], class_protocol(real, fake))
-    path = write_eval_json(tmp_path / "eval.json", "ckpt", 10, figures, {"seed": 0}, extra)
+    own = figure_protocols(
+        figures, ["intra_fid", "rare_recall"], {"seed": 0}, class_protocol(real, fake)
+    )
+    path = write_eval_json(tmp_path / "eval.json", "ckpt", 10, figures, {"seed": 0}, own)
     results = {r["metric"]: r["protocol"] for r in json.loads(Path(path).read_text())["results"]}
     assert results["fid"] == {"seed": 0}
     for name in ("intra_fid", "intra_fid_rare", "intra_fid_missing", "rare_recall"):

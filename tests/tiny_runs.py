@@ -6,6 +6,7 @@ images: ``job.resolved.yaml`` (write_resolved), ``metrics.jsonl`` and ``samples/
 through Ray), ``best/`` (RunOutputs.update_best) and ``eval.json`` (write_eval_json). NaN latents
 at steps 13-15 make the divergence guard skip them and roll back once. The evaluator is a stand
 in (FID from the feature network would take minutes here): its figures fall with the step.
+Given ``labels`` (and ``model={"conditional": True}``), it trains a class-conditional model.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from distgan.data.reader import InMemoryBatches
 from distgan.ema import EMA
 from distgan.losses import get_loss
 from distgan.metrics.evaluate import write_eval_json
-from distgan.models import build_models
+from distgan.models import models_for_job
 from distgan.step import Nets
 from distgan.train import checkpoint as ckpts
 from distgan.train.loop import run
@@ -57,9 +58,15 @@ class FallingFid:
 
 
 def train_run(
-    root: Path, name: str = "00000-tiny", outputs: type[RunOutputs] = RunOutputs, **job_sections
+    root: Path,
+    name: str = "00000-tiny",
+    outputs: type[RunOutputs] = RunOutputs,
+    images: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    **job_sections,
 ) -> Path:
-    """Trains the tiny job into ``root/name`` (rank 0's writer: ``outputs(run_dir)``); returns
+    """Trains the tiny job into ``root/name`` (rank 0's writer: ``outputs(run_dir)``) on uint8
+    ``images`` (N, 1, 28, 28) (default: 256 random ones) and ``labels`` (N,) if given; returns
     the run folder."""
     spec = from_dict(tiny_job(name, root, **job_sections))
     run_dir = root / name
@@ -67,18 +74,21 @@ def train_run(
     write_resolved(spec, run_dir)
     torch.manual_seed(spec.train.seed)
     m, o = spec.model, spec.optim
-    G, D = build_models(m.arch, m.z_dim, m.width, SHAPE)
+    num_classes = 0 if labels is None else int(labels.max()) + 1
+    G, D = models_for_job(m, SHAPE, num_classes)
     nets = Nets(
         G=G,
         D=D,
         opt_g=torch.optim.Adam(G.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2)),
         opt_d=torch.optim.Adam(D.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2)),
         loss=get_loss(spec.loss.kind),
+        num_classes=G.num_classes,
     )
     state = ckpts.TrainState(nets, EMA(G, spec.train.ema_decay), SHAPE)
-    images = torch.randint(0, 256, (256, *SHAPE), dtype=torch.uint8)
+    if images is None:
+        images = torch.randint(0, 256, (256, *SHAPE), dtype=torch.uint8)
     source = InMemoryBatches(
-        images, spec.train.batch_size, seed=0, rank=0, device=torch.device("cpu")
+        images, spec.train.batch_size, seed=0, rank=0, device=torch.device("cpu"), labels=labels
     )
 
     def report(metrics: dict, snapshot: dict | None) -> None:

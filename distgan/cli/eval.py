@@ -1,15 +1,18 @@
-"""``distgan eval RUN_DIR|CHECKPOINT [--metrics fid,kid,precision,recall] [--n 10000]``
+"""``distgan eval RUN_DIR|CHECKPOINT [--metrics fid,kid,precision,recall] [--n 10000]``,
+``distgan eval RUN --metrics cas,gan_train,gan_test [--real-test DATASET]`` (a conditional run)
 and ``distgan eval fit-features DATASET [--test DATASET] [--epochs N] [--out FILE]``.
 
 The first scores a run's latest checkpoint (or the given one) against real images in the project's
 feature space: a table on screen and ``eval.json`` with the protocol beside each figure, so two
-figures are only compared when comparable. The second trains the feature network of a labelled
-dataset (a small CNN classifier) and stores it beside the dataset.
+figures are only compared when comparable. Classification metrics (``metrics/classify.py``)
+train small classifiers on G's labelled samples and on real images instead. The second trains
+the feature network of a labelled dataset (a small CNN classifier) and stores it beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from distgan.config import RESOLVED_JOB
 from distgan.errors import DataError, JobError
@@ -36,6 +39,16 @@ def add_parser(verbs) -> None:
     p.add_argument("--test", help="with fit-features: a labelled test dataset")
     p.add_argument("--epochs", type=int, default=6, help="with fit-features (default 6)")
     p.add_argument("--out", help="eval.json path, or with fit-features the weights file")
+    p.add_argument("--real-test", help="cas, gan_train, gan_test: the labelled real test split")
+    p.add_argument(
+        "--classify-n",
+        type=int,
+        default=3000,
+        help="cas, gan_train, gan_test: training images per classifier (default 3000)",
+    )
+    p.add_argument(
+        "--classify-epochs", type=int, default=3, help="cas, gan_train, gan_test (default 3)"
+    )
     p.set_defaults(run=run)
 
 
@@ -59,20 +72,18 @@ def _fit_features(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from distgan.data import EMBEDDED_DIR, read_manifest
     from distgan.generate import load_generator
-    from distgan.metrics import compute_metrics, get_metric
-    from distgan.metrics.evaluate import (
-        fake_features,
-        per_class_lines,
-        protocol,
-        real_reference,
-        write_eval_json,
+    from distgan.metrics import get_metric
+    from distgan.metrics.classify import (
+        CLASSIFICATION_METRICS,
+        classification_scores,
+        plan_classification,
     )
-    from distgan.metrics.features import load_feature_extractor
+    from distgan.metrics.evaluate import per_class_lines, write_eval_json
 
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    for name in names:
+    by_classifier = [n for n in names if n in CLASSIFICATION_METRICS]
+    for name in (n for n in names if n not in CLASSIFICATION_METRICS):
         try:
             get_metric(name)
         except ValueError as e:
@@ -80,7 +91,76 @@ def _evaluate(args: argparse.Namespace) -> int:
     for flag, value in (("--n", args.n), ("--n-real", args.n_real)):
         if value < 2:
             raise JobError(f"{flag}: expected at least 2 samples, got {value}")
+    if by_classifier and (args.classify_n < 2 or args.classify_epochs < 1):
+        raise JobError("--classify-n, --classify-epochs: expected at least 2 images and 1 epoch")
     G, spec, folder, ckpt = load_generator(args.source)
+    plan = None
+    if by_classifier:  # every check before any work
+        plan = plan_classification(
+            G, spec, folder, args.real_test, args.classify_n, args.classify_epochs, args.seed,
+            metric=by_classifier[0],
+        )  # fmt: skip
+    if len(by_classifier) == len(names):
+        figures, proto, fake, manifest, own_protocols, class_note = {}, {}, None, None, {}, ""
+    else:
+        figures, proto, fake, manifest, own_protocols, class_note = _feature_figures(
+            args, G, spec, names, by_classifier
+        )
+    if plan is not None:
+        scores, classify_proto = classification_scores(plan, by_classifier, log=_stderr)
+        figures |= scores
+        own_protocols |= dict.fromkeys(scores, classify_proto)
+
+    if args.out:
+        out = args.out
+    else:  # beside the run's other files (a run directory given), else in the checkpoint
+        given = open_location(args.source, field="RUN")
+        out = join(given.uri if given.is_file(RESOLVED_JOB) else str(folder), "eval.json")
+    step = int(ckpt["step"])
+    written = write_eval_json(out, str(folder), step, figures, proto, own_protocols)
+    print(f"{display(str(folder))} (step {ckpt['step']})")
+    print(f"{'metric':<18}{'value':>12}")
+    for k, v in figures.items():
+        print(f"{k:<18}{v:>12.4f}")
+    if "class_coverage" in figures:  # which classes: the share of samples in each
+        print("class_coverage by class (share of samples):")
+        print("\n".join(per_class_lines(fake, manifest)))
+    if class_note:
+        print(class_note)
+    if proto:
+        print(
+            f"features {proto['features']} ({proto['features_sha256'][:12]}) · real "
+            f"{proto['real']}: {proto['real_count']:,} images · fake {proto['fake_count']:,} · "
+            f"seed {proto['seed']}"
+        )
+    if plan is not None:
+        print(
+            f"classifiers: {plan.epochs} epochs on {plan.count:,} images each · real test "
+            f"{plan.test.source}: {plan.test.count:,} images · seed {plan.seed}; "
+            "<metric>_real: trained on real images"
+        )
+    print(f"written: {written}")
+    return 0
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _feature_figures(args, G, spec, names: list[str], by_classifier: list[str]):
+    """The metrics of ``names`` not in ``by_classifier``, computed in the feature space:
+    (figures, protocol, fake features, real manifest, the per-class figures' own protocols,
+    a line describing their classes)."""
+    from distgan.data import EMBEDDED_DIR, read_manifest
+    from distgan.metrics import compute_metrics, get_metric
+    from distgan.metrics.evaluate import (
+        fake_features,
+        figure_protocols,
+        protocol,
+        real_reference,
+    )
+    from distgan.metrics.features import load_feature_extractor
+
     if args.real:
         real_dir = args.real
     elif spec.data.source == "embedded":
@@ -91,49 +171,31 @@ def _evaluate(args: argparse.Namespace) -> int:
         manifest = read_manifest(real_dir)
     except DataError as e:
         raise DataError(f"--real: {e}") from None
-    per_class = [n for n in names if PER_CLASS_INPUT in get_metric(n).uses]
+    asked = [n for n in names if n not in by_classifier]
+    per_class = [n for n in asked if PER_CLASS_INPUT in get_metric(n).uses]
     trained_on = None if args.real else manifest  # the training data's manifest, when the same
     classes = _training_classes(spec, trained_on, per_class) if per_class else None
     extractor = load_feature_extractor(args.features, real_dir)
     reference = real_reference(manifest, extractor, args.n_real, args.seed, classes)
     fake = fake_features(G, spec.model.z_dim, extractor, args.n, args.seed)
     try:
-        figures = compute_metrics(names, reference.features, fake)
+        figures = compute_metrics(asked, reference.features, fake)
     except ValueError as e:  # a metric the feature network cannot serve (no class probabilities)
         raise JobError(f"--metrics: {e}; pick other metrics or --features") from None
     proto = protocol(reference, extractor, args.n, args.seed)
-    extra = {}
+    own: dict[str, dict] = {}  # the per-class figures' protocol: the classes, their counts
+    note = ""
     if per_class:
         from distgan.metrics.classes import class_protocol
 
-        extra = dict.fromkeys(per_class, class_protocol(reference.features, fake))
-
-    if args.out:
-        out = args.out
-    else:  # beside the run's other files (a run directory given), else in the checkpoint
-        given = open_location(args.source, field="RUN")
-        out = join(given.uri if given.is_file(RESOLVED_JOB) else str(folder), "eval.json")
-    written = write_eval_json(out, str(folder), int(ckpt["step"]), figures, proto, extra)
-    print(f"{display(str(folder))} (step {ckpt['step']})")
-    print(f"{'metric':<18}{'value':>12}")
-    for k, v in figures.items():
-        print(f"{k:<18}{v:>12.4f}")
-    if "class_coverage" in figures:  # which classes: the share of samples in each
-        print("class_coverage by class (share of samples):")
-        print("\n".join(per_class_lines(fake, manifest)))
-    if per_class:
-        c = extra[per_class[0]]
-        print(
+        c = class_protocol(reference.features, fake)
+        own = figure_protocols(figures, per_class, proto, c)
+        note = (
             f"classes: rare {', '.join(map(str, c['rare_classes']))} ({c['rare_rule']}); "
             f"prior {c['class_balance']}; generated classed by {c['fake_classes']}; samples a "
             f"class real {c['real_per_class']}, generated {c['fake_per_class']}"
         )
-    print(
-        f"features {proto['features']} ({proto['features_sha256'][:12]}) · real {proto['real']}: "
-        f"{proto['real_count']:,} images · fake {proto['fake_count']:,} · seed {proto['seed']}"
-    )
-    print(f"written: {written}")
-    return 0
+    return figures, proto, fake, manifest, own, note
 
 
 def _training_classes(spec, trained_on, names: list[str]):

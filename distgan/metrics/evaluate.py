@@ -145,29 +145,31 @@ def protocol(reference: Reference, extractor: FeatureExtractor, fake_count: int,
     }
 
 
+def figure_protocols(figures: dict, names: list[str], proto: dict, more: dict) -> dict:
+    """``proto`` with ``more`` for each figure of the metrics ``names`` (``<name>`` and its
+    ``<name>_<detail>`` figures): what ``write_eval_json`` takes as ``own_protocols``."""
+    return {
+        k: {**proto, **more} for k in figures if any(k == n or k.startswith(f"{n}_") for n in names)
+    }
+
+
 def write_eval_json(
     path: str | Path,
     checkpoint: str,
     step: int,
     figures: dict,
     proto: dict,
-    extra: dict[str, dict] | None = None,
+    own_protocols: dict[str, dict] | None = None,
 ) -> str:
     """``eval.json`` (a local path or a URI in the run's storage): each figure beside its
-    protocol; ``extra`` maps a metric's name to more protocol for its figures (``<name>`` and
-    ``<name>_<detail>``), e.g. the per-class metrics' classes and sample counts."""
-    extra = extra or {}
-
-    def own(figure: str) -> dict:
-        for name, more in extra.items():
-            if figure == name or figure.startswith(name + "_"):
-                return {**proto, **more}
-        return proto
-
+    protocol, ``proto`` or the figure's own in ``own_protocols`` (figure name -> protocol)."""
+    own = own_protocols or {}
     record = {
         "checkpoint": display(checkpoint),
         "step": step,
-        "results": [{"metric": k, "value": v, "protocol": own(k)} for k, v in figures.items()],
+        "results": [
+            {"metric": k, "value": v, "protocol": own.get(k, proto)} for k, v in figures.items()
+        ],
     }
     target = open_location(str(path), field="--out")
     target.parent().write_text(target.name, json.dumps(record, indent=2) + "\n")

@@ -121,7 +121,7 @@ def fit_features(
     # A forked RNG: the seed fixes this run without resetting the caller's random state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = _train(
+        net = train_classifier(
             FeatureNet(manifest.shape[0], num_classes),
             images,
             labels,
@@ -131,7 +131,7 @@ def fit_features(
             log=log,
         )
     net.eval().cpu()
-    accuracy = _accuracy(net, test_images, test_labels)
+    accuracy = classifier_accuracy(net, test_images, test_labels)
     state = {
         "format": FORMAT,
         "state_dict": net.state_dict(),
@@ -166,7 +166,7 @@ def fit_features(
     return info
 
 
-def _train(
+def train_classifier(
     net: FeatureNet,
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -401,7 +401,7 @@ def _random_shift(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _accuracy(net: FeatureNet, images: torch.Tensor, labels: torch.Tensor) -> float:
+def classifier_accuracy(net: FeatureNet, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Share of ``images`` (uint8) that ``net`` (in eval mode) classifies as ``labels``."""
     correct = 0
     for x, y in zip(images.split(1000), labels.split(1000), strict=True):
