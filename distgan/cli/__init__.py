@@ -5,6 +5,7 @@
     distgan sample runs/00000-quickstart --n 64 --out grid.png
     distgan report runs/00000-quickstart
     distgan export runs/00000-quickstart --format onnx
+    distgan rate runs/00000-quickstart
 
 User errors (``distgan.errors.UserError``) print one line on stderr and exit 2.
 """
@@ -28,12 +29,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from distgan.cli import data, export, jobs, report, runs, sample, submit, train, tune
+    from distgan.cli import data, export, jobs, rate, report, runs, sample, submit, train, tune
     from distgan.cli import eval as eval_verb
 
     parser = _Parser(prog="distgan", description="Distributed GAN training jobs on Ray.")
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
-    for module in (train, data, sample, eval_verb, export, report, runs, submit, jobs, tune):
+    for module in (train, data, sample, eval_verb, export, report, rate, runs, submit, jobs, tune):
         module.add_parser(verbs)
     return parser
 
