@@ -193,7 +193,7 @@ def test_a_person_rates_in_chromium_and_every_answer_is_in_ratings_jsonl(
         assert f"open http://127.0.0.1:{PORT}/ in a browser" in url_line, url_line
         deck = build_deck(open_location(run_dir, field="RUN"), N, 0)  # what the server shows
 
-        browser.set_window_size(900, 760)
+        browser.set_window_size(900, 900)  # the whole page in the screenshot
         browser.get_log("browser")  # drop what an earlier page left
         browser.get(f"http://127.0.0.1:{PORT}/")
         browser.execute_script("localStorage.clear()")
