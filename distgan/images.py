@@ -2,6 +2,7 @@
 
 save_grid(to_uint8(G(z)), "samples/step_000500.png")
 save_grid(images, "per_class.png", nrow=8, row_names=["T-shirt/top", "Trouser", ...])
+png(images[0].transpose(1, 2, 0))   # one image, no border
 """
 
 from __future__ import annotations
@@ -59,9 +60,14 @@ def grid_png(
     g = grid(images, nrow)
     if row_names:
         g = label_rows(g, row_names, images.shape[2])
-    mode = "L" if g.shape[2] == 1 else "RGB"
+    return png(g)
+
+
+def png(image: np.ndarray) -> bytes:
+    """The PNG bytes of one (H, W, C) uint8 image, C = 1 (grey) or 3 (RGB)."""
+    mode = "L" if image.shape[2] == 1 else "RGB"
     buffer = io.BytesIO()
-    Image.fromarray(g[:, :, 0] if mode == "L" else g, mode).save(buffer, format="PNG")
+    Image.fromarray(image[:, :, 0] if mode == "L" else image, mode).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

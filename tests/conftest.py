@@ -26,6 +26,9 @@ ray_port_base() + 800. It yields a ``tests/split.SplitCluster``: ``dashboard`` (
 Ray driver on the head's side). Up in about 6-11 s, down in about 3 s on 2 cores; at the end
 it fails if any process of it is left.
 
+``browser`` (module): a headless Chromium driven by Selenium through Debian's chromedriver
+(``CHROMEDRIVER``; the tests that use it are skipped without it), its console log kept.
+
 ``make test`` runs two pytest-xdist workers (``-n 2 --dist loadgroup``): the Ray tests carry an
 ``xdist_group`` mark, "ray-a" or "ray-b" (two groups of about equal length, one a worker, each
 worker with its own Ray head), and the other tests fill in around them.
@@ -46,6 +49,7 @@ import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+CHROMEDRIVER = Path("/usr/bin/chromedriver")  # Debian's chromium-driver (.ci/run installs it)
 
 
 def ray_port_base() -> int:
@@ -151,6 +155,25 @@ def ray_cluster():
             else:
                 os.environ[k] = v
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium (1280×900) whose console ``driver.get_log("browser")`` reads."""
+    if not CHROMEDRIVER.is_file():
+        pytest.skip("no chromedriver: apt-get install chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,900"):  # fmt: skip
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.quit()
 
 
 @pytest.fixture(scope="session")

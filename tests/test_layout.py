@@ -26,7 +26,7 @@ LAYERS = [
     {"step", "ema"},  # the adversarial step
     {"storage", "data", "metrics"},  # files of a run, data, scoring
     {"train", "generate"},  # training, and generators read back from its checkpoints
-    {"tune", "submit", "report", "export", "explore", "cli"},  # consumers of the layers above
+    {"tune", "submit", "report", "export", "explore", "rate", "cli"},  # consumers of the above
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

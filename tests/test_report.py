@@ -27,8 +27,6 @@ from distgan.tune.results import TrialRow, write_results
 from distgan.tune.space import trial_spec
 from distgan.tune.trials import TRIALS
 
-CHROMEDRIVER = Path("/usr/bin/chromedriver")  # Debian's chromium-driver (.ci/run installs it)
-
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
@@ -74,24 +72,6 @@ def search_dir(tmp_path_factory) -> Path:
     rows.sort(key=lambda r: r.best)
     write_results(rows, spec, open_location(str(search), field="search"))
     return search
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMEDRIVER.is_file():
-        pytest.skip("no chromedriver: apt-get install chromium chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,900"):  # fmt: skip
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    yield driver
-    driver.quit()
 
 
 def open_page(driver, path: Path, screenshot: Path) -> tuple[list[dict], list[list]]:

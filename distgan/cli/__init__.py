@@ -6,6 +6,7 @@
     distgan report runs/00000-quickstart
     distgan explore runs/00000-quickstart
     distgan export runs/00000-quickstart --format onnx
+    distgan rate runs/00000-quickstart
 
 User errors (``distgan.errors.UserError``) print one line on stderr and exit 2.
 """
@@ -29,14 +30,28 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from distgan.cli import data, explore, export, jobs, report, runs, sample, submit, train, tune
+    from distgan.cli import (
+        data,
+        explore,
+        export,
+        jobs,
+        rate,
+        report,
+        runs,
+        sample,
+        submit,
+        train,
+        tune,
+    )  # fmt: skip
     from distgan.cli import eval as eval_verb
 
     parser = _Parser(prog="distgan", description="Distributed GAN training jobs on Ray.")
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
-    for module in (train, data, sample, eval_verb, export, report, runs, submit, jobs, tune):
+    verbs_in_order = (
+        train, data, sample, eval_verb, explore, export, report, rate, runs, submit, jobs, tune,
+    )  # fmt: skip
+    for module in verbs_in_order:
         module.add_parser(verbs)
-    explore.add_parser(verbs)
     return parser
 
 

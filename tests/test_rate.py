@@ -1,0 +1,361 @@
+"""``distgan rate``: a person's answers through the page in a real headless Chromium, into the
+run's ratings.jsonl, and back out as HYPE∞ error rates with bootstrap intervals.
+
+The run is a real tiny one (tests/tiny_runs.py) with a shard folder at its ``data.source``. The
+server runs as the real command in a subprocess on 127.0.0.1 at ray_port_base() + 700; the tests
+that bind in this process take +701 to +703. Every test that serves checks that nothing listens
+there once it is done.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, ray_port_base
+from tiny_runs import train_run
+
+from distgan.cli import main
+from distgan.data import write_shards
+from distgan.rate import (
+    RATINGS,
+    RatingServer,
+    RatingSession,
+    RatingsFile,
+    bootstrap_ci,
+    build_deck,
+    read_ratings,
+)
+from distgan.storage import open_location
+
+PORT = ray_port_base() + 700
+N = 10  # images per rater in these tests
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A tiny trained run (40 steps, mlp) whose data.source holds 64 random 28×28 images."""
+    root = tmp_path_factory.mktemp("rate")
+    images = np.random.default_rng(7).integers(0, 256, (64, 1, 28, 28), dtype=np.uint8)
+    write_shards(images, None, root / "data", source="test")
+    return train_run(root, arch="mlp")
+
+
+def refused(port: int) -> bool:
+    """True when nothing listens on 127.0.0.1:port."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def post(port: int, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/answer",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+# --- the bootstrap on its own ----------------------------------------------------------------
+
+
+def test_the_bootstrap_interval_is_seeded_and_right_for_a_known_rate():
+    wrong = np.array([1] * 120 + [0] * 280)  # 30% of 400 answers
+    low, high = bootstrap_ci(wrong, seed=0)
+    assert (low, high) == bootstrap_ci(wrong, seed=0)  # the seed decides every resample
+    assert (low, high) != bootstrap_ci(wrong, seed=1)
+    half = 1.96 * np.sqrt(0.3 * 0.7 / 400)  # the normal approximation: ±4.5 points
+    assert abs(low - (0.3 - half)) < 0.01 and abs(high - (0.3 + half)) < 0.01
+    small = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0])  # pinned: 2,000 resamples, seed 0
+    assert bootstrap_ci(small, seed=0) == pytest.approx((0.0, 0.6))
+    assert bootstrap_ci(np.zeros(50)) == (0.0, 0.0) and bootstrap_ci(np.ones(50)) == (1.0, 1.0)
+
+
+def test_the_overall_interval_resamples_raters_then_their_answers():
+    wrong = np.array([1.0] * 50 + [0.0] * 50)  # one rater always wrong, the other always right
+    raters = np.array(["a"] * 50 + ["b"] * 50)
+    answers_only = bootstrap_ci(wrong)
+    assert 0.38 < answers_only[0] < 0.5 < answers_only[1] < 0.62
+    # Two raters who disagree this much say little about the next one: a draw of (a, a) gives
+    # 100%, (b, b) 0%, each a quarter of the time.
+    assert bootstrap_ci(wrong, raters) == (0.0, 1.0)
+
+
+# --- --summary of a known set of answers -----------------------------------------------------
+
+
+def _answers(rater: str, wrong_fakes: int, wrong_reals: int, step: int = 40) -> list[dict]:
+    """Five generated and five real images; the first ``wrong_*`` of each answered wrong."""
+    lines = []
+    for truth, other, wrong in (
+        ("generated", "real", wrong_fakes),
+        ("real", "generated", wrong_reals),
+    ):
+        for i in range(5):
+            lines.append({
+                "rater": rater, "image": f"{truth}/{i}", "truth": truth,
+                "answer": other if i < wrong else truth, "ms": 1000 + 100 * i,
+                "time": "2025-01-01T00:00:00.000Z", "step": step,
+                "protocol": "hype-inf/seed=0/real=5/generated=5",
+            })  # fmt: skip
+    return lines
+
+
+def test_summary_gives_the_error_rates_and_intervals_of_known_answers(tmp_path, capsys):
+    ana = _answers("ana", wrong_fakes=2, wrong_reals=1)  # 30%: fakes 40% real, reals 20% fake
+    bo = _answers("bo", wrong_fakes=3, wrong_reals=2)  # 50%: 60%, 40%
+    repeat = {**ana[0], "answer": "generated"}  # ana's second answer to generated/0: ignored
+    later = _answers("ana", wrong_fakes=0, wrong_reals=0, step=80)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "job.resolved.yaml").write_text("data: {source: embedded}\n")
+    lines = [*ana, *bo, repeat, *later]
+    (run / RATINGS).write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+    assert main(["rate", str(run), "--summary"]) == 0
+    out = capsys.readouterr().out
+
+    def cell(wrong: list[int], raters: list[str] | None = None) -> str:
+        low, high = bootstrap_ci(
+            np.array(wrong, float), None if raters is None else np.array(raters)
+        )
+        return f"{np.mean(wrong):.1%} [{low:.1%}–{high:.1%}]"
+
+    step_40 = out.split("step 80")[0].splitlines()
+    rows = {line.split()[0]: line for line in step_40 if line[:1] in ("a", "b")}
+    assert "10/10" in rows["ana"] and "1.2s" in rows["ana"]  # median of 1.0..1.4 s, twice
+    assert cell([1, 1, 0, 0, 0, 1, 0, 0, 0, 0]) in rows["ana"]  # 30.0% [...]
+    assert cell([1, 1, 0, 0, 0]) in rows["ana"] and cell([1, 0, 0, 0, 0]) in rows["ana"]
+    assert "30.0%" in rows["ana"] and "40.0%" in rows["ana"] and "20.0%" in rows["ana"]
+    assert "50.0%" in rows["bo"] and "60.0%" in rows["bo"]
+    overall = [1, 1, 0, 0, 0, 1, 0, 0, 0, 0, 1, 1, 1, 0, 0, 1, 1, 0, 0, 0]
+    assert cell(overall, ["ana"] * 10 + ["bo"] * 10) in rows["all"]  # 40.0%, raters resampled
+    assert "1 repeated answer" in out
+    groups = [line for line in out.splitlines() if line.startswith("step ")]
+    assert groups == ["step 40 · hype-inf/seed=0/real=5/generated=5",
+                      "step 80 · hype-inf/seed=0/real=5/generated=5"]  # fmt: skip
+    assert "0.0% [0.0%–0.0%]" in out.split("step 80")[1]
+    assert "50% is chance" in out
+
+
+def test_a_line_that_is_not_a_rating_is_named(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "job.resolved.yaml").write_text("data: {source: embedded}\n")
+    good = json.dumps(_answers("ana", 0, 0)[0])
+    (run / RATINGS).write_text(f'{good}\n{{"rater": "ana", "truth": "fake"}}\n')
+    assert main(["rate", str(run), "--summary"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "ratings.jsonl: line 2: field 'image'" in err
+    assert "fix or delete that line" in err and len(err.splitlines()) == 1
+
+
+# --- the page in Chromium --------------------------------------------------------------------
+
+
+def test_a_person_rates_in_chromium_and_every_answer_is_in_ratings_jsonl(
+    run_dir, browser, tmp_path
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    assert refused(PORT)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "distgan.cli", "rate", str(run_dir), "--n", str(N),
+         "--port", str(PORT)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        first = server.stdout.readline()
+        url_line = server.stdout.readline()
+        assert f"at step 40: {N} images, half real, half generated" in first, first
+        assert f"open http://127.0.0.1:{PORT}/ in a browser" in url_line, url_line
+        deck = build_deck(open_location(run_dir, field="RUN"), N, 0)  # what the server shows
+
+        browser.set_window_size(900, 900)  # the whole page in the screenshot
+        browser.get_log("browser")  # drop what an earlier page left
+        browser.get(f"http://127.0.0.1:{PORT}/")
+        browser.execute_script("localStorage.clear()")
+        browser.refresh()
+        name = browser.find_element(By.ID, "name")
+        name.send_keys("Ana T.", Keys.ENTER)  # the page asks for a name: none was given
+        wait = WebDriverWait(browser, 15)
+
+        def shown(k: int) -> dict:
+            """Waits for image k (0-based) to be up and answerable; returns what the page shows."""
+            wait.until(lambda d: d.find_element(By.ID, "real").is_enabled()
+                       and d.find_element(By.ID, "count").text == f"{k + 1} of {N}")  # fmt: skip
+            return browser.execute_script(
+                "const i = document.getElementById('card');"
+                "return {src: i.src, complete: i.complete, natural: i.naturalWidth,"
+                " width: i.clientWidth}"
+            )
+
+        answers = ["real", "generated", "generated", "real", "generated", "real"]
+        for k, answer in enumerate(answers):
+            card = shown(k)
+            assert card["complete"] and card["natural"] == 28 and card["width"] == 280, card
+            # The page shows the deck's card k (as a data: URI: the URL says nothing of it).
+            assert (
+                card["src"]
+                == "data:image/png;base64," + base64.b64encode(deck.cards[k].png).decode()
+            )
+            if k == 2:
+                browser.save_screenshot(str(tmp_path / "rate.png"))
+            if k < 3:
+                browser.find_element(By.ID, answer).click()
+            else:  # R / G, then the arrow keys
+                key = {"real": "r", "generated": "g"}[answer] if k < 5 else Keys.ARROW_LEFT
+                browser.find_element(By.TAG_NAME, "body").send_keys(key)
+        shown(len(answers))
+        assert browser.get_log("browser") == []  # no CSP refusal, no failed request, no error
+        text = browser.find_element(By.TAG_NAME, "body").text
+        assert "Real or generated?" in text and "rating as Ana T." in text
+        assert "correct" not in text.lower() and "wrong" not in text.lower()  # no feedback
+
+        # Every answer is in the file already, with the truth of its image.
+        records = read_ratings(open_location(run_dir, field="RUN"))
+        assert [r["answer"] for r in records] == answers
+        assert [r["image"] for r in records] == [c.image for c in deck.cards[: len(answers)]]
+        for r in records:
+            assert r["truth"] == deck.truth_of(r["image"]) == r["image"].split("/")[0]
+            assert r["rater"] == "Ana T." and r["step"] == 40 and r["ms"] > 0
+            assert r["protocol"] == "hype-inf/seed=0/real=5/generated=5"
+        assert sorted(c.truth for c in deck.cards).count("real") == N // 2  # a balanced deck
+
+        # A reload picks up where the rater stopped; a stale answer (a second tab) is refused.
+        browser.refresh()
+        shown(len(answers))
+        status, state = post(PORT, {"rater": "Ana T.", "index": 0, "answer": "real", "ms": 5})
+        assert status == 409 and state["index"] == len(answers)
+        assert len(read_ratings(open_location(run_dir, field="RUN"))) == len(answers)
+        for k in range(len(answers), N):  # the rest, then the page says it is done
+            shown(k)
+            browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_RIGHT)
+        wait.until(lambda d: d.find_element(By.ID, "done").is_displayed())
+        assert f"All {N} images answered" in browser.find_element(By.ID, "done").text
+        assert browser.get_log("browser") == []
+    finally:
+        server.send_signal(signal.SIGINT)  # Ctrl-C: the server stops and says what it kept
+        out, err = server.communicate(timeout=30)
+    assert server.returncode == 0, err
+    assert f"stopped; {N} answer(s) for step 40" in out
+    assert refused(PORT)
+    assert (tmp_path / "rate.png").stat().st_size > 5_000
+
+    assert main(["rate", str(run_dir), "--summary"]) == 0  # the same answers, read back
+
+
+# --- the server in this process --------------------------------------------------------------
+
+
+@pytest.fixture
+def serving(run_dir, tmp_path):
+    """A RatingServer for a copy of the run's ratings, at PORT + 2, in a thread; stopped and
+    checked closed at the end."""
+    run = open_location(run_dir, field="RUN")
+    home = open_location(tmp_path, field="RUN")  # answers go here, not into the shared run
+    deck = build_deck(run, N, 0)
+    server = RatingServer(RatingSession(deck, RatingsFile(home), rater="bo"), "127.0.0.1", PORT + 2)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server, deck, home
+    finally:
+        server.shutdown()
+        server.close()
+        thread.join(10)
+    assert refused(PORT + 2)
+
+
+def test_the_server_writes_each_answer_before_it_replies_and_refuses_what_it_should(serving):
+    server, deck, home = serving
+    assert server.url == f"http://127.0.0.1:{PORT + 2}/"
+    status, state = post(server.port, {"rater": "bo", "index": 0, "answer": "generated", "ms": 800})
+    assert status == 200 and state["index"] == 1 and state["answered"] == 1
+    (line,) = read_ratings(home)  # on disk when the reply came
+    assert line["image"] == deck.cards[0].image and line["truth"] == deck.cards[0].truth
+    assert "truth" not in state and deck.cards[1].image not in json.dumps(state)  # nothing leaks
+    assert post(server.port, {"rater": "cy", "index": 1, "answer": "real", "ms": 1})[0] == 400
+    assert post(server.port, {"rater": "bo", "index": 1, "answer": "maybe", "ms": 1})[0] == 400
+    plain = urllib.request.Request(server.url + "api/answer", data=b"{}", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as e:  # not JSON: what a form on another site sends
+        urllib.request.urlopen(plain, timeout=10)
+    assert e.value.code == 415
+    assert len(read_ratings(home)) == 1
+
+
+def test_a_port_in_use_is_one_line_and_nothing_is_written(run_dir, capsys):
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    ratings = (run_dir / RATINGS).read_bytes() if (run_dir / RATINGS).exists() else None
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", PORT + 1))
+    taken.listen()
+    try:
+        code = main(["rate", str(run_dir), "--n", "4", "--port", str(PORT + 1)])
+    finally:
+        taken.close()
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and captured.out == ""
+    assert f"--port {PORT + 1}: already in use on 127.0.0.1" in lines[0]
+    assert f"pick another port, e.g. --port {PORT + 2}" in lines[0]
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
+    assert ((run_dir / RATINGS).read_bytes() if ratings is not None else None) == ratings
+    assert refused(PORT + 1)
+
+
+# --- a run in object storage -----------------------------------------------------------------
+
+
+def test_answers_and_summary_through_object_storage(s3_env, capsys):
+    s3_env.create_bucket("ratings")
+    uri = s3_env.uri("ratings", "runs/00000-tiny")
+    s3_env.write("ratings", "runs/00000-tiny/job.resolved.yaml", b"data: {source: embedded}\n")
+    run = open_location(uri, field="RUN")
+    ratings = RatingsFile(run)
+    for record in _answers("ana", wrong_fakes=2, wrong_reals=1):
+        ratings.append(record)  # object stores cannot append: each one rewrites the file
+    assert len(read_ratings(run)) == 10
+    assert s3_env.keys("ratings") == [
+        "runs/00000-tiny/job.resolved.yaml",
+        "runs/00000-tiny/ratings.jsonl",
+    ]
+    assert main(["rate", uri, "--summary"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("s3://ratings/runs/00000-tiny/ratings.jsonl:")  # no endpoint shown
+    assert "30.0%" in out and "10/10" in out
+
+
+def test_a_dataset_changed_since_training_is_refused(tmp_path, capsys):
+    images = np.zeros((8, 1, 28, 28), dtype=np.uint8)
+    write_shards(images, None, tmp_path / "data", source="test")
+    run = train_run(tmp_path, arch="mlp")
+    shutil.rmtree(tmp_path / "data")  # the same folder, now 30×30 images
+    write_shards(np.zeros((8, 1, 30, 30), np.uint8), None, tmp_path / "data", source="test")
+    assert main(["rate", str(run), "--n", "4", "--port", str(PORT + 3)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds 1×30×30 images but the generator makes 1×28×28" in err
+    assert "restore the one the run was trained on" in err and len(err.splitlines()) == 1
+    assert not (run / RATINGS).exists() and refused(PORT + 3)
