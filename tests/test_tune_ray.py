@@ -51,9 +51,14 @@ def search(tmp_path, job: dict, capsys) -> tuple:
     return search_dir, rows, out
 
 
-def test_asha_stops_a_hopeless_trial_and_writes_a_best_yaml_job(ray_cluster, tmp_path, capsys):
-    # Trials run one after the other: the good one sets the rungs, the hopeless one
-    # (G's Adam at a learning rate of 1.0) falls below them at its first rung.
+def test_asha_stops_the_trial_worse_at_its_rung_and_writes_a_best_yaml_job(
+    ray_cluster, tmp_path, capsys
+):
+    # Trials run one after the other: the first (lr 2e-4) sets the rung's figure and always
+    # finishes; ASHA stops the second (G's Adam at a learning rate of 1.0) at its first rung
+    # exactly when it measures worse there. Which one is worse is not certain at this size (both
+    # FIDs are near 600 at step 20: a G barely trained scores no better than its initial
+    # weights), so the test checks ASHA's decision against the figures the trials measured.
     tune = {"space": {"optim.lr_g": "grid([2e-4, 1.0])"}, "num_samples": 1,
             "scheduler": "asha", "grace_period": 20, "max_concurrent_trials": 1}  # fmt: skip
     search_dir, rows, out = search(
@@ -62,15 +67,15 @@ def test_asha_stops_a_hopeless_trial_and_writes_a_best_yaml_job(ray_cluster, tmp
 
     good, bad = rows["0.0002"], rows["1.0"]
     assert (good["status"], int(good["steps"])) == ("done", 60)
-    # Stopped at its first rung (step 20); Tune's stop lands a report or so later.
-    assert bad["status"] == "stopped" and int(bad["steps"]) < 60
-    # ASHA's decision: at the first rung the hopeless trial measured the worse figure. (Not its
-    # best figure: when the stop lands after its next evaluation, that one can be luckier.)
     at_first_rung = {
         lr: next(m["fid"] for m in read_metrics(search_dir / TRIALS / r["trial_id"]) if "fid" in m)
         for lr, r in rows.items()
     }
-    assert at_first_rung["0.0002"] < at_first_rung["1.0"]
+    if at_first_rung["1.0"] > at_first_rung["0.0002"]:
+        # Stopped at its first rung (step 20); Tune's stop lands a report or so later.
+        assert bad["status"] == "stopped" and int(bad["steps"]) < 60, at_first_rung
+    else:
+        assert (bad["status"], int(bad["steps"])) == ("done", 60), at_first_rung
     assert "fid" in out and "best:" in out  # progress lines and the table
 
     # best.yaml holds the values of the trial with the best figure. Which one that is, is not
