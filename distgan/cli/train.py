@@ -18,7 +18,7 @@ import time
 from distgan.cli.flags import add_overrides_flag
 from distgan.config import RESOLVED_JOB, dump_yaml, load_job, parse_job
 from distgan.errors import CheckpointError, JobError
-from distgan.storage import display, join
+from distgan.storage import join
 
 
 def add_parser(verbs) -> None:
@@ -150,8 +150,9 @@ def run(args: argparse.Namespace) -> int:
         total = int(metrics.get("elapsed_s", 0))
         took = f"{total // 60}m{total % 60:02d}s of training (this part {took})"
     print(f"done: step {step} in {took} · run {run_dir}")
-    print(f"report: {display(join(run_dir.uri, 'report.html'))}")
+    print(f"report: {run_dir.child('report.html')}")
     if grids:
-        print(f"samples: {display(join(run_dir.uri, 'samples', grids[-1]))}")
-    print(f"more samples: distgan sample {shlex.quote(run_dir.uri)} --n 64 --out grid.png")
+        print(f"samples: {run_dir.child('samples', grids[-1])}")
+    again = str(run_dir) if run_dir.is_local else run_dir.uri  # with its query, if any
+    print(f"more samples: distgan sample {shlex.quote(again)} --n 64 --out grid.png")
     return 0
