@@ -48,8 +48,8 @@ def s3_server():
     server.start()
     try:
         query = f"?endpoint_override=127.0.0.1:{port}&scheme=http"
-        fs, _ = pyarrow.fs.FileSystem.from_uri(f"s3://data{query}")
-        fs.create_dir("data")
+        fs, _ = pyarrow.fs.FileSystem.from_uri(f"s3://data{query}&allow_bucket_creation=true")
+        fs.create_dir("data")  # the bucket
         pyarrow.fs.copy_files(str(EMBEDDED_DIR), "data/embedded", destination_filesystem=fs)
         yield f"s3://data/embedded{query}"
     finally:
@@ -68,7 +68,7 @@ def one_run(source: str, cache: str, steps: int, workers: int, root: str) -> dic
     ]  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(argv) == 0
-    (run,) = [e for e in os.scandir(root) if e.is_dir()]
+    (run,) = [e for e in os.scandir(root) if e.is_dir() and not e.name.endswith("-done")]
     lines = read_metrics(run.path)[1:]  # after the first interval
     os.rename(run.path, f"{run.path}-done")
     return {

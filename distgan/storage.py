@@ -167,6 +167,15 @@ class Location:
         """Copies a local file to ``rel`` (temporary name and rename on local storage)."""
         self.write_bytes(rel, Path(local_file).read_bytes())
 
+    def delete(self, rel: str) -> None:
+        """Removes the file ``rel``; nothing happens when there is none."""
+        try:
+            self.fs.delete_file(self._full(rel))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise storage_error(join(self.uri, rel), "location", e) from None
+
     def delete_dir(self, rel: str) -> None:
         try:
             self.fs.delete_dir(self._full(rel))

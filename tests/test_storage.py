@@ -17,7 +17,13 @@ from distgan.data import load_arrays, read_manifest, read_rows, write_shards
 from distgan.errors import StorageError
 from distgan.storage import display, is_uri, join, open_location, split_query
 from distgan.train import checkpoint as ckpts
-from distgan.train.outputs import RunOutputs, new_run_dir, read_best, read_metrics
+from distgan.train.outputs import (
+    RunOutputs,
+    new_run_dir,
+    read_best,
+    read_metrics,
+    request_stop,
+)
 
 Q = "?endpoint_override=127.0.0.1:9000&scheme=http"
 
@@ -109,3 +115,26 @@ def test_data_written_to_and_read_from_a_uri(tmp_path):
     assert np.array_equal(load_arrays(manifest)[0], images)
     record = json.loads((tmp_path / "bucket" / "d" / "manifest.json").read_text())
     assert [s["file"] for s in record["shards"]] == [s.file for s in manifest.shards]
+
+
+class StopAfter17(RunOutputs):
+    """The rank-0 writer of a run whose driver gets `distgan stop` after step 17 is logged."""
+
+    def write_metrics(self, record: dict) -> None:
+        super().write_metrics(record)
+        if record["step"] >= 17:
+            request_stop(self.run)
+
+
+def test_a_stop_request_ends_the_run_at_the_next_log_step_with_a_final_checkpoint(tmp_path):
+    from tiny_runs import train_run
+
+    run_dir = train_run(tmp_path, arch="mlp", outputs=StopAfter17, train={"log_every": 1,
+                        "checkpoint_every": 100, "steps": 40, "sample_every": 100},
+                        guard={"inject_nan": ""})  # fmt: skip
+    steps = [m["step"] for m in read_metrics(run_dir)]
+    assert steps[-1] == 18  # the next log step after the request: not the job's 40
+    finals = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert finals[-1] == "step_0000018" and ckpts.load(run_dir / "checkpoints" / finals[-1])
+    request_stop(open_location(str(run_dir), "run"), clear=True)
+    assert not RunOutputs(run_dir).stop_requested()

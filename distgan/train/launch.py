@@ -28,7 +28,7 @@ from distgan.models import models_for_job
 from distgan.progress import duration
 from distgan.storage import Location, check_reachable, display, is_uri, open_location
 from distgan.train.checkpoint import CHECKPOINTS
-from distgan.train.outputs import METRICS, read_status, write_status
+from distgan.train.outputs import METRICS, read_status, request_stop, write_status
 
 # Quiet Ray's internals so the user sees distgan's progress (see DESIGN.md, "Log noise").
 RAY_ENV = {
@@ -377,6 +377,7 @@ def launch(
         flush=True,
     )
     step = int(read_status(run).get("step", 0))
+    request_stop(run, clear=True)  # an earlier part's request does not stop this one
     write_status(run, "running", step)
     try:
         metrics = _fit_with_progress(trainer, run, spec.train, out, on_record)
@@ -466,13 +467,30 @@ def _fit_with_progress(trainer, run: Location, t, out, on_record=None) -> dict:
                 if on_record is not None:
                     on_record(m)
 
-    polls = 0
+    polls, asked = 0, False
     while thread.is_alive():
-        thread.join(timeout=1.0)
+        try:
+            thread.join(timeout=1.0)
+        except KeyboardInterrupt:  # distgan stop (SIGTERM) or Ctrl-C: ask for a last checkpoint
+            if asked:
+                raise
+            asked = True
+            request_stop(run)
+            # Marked now: Ray kills the job a few seconds after its SIGTERM, maybe before the
+            # final checkpoint; the run is whole up to its last checkpoint either way.
+            write_status(run, "stopped", _last_step(run, 0), error="KeyboardInterrupt")
+            print(
+                "distgan: stopping: the workers write a final checkpoint at their next log "
+                "step (press Ctrl-C again to stop at once)",
+                file=out,
+                flush=True,
+            )
         polls += 1
         if thread.is_alive() and (run.is_local or polls % 2 == 0):  # object storage: every 2 s
             show_new_lines()
     show_new_lines()  # the lines written since the last poll
+    if asked and "error" not in outcome:
+        raise KeyboardInterrupt  # stopped, with the final checkpoint written
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"].return_value or {}

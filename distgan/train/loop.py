@@ -201,7 +201,10 @@ def run(
             continue
         now = time.monotonic()
         time_up = t.max_minutes > 0 and earlier + now - started >= 60 * t.max_minutes
-        final = step == t.steps or dist.any_rank(time_up, device)
+        # distgan stop: the driver's request, seen by rank 0 at log steps, ends every rank here
+        # with a final checkpoint (Ray gives the job a few seconds before it kills it).
+        stop = log_now and outputs is not None and outputs.stop_requested()
+        final = step == t.steps or dist.any_rank(time_up or stop, device)
         metrics = meter.reduce()
         metrics.update(
             step=step,

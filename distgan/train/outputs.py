@@ -33,6 +33,7 @@ _RUN = re.compile(r"^(\d{5})-")
 BEST = "best"  # the best checkpoint by the job's eval.metric
 METRICS = "metrics.jsonl"
 STATUS = "status.json"
+STOP = "stop.json"  # written by the driver on distgan stop: the workers checkpoint and end
 
 
 def storage_home(run) -> str:
@@ -84,6 +85,15 @@ def write_status(run: Location, status: str, step: int = 0, **extra) -> None:
     run.write_text(STATUS, json.dumps(record) + "\n")
 
 
+def request_stop(run: Location, clear: bool = False) -> None:
+    """Asks the run's workers to write a final checkpoint and end (``clear``: takes it back,
+    as a new part of the run starts)."""
+    if clear:
+        run.delete(STOP)
+    else:
+        run.write_text(STOP, json.dumps({"requested": time.time()}) + "\n")
+
+
 def read_status(run: Location) -> dict:
     try:
         return json.loads(run.read_text(STATUS)) if run.is_file(STATUS) else {}
@@ -107,6 +117,10 @@ class RunOutputs:
         self._lines = [json.dumps(m) for m in lines]
         self._last_step = lines[-1]["step"] if lines else -1
         self.events = RunEvents(self.run)  # TensorBoard: every logged figure, every grid
+
+    def stop_requested(self) -> bool:
+        """Whether the driver asked the run to stop (``distgan stop``): asked at log steps."""
+        return self.run.is_file(STOP)
 
     @property
     def checkpoints_uri(self) -> str:
