@@ -138,3 +138,37 @@ def test_a_stop_request_ends_the_run_at_the_next_log_step_with_a_final_checkpoin
     assert finals[-1] == "step_0000018" and ckpts.load(run_dir / "checkpoints" / finals[-1])
     request_stop(open_location(str(run_dir), "run"), clear=True)
     assert not RunOutputs(run_dir).stop_requested()
+
+
+def test_a_resumed_runs_clock_goes_on_from_its_checkpoint(tmp_path, monkeypatch):
+    """A run restored from a checkpoint taken after 1,000 s of training logs elapsed_s from
+    there, and its checkpoints carry the whole run's time to the next part."""
+    import functools
+
+    from tiny_runs import train_run
+
+    monkeypatch.setattr(
+        ckpts, "TrainState", functools.partial(ckpts.TrainState, train_seconds=1000.0)
+    )  # what ckpts.restore sets from a checkpoint's metrics (checked below)
+    run_dir = train_run(tmp_path, arch="mlp", guard={"inject_nan": ""})
+    elapsed = [m["elapsed_s"] for m in read_metrics(run_dir)]
+    assert all(1000.0 <= e < 1000.0 + 300 for e in elapsed) and elapsed == sorted(elapsed)
+    ckpt = ckpts.load(ckpts.latest(run_dir))
+    assert ckpt["metrics"]["elapsed_s"] >= 1000.0
+    monkeypatch.undo()
+
+    # The next part starts where this one ended: restore takes the clock from the checkpoint.
+    from distgan.config import load_resolved
+    from distgan.ema import EMA
+    from distgan.losses import get_loss
+    from distgan.models import models_for_job
+    from distgan.step import Nets
+
+    spec = load_resolved(ckpt["job"], "ckpt")
+    G, D = models_for_job(spec.model, tuple(ckpt["image_shape"]))
+    nets = Nets(G=G, D=D, opt_g=torch.optim.Adam(G.parameters()),
+                opt_d=torch.optim.Adam(D.parameters()), loss=get_loss(spec.loss.kind))  # fmt: skip
+    state = ckpts.TrainState(nets, EMA(G, 0.9), tuple(ckpt["image_shape"]))
+    assert state.train_seconds == 0.0
+    ckpts.restore(state, ckpt, 0, source="ckpt")
+    assert state.train_seconds == ckpt["metrics"]["elapsed_s"]
