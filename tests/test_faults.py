@@ -157,9 +157,9 @@ def test_a_discriminator_that_wins_outright_is_flagged(tmp_path):
     assert (True, 1.0) in flags and (False, 0.0) in flags
     assert all(bool(low) == bool(wins) for low, wins in flags)
     # The driver's progress line says so.
-    from distgan.train.launch import _progress_line
+    from distgan.train.follow import progress_line
 
-    lines = [_progress_line(m, 40) for m in read_metrics(tmp_path)]
+    lines = [progress_line(m, 40) for m in read_metrics(tmp_path)]
     assert [("D wins" in line) for line in lines] == [bool(wins) for _, wins in flags]
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 from distgan import progress
 from distgan.data import import_source
 from distgan.progress import Progress, duration, track
-from distgan.train.launch import _progress_line, eta_seconds
+from distgan.train.follow import eta_seconds, progress_line
 
 
 class _Terminal(io.StringIO):
@@ -113,7 +113,7 @@ def test_eta_from_the_mean_speed_since_the_first_record():
     later = record(300, 120.0, images_per_s=6400.0)  # 2 steps/s since `first`
     assert eta_seconds(first, 1000) == (90.0, False)  # 900 steps at 10/s
     assert eta_seconds(later, 1000, anchor=first) == (350.0, False)  # 700 steps at 2/s
-    line = _progress_line(later, 1000, anchor=first)
+    line = progress_line(later, 1000, anchor=first)
     assert line.endswith("2:00  ETA 5:50"), line
 
 
@@ -121,11 +121,11 @@ def test_the_time_limit_ends_the_run_first():
     first, later = record(100, 20.0), record(300, 120.0)
     eta, limited = eta_seconds(later, 1000, max_minutes=4, anchor=first)
     assert (eta, limited) == (120.0, True)  # 240 s allowed, 120 s gone
-    assert _progress_line(later, 1000, 4, first).endswith("ETA 2:00 (max_minutes)")
+    assert progress_line(later, 1000, 4, first).endswith("ETA 2:00 (max_minutes)")
 
 
 def test_no_eta_without_a_speed_or_at_the_end_and_gpu_memory_is_shown():
     assert eta_seconds({"step": 5, "elapsed_s": 1.0}, 10) is None
-    assert "ETA" not in _progress_line(record(10, 5.0, images_per_s=100.0), 10)
-    line = _progress_line(record(5, 5.0, images_per_s=100.0, gpu_mem_gb=3.21), 10)
+    assert "ETA" not in progress_line(record(10, 5.0, images_per_s=100.0), 10)
+    line = progress_line(record(5, 5.0, images_per_s=100.0, gpu_mem_gb=3.21), 10)
     assert "GPU 3.2 GB" in line and "ETA 0:03" in line

@@ -88,7 +88,8 @@ def _interrupt(signum, frame) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from distgan.train import checkpoint as ckpts
-    from distgan.train.launch import check_job, launch, preflight, ray_session, wait_seconds
+    from distgan.train.follow import wait_seconds
+    from distgan.train.launch import check_job, launch, preflight, ray_session
     from distgan.train.outputs import new_run_dir, sample_grids, storage_home, write_resolved
 
     if args.resume:

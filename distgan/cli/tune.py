@@ -64,7 +64,8 @@ def _resume_spec(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from distgan.train.launch import check_storage, ray_session, wait_seconds
+    from distgan.train.follow import wait_seconds
+    from distgan.train.launch import check_storage, ray_session
     from distgan.train.outputs import new_run_dir, storage_home, write_resolved
     from distgan.tune.results import RESULTS, format_table, trial_rows, write_results
     from distgan.tune.search import check_search, run_search

@@ -12,14 +12,12 @@ Fashion-MNIST training images (1×28×28) with their labels and class names
 from pathlib import Path
 
 from distgan.data.importers import import_source, read_idx, read_image_folder, read_npz
+from distgan.data.reading import load_arrays, read_labels, read_rows, verify_shards
 from distgan.data.shards import (
     ShardInfo,
     ShardManifest,
     class_name,
-    load_arrays,
     read_manifest,
-    read_rows,
-    verify_shards,
     write_shards,
 )
 
@@ -36,6 +34,7 @@ __all__ = [
     "read_image_folder",
     "read_manifest",
     "read_npz",
+    "read_labels",
     "read_rows",
     "verify_shards",
     "write_shards",

@@ -44,7 +44,7 @@ _TEMP_NAME = re.compile(r"\.(shard-\d{5,}\.parquet|manifest\.json)\.tmp")
 # Rows per Parquet row group are capped by bytes: an arrow binary array holds at most 2 GiB,
 # and smaller groups keep a reader's peak memory low for large images.
 _ROW_GROUP_BYTES = 64 * 2**20
-_FIX = "re-create it with `distgan data import SRC --out FOLDER`"
+FIX = "re-create it with `distgan data import SRC --out FOLDER`"
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def write_shards(
 
     images = np.ascontiguousarray(images)
     labels = None if labels is None else labels.astype(np.int64)
-    schema = _schema(labels is not None)
+    schema = shard_schema(labels is not None)
     shards = []
     for index, start in enumerate(range(0, len(images), shard_size)):
         stop = min(start + shard_size, len(images))
@@ -178,17 +178,17 @@ def read_manifest(folder: str | Path) -> ShardManifest:
     try:
         data = json.loads(loc.read_text(MANIFEST_NAME))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: invalid JSON ({e}); {_FIX}") from None
+        raise DataError(f"{path}: invalid JSON ({e}); {FIX}") from None
     if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object; {_FIX}")
+        raise DataError(f"{path}: expected a JSON object; {FIX}")
     if data.get("format") != FORMAT:
-        raise DataError(f"{path}: format is {data.get('format')!r}, expected {FORMAT!r}; {_FIX}")
+        raise DataError(f"{path}: format is {data.get('format')!r}, expected {FORMAT!r}; {FIX}")
 
     def field(key: str, valid: bool, what: str):
         if key not in data:
-            raise DataError(f"{path}: field '{key}' is missing; {_FIX}")
+            raise DataError(f"{path}: field '{key}' is missing; {FIX}")
         if not valid:
-            raise DataError(f"{path}: field '{key}' must be {what}, got {data[key]!r}; {_FIX}")
+            raise DataError(f"{path}: field '{key}' must be {what}, got {data[key]!r}; {FIX}")
         return data[key]
 
     get = data.get
@@ -204,13 +204,13 @@ def read_manifest(folder: str | Path) -> ShardManifest:
     if not _is_class_names(class_names):
         raise DataError(
             f"{path}: field 'class_names' must be null or {{label: name}}, got {class_names!r}; "
-            f"{_FIX}"
+            f"{FIX}"
         )
     long_tail = get("long_tail")  # optional: only long-tailed subsets have one
     if not _is_long_tail(long_tail):
         raise DataError(
             f"{path}: field 'long_tail' must be null or {{ratio: number >= 1, seed: integer, "
-            f"source_counts: {{label: count}}}}, got {long_tail!r}; {_FIX}"
+            f"source_counts: {{label: count}}}}, got {long_tail!r}; {FIX}"
         )
     shards = field(
         "shards",
@@ -218,18 +218,16 @@ def read_manifest(folder: str | Path) -> ShardManifest:
         "a non-empty list of {file: 'shard-NNNNN.parquet', count, sha256}",
     )
     if (labels is None) != (label_counts is None):
-        raise DataError(
-            f"{path}: 'labels' and 'label_counts' must both be null or both set; {_FIX}"
-        )
+        raise DataError(f"{path}: 'labels' and 'label_counts' must both be null or both set; {FIX}")
     if sum(s["count"] for s in shards) != count:
         raise DataError(
             f"{path}: shard counts add up to {sum(s['count'] for s in shards)}, "
-            f"but 'count' is {count}; {_FIX}"
+            f"but 'count' is {count}; {FIX}"
         )
     present = set(loc.list())
     for s in shards:
         if s["file"] not in present:
-            raise DataError(f"{join(root, s['file'])}: shard listed in {path} is missing; {_FIX}")
+            raise DataError(f"{join(root, s['file'])}: shard listed in {path} is missing; {FIX}")
     return ShardManifest(
         count=count,
         shape=tuple(shape),
@@ -248,134 +246,7 @@ def class_name(manifest: ShardManifest, label: int) -> str:
     return (manifest.class_names or {}).get(int(label), str(int(label)))
 
 
-def verify_shards(manifest: ShardManifest, hashes: bool = True) -> None:
-    """Checks each shard's Parquet footer, schema, row count and (``hashes``) sha256 against
-    ``manifest``.
-
-    Returns None; raises DataError naming the first shard file that does not match.
-    """
-    expected = _schema(manifest.labels is not None)
-    loc = manifest.location()
-    for info, path in zip(manifest.shards, manifest.shard_paths, strict=True):
-        path = display(path)
-        try:
-            with loc.fs.open_input_file(loc.child(info.file).path) as f:
-                meta = pq.ParquetFile(f).metadata
-                schema = meta.schema.to_arrow_schema()
-        except (pa.ArrowException, OSError) as e:
-            raise DataError(f"{path}: truncated or corrupt Parquet file ({e}); {_FIX}") from None
-        # Names and types only: a writer other than ours may mark the columns nullable.
-        if [(f.name, f.type) for f in schema] != [(f.name, f.type) for f in expected]:
-            found = ", ".join(f"{f.name}: {f.type}" for f in schema)
-            want = ", ".join(f"{f.name}: {f.type}" for f in expected)
-            raise DataError(f"{path}: columns are ({found}), expected ({want}); {_FIX}")
-        if meta.num_rows != info.count:
-            raise DataError(f"{path}: has {meta.num_rows} rows, manifest says {info.count}; {_FIX}")
-        if not hashes:
-            continue
-        digest = _stream_sha256(loc, info.file)
-        if digest != info.sha256:
-            raise DataError(
-                f"{path}: sha256 is {digest}, manifest says {info.sha256}; the "
-                f"file was modified or damaged; {_FIX}"
-            )
-
-
-def load_arrays(manifest: ShardManifest) -> tuple[np.ndarray, np.ndarray | None]:
-    """Reads every shard into images (N, C, H, W) uint8 and labels (N,) int64 or None."""
-    item = int(np.prod(manifest.shape))
-    images = np.empty((manifest.count, *manifest.shape), dtype=np.uint8)
-    flat = images.reshape(manifest.count, item)  # a view: filling it fills ``images``
-    labels = None if manifest.labels is None else np.empty(manifest.count, dtype=np.int64)
-    columns = ["image"] if labels is None else ["image", "label"]
-    row = 0
-    loc = manifest.location()
-    for info, path in zip(manifest.shards, manifest.shard_paths, strict=True):
-        path = display(path)
-        try:
-            table = pq.read_table(loc.child(info.file).path, columns=columns, filesystem=loc.fs)
-        except (pa.ArrowException, OSError) as e:
-            raise DataError(f"{path}: truncated or corrupt Parquet file ({e}); {_FIX}") from None
-        if table.num_rows != info.count:
-            raise DataError(
-                f"{path}: has {table.num_rows} rows, manifest says {info.count}; {_FIX}"
-            )
-        for chunk in table.column("image").chunks:
-            flat[row : row + len(chunk)] = _binary_to_rows(chunk, item, path)
-            row += len(chunk)
-        if labels is not None:
-            labels[row - info.count : row] = table.column("label").to_numpy()
-    return images, labels
-
-
-def read_rows(manifest: ShardManifest, rows: np.ndarray) -> np.ndarray:
-    """The images at the sorted dataset indices ``rows`` (K,), as (K, C, H, W) uint8.
-
-    Only the Parquet row groups that hold one of them are read, shard by shard: the driver never
-    holds the whole dataset (a reference of 10,000 images out of millions, from a bucket)."""
-    item = int(np.prod(manifest.shape))
-    out = np.empty((len(rows), item), dtype=np.uint8)
-    loc = manifest.location()
-    start, filled = 0, 0
-    for info in manifest.shards:
-        stop = start + info.count
-        wanted = rows[(rows >= start) & (rows < stop)] - start  # shard-local, sorted
-        if len(wanted):
-            path = display(join(manifest.root, info.file))
-            try:
-                with loc.fs.open_input_file(loc.child(info.file).path) as f:
-                    parquet = pq.ParquetFile(f)
-                    meta = parquet.metadata
-                    sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
-                    bounds = np.cumsum([0, *sizes])  # (G + 1,) first row of each group
-                    groups = sorted(set(np.searchsorted(bounds, wanted, side="right") - 1))
-                    table = parquet.read_row_groups(groups, columns=["image"])
-            except (pa.ArrowException, OSError) as e:
-                raise DataError(f"{path}: corrupt Parquet file ({e}); {_FIX}") from None
-            covered = np.concatenate([np.arange(bounds[g], bounds[g + 1]) for g in groups])
-            local = np.searchsorted(covered, wanted)  # each wanted row's place in the table
-            column = table.column("image").combine_chunks()
-            picked = column.take(pa.array(local))
-            out[filled : filled + len(wanted)] = _binary_to_rows(picked, item, path)
-            filled += len(wanted)
-        start = stop
-    return out.reshape(len(rows), *manifest.shape)
-
-
-def read_labels(manifest: ShardManifest) -> np.ndarray:
-    """Every image's label (N,) int64, in file order, reading only the ``label`` column;
-    DataError when the dataset has no labels."""
-    if manifest.labels is None:
-        raise DataError(
-            f"{display(manifest.root)}: the dataset has no labels; import it with them "
-            "(`distgan data import SRC --labels FILE`, or class subfolders)"
-        )
-    loc = manifest.location()
-    parts = []
-    for info, path in zip(manifest.shards, manifest.shard_paths, strict=True):
-        try:
-            table = pq.read_table(loc.child(info.file).path, columns=["label"], filesystem=loc.fs)
-        except (pa.ArrowException, OSError) as e:
-            raise DataError(f"{display(path)}: corrupt Parquet file ({e}); {_FIX}") from None
-        parts.append(table.column("label").to_numpy())
-    return np.concatenate(parts).astype(np.int64)
-
-
-def _binary_to_rows(chunk: pa.BinaryArray, item: int, path: str) -> np.ndarray:
-    """Views an arrow binary array of equal-length values as (len, item) uint8, without a copy."""
-    if chunk.null_count or not pa.types.is_binary(chunk.type):
-        raise DataError(f"{path}: the 'image' column has nulls or a wrong type; {_FIX}")
-    _, offsets_buf, data_buf = chunk.buffers()
-    offsets = np.frombuffer(
-        offsets_buf, dtype=np.int32, count=len(chunk) + 1, offset=chunk.offset * 4
-    )
-    if not (np.diff(offsets) == item).all():
-        raise DataError(f"{path}: some images are not {item} bytes long; {_FIX}")
-    data = np.frombuffer(data_buf, dtype=np.uint8, count=len(chunk) * item, offset=offsets[0])
-    return data.reshape(len(chunk), item)
-
-
-def _schema(has_labels: bool) -> pa.Schema:
+def shard_schema(has_labels: bool) -> pa.Schema:
     fields = [pa.field("image", pa.binary(), nullable=False)]
     if has_labels:
         fields.append(pa.field("label", pa.int64(), nullable=False))
@@ -458,14 +329,6 @@ def _atomic_file(path: Path) -> Iterator[BinaryIO]:
         temp.unlink(missing_ok=True)
         raise
     os.replace(temp, path)
-
-
-def _stream_sha256(loc: Location, name: str) -> str:
-    digest = hashlib.sha256()
-    with loc.fs.open_input_stream(loc.child(name).path) as f:
-        while block := f.read(2**20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_remote(

@@ -23,7 +23,7 @@ import torch
 
 from distgan.data import ShardManifest, class_name, read_rows
 from distgan.data.imbalance import ClassPrior
-from distgan.data.shards import read_labels
+from distgan.data.reading import read_labels
 from distgan.metrics import FeatureSet, stats
 from distgan.metrics.features import FeatureExtractor
 from distgan.models import class_labels, generate
