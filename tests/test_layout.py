@@ -21,7 +21,7 @@ PACKAGE = REPO / "distgan"
 
 # Top-level modules or subpackages of distgan, by layer (1 is the top: it imports nothing else).
 LAYERS = [
-    {"errors", "fields", "search_space", "config"},  # the JobSpec and its rules
+    {"errors", "fields", "job_rules", "search_space", "config"},  # the JobSpec and its rules
     {"models", "losses", "augment", "images", "dist", "progress"},  # plain PyTorch; progress bars
     {"step", "ema"},  # the adversarial step
     {"storage", "data", "metrics"},  # files of a run, data, scoring

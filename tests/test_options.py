@@ -14,8 +14,9 @@ from torch import nn
 
 import distgan.step
 from distgan import augment
-from distgan.config import AUGMENTATIONS, from_dict
+from distgan.config import from_dict
 from distgan.ema import EMA, make_ema
+from distgan.job_rules import AUGMENTATIONS
 from distgan.losses import get_loss, r1_penalty
 from distgan.models import ModelOptions, apply_speed_options, build_models
 from distgan.models.layers import MinibatchStd, pack

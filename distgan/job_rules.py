@@ -1,0 +1,105 @@
+"""The rules that tie a JobSpec's fields together, checked once every field is valid on its own.
+
+    check_cross_fields(spec, "jobs/x.yaml", field_sources)   # config.from_dict calls it
+
+A batch must split evenly across the workers and into PacGAN's packs, fp16 needs a GPU, a
+conditional model needs an architecture that has one, streaming cannot draw classes by weight,
+and so on. Each rule raises JobError naming where the field was set, the field and the fix.
+"""
+
+from __future__ import annotations
+
+import re
+
+from distgan.errors import JobError
+from distgan.fields import close_hint
+
+CONDITIONAL_ARCHS = ("dcgan", "resnet")
+AUGMENTATIONS = ("color", "translation", "cutout")  # distgan.augment's (kept in sync by a test)
+
+
+def check_cross_fields(spec, source: str, field_sources: dict[str, str]) -> None:
+    """Raises JobError (the file or --set that gave the field, the field, the fix) when fields
+    valid one by one do not fit together."""
+
+    def src(dotted: str) -> str:
+        return field_sources.get(dotted, source)
+
+    if spec.train.batch_size % spec.scale.workers:
+        raise JobError(
+            f"{src('train.batch_size')}: train.batch_size: {spec.train.batch_size} does not split "
+            f"evenly across scale.workers={spec.scale.workers}; use a multiple of "
+            f"{spec.scale.workers}"
+        )
+    if spec.eval.n_samples % spec.scale.workers:
+        raise JobError(
+            f"{src('eval.n_samples')}: eval.n_samples: {spec.eval.n_samples} does not split "
+            f"evenly across scale.workers={spec.scale.workers}; use a multiple of "
+            f"{spec.scale.workers}"
+        )
+    if spec.train.precision == "fp16" and not spec.scale.use_gpu:
+        raise JobError(
+            f"{src('train.precision')}: train.precision: fp16 needs a GPU (scale.use_gpu: true); "
+            "use bf16 or fp32 on CPU"
+        )
+    if spec.guard.inject_nan and not re.fullmatch(r"\d+-\d+", spec.guard.inject_nan):
+        raise JobError(
+            f"{src('guard.inject_nan')}: guard.inject_nan: expected steps as 'A-B' (e.g. '13-15'), "
+            f"got {spec.guard.inject_nan!r}; leave it empty outside tests"
+        )
+    _check_model_options(spec, src)
+    if spec.train.class_balance != "none" and spec.data.cache == "stream":
+        raise JobError(
+            f"{src('data.cache')}: data.cache: stream reads each image once an epoch in the "
+            f"order it comes, which cannot draw classes by weight (train.class_balance: "
+            f"{spec.train.class_balance}); use data.cache: memory (or auto)"
+        )
+    if spec.train.deterministic and spec.data.cache == "stream":
+        raise JobError(
+            f"{src('data.cache')}: data.cache: stream reads data in a varying order, which "
+            "train.deterministic cannot keep; use data.cache: memory (or auto)"
+        )
+
+
+def _check_model_options(spec, src) -> None:
+    """The rules that tie the model options, DiffAugment and compile to the other fields."""
+    m = spec.model
+    per_worker = spec.train.batch_size // spec.scale.workers
+    if per_worker % m.pack:
+        raise JobError(
+            f"{src('model.pack')}: model.pack: {m.pack} does not divide the per-worker batch of "
+            f"{per_worker} (train.batch_size / scale.workers); use a divisor of {per_worker} or a "
+            f"batch that is a multiple of {m.pack * spec.scale.workers}"
+        )
+    if m.mbstd_group and (per_worker // m.pack) % m.mbstd_group:
+        raise JobError(
+            f"{src('model.mbstd_group')}: model.mbstd_group: {m.mbstd_group} does not divide the "
+            f"{per_worker // m.pack} inputs D sees per worker (train.batch_size / scale.workers / "
+            "model.pack); use a divisor of it, or 0 for off"
+        )
+    if m.output != "tanh" and m.arch != "mlp":
+        raise JobError(
+            f"{src('model.output')}: model.output: {m.output} is served by arch mlp only "
+            f"({m.arch}'s G ends in tanh); remove it or use model.arch: mlp"
+        )
+    if m.conditional and m.arch not in CONDITIONAL_ARCHS:
+        raise JobError(
+            f"{src('model.conditional')}: model.conditional: {m.arch} has no conditional version; "
+            f"use model.arch: {' or '.join(CONDITIONAL_ARCHS)}, or model.conditional: false"
+        )
+    policy = [n.strip() for n in spec.train.diffaugment.split(",") if n.strip()]
+    for name in policy:
+        if name not in AUGMENTATIONS:
+            raise JobError(
+                f"{src('train.diffaugment')}: train.diffaugment: unknown augmentation {name!r}; "
+                f"{close_hint(name, list(AUGMENTATIONS))} (a comma-separated list of "
+                f"{', '.join(AUGMENTATIONS)}, or '' for off)"
+            )
+    if spec.train.compile and (spec.loss.r1_gamma or spec.loss.kind == "wgan-gp"):
+        # Compiled backward graphs donate their buffers, so they cannot be differentiated again
+        # (torch 2.13: "requires create_graph=False").
+        penalty = "loss.r1_gamma" if spec.loss.r1_gamma else "loss.kind: wgan-gp"
+        raise JobError(
+            f"{src('train.compile')}: train.compile: a compiled D cannot be differentiated twice, "
+            f"as the gradient penalty of {penalty} needs; set train.compile: false"
+        )
