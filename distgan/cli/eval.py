@@ -151,7 +151,7 @@ def _feature_figures(args, G, spec, names: list[str], by_classifier: list[str]):
     """The metrics of ``names`` not in ``by_classifier``, computed in the feature space:
     (figures, protocol, fake features, real manifest, the per-class figures' own protocols,
     a line describing their classes)."""
-    from distgan.data import EMBEDDED_DIR, read_manifest
+    from distgan.data import data_location, read_manifest
     from distgan.metrics import compute_metrics, get_metric
     from distgan.metrics.evaluate import (
         fake_features,
@@ -161,12 +161,7 @@ def _feature_figures(args, G, spec, names: list[str], by_classifier: list[str]):
     )
     from distgan.metrics.features import load_feature_extractor
 
-    if args.real:
-        real_dir = args.real
-    elif spec.data.source == "embedded":
-        real_dir = str(EMBEDDED_DIR)
-    else:
-        real_dir = spec.data.source
+    real_dir = args.real or data_location(spec.data.source)
     try:
         manifest = read_manifest(real_dir)
     except DataError as e:
@@ -202,10 +197,10 @@ def _training_classes(spec, trained_on, names: list[str]):
     """The class counts, prior (train.class_balance) and rare classes of the run's training
     data (``trained_on``: its manifest, or None to read it), for the per-class metrics
     ``names``; JobError when it has no labels."""
-    from distgan.data import EMBEDDED_DIR, read_manifest
+    from distgan.data import data_location, read_manifest
     from distgan.data.imbalance import ClassPrior
 
-    source = str(EMBEDDED_DIR) if spec.data.source == "embedded" else spec.data.source
+    source = data_location(spec.data.source)
     if trained_on is None:
         try:
             trained_on = read_manifest(source)

@@ -88,14 +88,13 @@ def run(args: argparse.Namespace) -> int:
 def _datasets(spec, folder, real_test: str | None) -> dict:
     """The training data, its feature network and the real test split (None when none is found
     and none was asked for), checked before anything is drawn."""
-    from distgan.data import read_manifest
+    from distgan.data import data_location, read_manifest
     from distgan.metrics.classify import real_test_dir
     from distgan.storage import display, join
     from distgan.train.checkpoint import STATE_FILE
     from distgan.train.evaluation import check_evaluation
-    from distgan.train.launch import data_location
 
-    source = data_location(spec)
+    source = data_location(spec.data.source)
     try:
         train = read_manifest(source)
     except DataError as e:

@@ -23,8 +23,15 @@ from distgan.data.shards import (
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
 
+
+def data_location(source: str) -> str:
+    """A job's ``data.source`` as a folder or URI: ``embedded`` is the copy inside the package."""
+    return str(EMBEDDED_DIR) if source == "embedded" else source
+
+
 __all__ = [
     "EMBEDDED_DIR",
+    "data_location",
     "ShardInfo",
     "ShardManifest",
     "class_name",

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from distgan.config import JobSpec
-from distgan.data import EMBEDDED_DIR, ShardManifest, load_arrays, read_manifest
+from distgan.data import ShardManifest, data_location, load_arrays, read_manifest
 from distgan.errors import CheckpointError, DataError
 from distgan.images import to_uint8
 from distgan.metrics.evaluate import dataset_hash
@@ -103,7 +103,7 @@ def plan_classification(
             "(model.conditional false): classification metrics train on G's class inputs; "
             "evaluate a conditional run or leave them out"
         )
-    source = str(EMBEDDED_DIR) if spec.data.source == "embedded" else spec.data.source
+    source = data_location(spec.data.source)
     train = _labelled(source, "data.source", k)
     test_dir = real_test_dir(spec, real_test)
     test = _labelled(test_dir, "--real-test", k)

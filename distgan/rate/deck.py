@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distgan.data import EMBEDDED_DIR, read_manifest, read_rows
+from distgan.data import data_location, read_manifest, read_rows
 from distgan.errors import DataError, JobError
 from distgan.generate import load_generator
 from distgan.images import png, to_uint8
@@ -75,7 +75,7 @@ def build_deck(run: Location, n: int, seed: int) -> Deck:
             "generated); e.g. --n 100"
         )
     G, spec, folder, ckpt = load_generator(run.uri)
-    source = str(EMBEDDED_DIR) if spec.data.source == "embedded" else spec.data.source
+    source = data_location(spec.data.source)
     try:
         manifest = read_manifest(source)
     except DataError as e:

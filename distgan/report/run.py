@@ -16,10 +16,9 @@ from distgan.report.charts import Line, Mark, Point, chart, data_uri
 from distgan.report.page import Section, chart_img, charts, facts, grid_figure, note, pre, table
 from distgan.storage import Location
 from distgan.train.checkpoint import CHECKPOINTS
-from distgan.train.outputs import BEST
+from distgan.train.outputs import METRICS, read_best
 from distgan.train.records import GROUPS
 
-METRICS = "metrics.jsonl"
 EVAL_JSON = "eval.json"  # written by distgan eval beside the run's files
 SAMPLES = "samples"
 MAX_GRIDS = 12  # sample grids shown: the newest, then spread over the run back to the first
@@ -38,12 +37,6 @@ def read_records(run: Location) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return [r for r in records if isinstance(r, dict) and "step" in r]
-
-
-def read_best(run: Location) -> dict | None:
-    """``{"metric", "value", "step"}`` of the run's best checkpoint, or None."""
-    rel = f"{BEST}/best.json"
-    return json.loads(run.read_text(rel)) if run.is_file(rel) else None
 
 
 def series(records: list[dict], key: str) -> tuple[list[float], list[float]]:

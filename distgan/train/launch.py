@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distgan.config import METRIC_NAMES, JobSpec, to_dict
-from distgan.data import EMBEDDED_DIR, ShardManifest, read_manifest, verify_shards
+from distgan.data import ShardManifest, data_location, read_manifest, verify_shards
 from distgan.errors import ClusterError, DataError, JobError, StorageError
 from distgan.models import models_for_job
 from distgan.storage import Location, check_reachable, display, is_uri, open_location
@@ -55,17 +55,11 @@ class Plan:
     evaluation: dict | None = None  # the workers' evaluation config (train/evaluation.py)
 
 
-def data_location(spec: JobSpec) -> str:
-    """The dataset's folder or URI (``embedded``: the copy inside the package)."""
-    source = spec.data.source
-    return str(EMBEDDED_DIR) if source == "embedded" else source
-
-
 def resolve_data(spec: JobSpec, job_source: str) -> ShardManifest:
     try:
         if is_uri(spec.data.source):
             check_reachable(open_location(spec.data.source, "data.source"), "data.source", True)
-        return read_manifest(data_location(spec))
+        return read_manifest(data_location(spec.data.source))
     except (DataError, StorageError) as e:
         raise type(e)(f"{job_source}: {_field_first(e, 'data.source')}") from None
 
