@@ -47,7 +47,10 @@ class MinibatchStd(nn.Module):
         if n % g:
             raise ValueError(f"minibatch std: a batch of {n} does not split into groups of {g}")
         y = x.float().reshape(n // g, g, *x.shape[1:])  # (N/g, g, C, ...)
-        y = (y.var(dim=1, unbiased=False) + 1e-8).sqrt()  # (N/g, C, ...)
+        # The variance over the group by hand: torch's var over a middle dim takes a slow path
+        # on CPU (15 ms a call for a DCGAN D's batch of 64, half the step).
+        y = y - y.mean(dim=1, keepdim=True)
+        y = (y.square().mean(dim=1) + 1e-8).sqrt()  # (N/g, C, ...)
         y = y.flatten(1).mean(1).to(x.dtype).repeat_interleave(g)  # (N,)
         y = y.view(n, 1, *[1] * (x.dim() - 2)).expand(n, 1, *x.shape[2:])  # (N, 1, ...)
         return torch.cat([x, y], dim=1)  # (N, C+1, ...)
