@@ -38,6 +38,14 @@ def test_explicit_cpus_that_do_not_fit_are_refused():
         plan(spec(workers=2, cpus_per_worker=2), MANIFEST, cluster_cpus=2, cluster_gpus=0)
 
 
+def test_explicit_cpus_that_leave_none_for_ray_data_are_refused():
+    # 2 × 1 CPU on a 2-CPU cluster fits the workers but starves Ray Data's read tasks: such a
+    # job used to wait at step 0 forever.
+    with pytest.raises(ClusterError, match="leave 0 of the 2 CPUs .* Ray Data needs one"):
+        plan(spec(workers=2, cpus_per_worker=1), MANIFEST, cluster_cpus=2, cluster_gpus=0)
+    assert plan(spec(workers=2, cpus_per_worker=1), MANIFEST, 3, 0).cpus_per_worker == 1.0
+
+
 def test_gpu_workers_need_a_gpu_each():
     p = plan(spec(workers=2, use_gpu=True), MANIFEST, cluster_cpus=16, cluster_gpus=2)
     assert p.use_gpu and p.cpus_per_worker == 1.0

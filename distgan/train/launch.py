@@ -115,10 +115,14 @@ def plan(spec: JobSpec, manifest: ShardManifest, cluster_cpus: float, cluster_gp
                 f"scale.workers: {s.workers} CPU workers need more than the {cluster_cpus:g} CPUs "
                 "of the Ray cluster (one CPU stays free for Ray Data). Lower scale.workers"
             )
-    if cpus * s.workers > cluster_cpus:
+    if cpus * s.workers > cluster_cpus - 1:
+        # Ray Data's read tasks each ask for a CPU: with none left the job would wait forever.
         raise ClusterError(
-            f"scale.cpus_per_worker: {s.workers} workers × {cpus:g} CPUs exceed the "
-            f"{cluster_cpus:g} CPUs of the Ray cluster. Lower scale.cpus_per_worker or workers"
+            f"scale.cpus_per_worker: {s.workers} workers × {cpus:g} CPUs leave "
+            f"{max(0.0, cluster_cpus - cpus * s.workers):g} of the {cluster_cpus:g} CPUs of the "
+            "Ray cluster, and Ray Data needs one to read the shards. Lower "
+            "scale.cpus_per_worker or scale.workers, or set cpus_per_worker to 0 (it then "
+            "leaves that CPU)"
         )
     c, h, w = manifest.shape
     per_worker_bytes = manifest.count * c * h * w // s.workers
