@@ -105,3 +105,37 @@ def test_an_existing_run_in_a_bucket_is_never_touched_by_a_bad_resume(s3_env, tm
     line = _one_line(capsys)
     assert "no checkpoint to resume from" in line and line.startswith("error: s3://kept/r/")
     assert {k: s3.read("kept", k) for k in s3.keys("kept", "r/")} == before
+
+
+def test_a_feature_network_in_a_bucket_is_fitted_there_and_found_by_auto(s3_env, tmp_path):
+    """``eval fit-features URI`` writes features.pt (and its sidecar) beside the dataset in the
+    bucket; ``eval.features: auto`` on that dataset picks it, and its ``origin`` is the URI that
+    every node loads it from (the in-training evaluation hands that to the workers)."""
+    from distgan.config import from_dict
+    from distgan.data import read_manifest
+    from distgan.metrics.features import load_feature_extractor
+    from distgan.train.evaluation import prepare_evaluation
+
+    s3 = s3_env
+    s3.create_bucket("feats")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (60, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "x.npz", images=images, labels=np.arange(60) % 3)
+    data = s3.uri("feats", "x")
+    assert main(["data", "import", str(tmp_path / "x.npz"), "--out", data]) == 0
+    assert main(["eval", "fit-features", data, "--epochs", "1"]) == 0
+    assert {"x/features.pt", "x/features.json"} <= set(s3.keys("feats", "x/"))
+    sidecar = json.loads(s3.read("feats", "x/features.json"))
+    weights = data.replace("/x?", "/x/features.pt?")
+    assert sidecar["num_classes"] == 3 and sidecar["command"].endswith(f"--out {weights}")
+
+    extractor = load_feature_extractor("auto", data)
+    assert extractor.origin == weights
+    assert extractor.num_classes == 3  # this dataset's network, not the shipped 10-class one
+    assert extractor.sha256 == sidecar["sha256"]
+    # By its URI too (eval.features: URI), and as the workers get it from the evaluation config.
+    assert load_feature_extractor(weights).sha256 == extractor.sha256
+    spec = from_dict({"data": {"source": data}, "eval": {"every": 10, "n_real": 30}})
+    config = prepare_evaluation(spec, read_manifest(data), "job.yaml")
+    assert config["features_path"] == weights
+    assert config["real_features"].shape == (30, extractor.dim)

@@ -11,9 +11,13 @@ feature network of their own (Inception, say) as TorchScript can load that file 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import posixpath
+import shutil
+import tempfile
 import time
 import zipfile
 from collections.abc import Callable
@@ -27,6 +31,7 @@ from distgan.data import load_arrays, read_manifest
 from distgan.data.shards import file_sha256
 from distgan.errors import CheckpointError, DataError
 from distgan.progress import Progress
+from distgan.storage import check_reachable, display, is_uri, join, open_location, split_query
 
 FORMAT = "distgan-features/1"
 FEATURE_DIM = 128
@@ -91,8 +96,15 @@ def fit_features(
     DataError if a dataset has no labels or the two datasets differ in shape or labels.
     """
     start = time.perf_counter()
-    dataset_dir = Path(dataset_dir)
-    out = dataset_dir / "features.pt" if out is None else Path(out)
+    dataset_dir = str(dataset_dir) if is_uri(str(dataset_dir)) else Path(dataset_dir)
+    if out is None:
+        out = join(str(dataset_dir), "features.pt") if is_uri(str(dataset_dir)) else None
+        out = out or Path(dataset_dir) / "features.pt"
+    remote = str(out) if is_uri(str(out)) else None  # written here, then put in the storage
+    if remote is not None:
+        check_reachable(open_location(remote, field="--out").parent(), "--out")  # before training
+        out = Path(tempfile.mkdtemp(prefix="distgan-features-")) / "features.pt"
+    out = Path(out)
     manifest = read_manifest(dataset_dir)
     images, labels = _labelled_arrays(manifest, dataset_dir)
     if test_dir is None:
@@ -162,7 +174,13 @@ def fit_features(
     temp = sidecar.with_name(f".{sidecar.name}.tmp")
     temp.write_text(json.dumps(info, indent=2) + "\n")
     os.replace(temp, sidecar)
-    log(f"test accuracy {accuracy:.4f} on {test_name}; wrote {out}")
+    if remote is not None:
+        loc = open_location(remote, field="--out")
+        loc.parent().upload(out, loc.name)
+        loc.parent().upload(sidecar, posixpath.splitext(loc.name)[0] + ".json")
+        shutil.rmtree(out.parent, ignore_errors=True)
+        info["command"] = _command(dataset_dir, test_dir, epochs, remote)
+    log(f"test accuracy {accuracy:.4f} on {test_name}; wrote {display(remote or str(out))}")
     return info
 
 
@@ -218,8 +236,9 @@ def train_classifier(
 class FeatureExtractor:
     """A feature network ready to embed images: ours (FeatureNet weights) or a TorchScript one.
 
-    ``name`` says which network and ``path`` is its file; ``sha256`` is the file's hash, so
-    reports can state exactly which features a score was computed in. ``dim`` and
+    ``name`` says which network and ``path`` is its (local) file, ``origin`` what loads it
+    again on another node (a shipped name, a URI in storage, or ``path``); ``sha256`` is the
+    file's hash, so reports can state exactly which features a score was computed in. ``dim`` and
     ``num_classes`` describe the output (``num_classes`` is None for a module that returns
     features only). For a TorchScript module they are learnt from its first output, and
     ``in_shape`` is None (its input size is not recorded anywhere) unless a dataset gave it.
@@ -245,6 +264,8 @@ class FeatureExtractor:
         self.dim = dim
         self.num_classes = num_classes
         self.device = torch.device(device)
+        # What loads this network again on any node: the shipped name, a URI, or the path.
+        self.origin = name if path in SHIPPED.values() else str(path)
 
     @torch.no_grad()
     def extract(
@@ -311,19 +332,56 @@ def load_feature_extractor(
     if ref == "auto":
         if dataset_dir is None:
             raise ValueError("load_feature_extractor('auto') needs dataset_dir")
-        own = Path(dataset_dir) / "features.pt"
-        if own.is_file():
-            return _load_file(own, own.name, device)
+        if is_uri(str(dataset_dir)):  # a dataset in object storage: its features.pt, if any
+            own_uri = join(str(dataset_dir), "features.pt")
+            if open_location(own_uri, field="eval.features").is_file():
+                return _from_uri(own_uri, device)
+        else:
+            own = Path(dataset_dir) / "features.pt"
+            if own.is_file():
+                return _load_file(own, own.name, device)
         shape = read_manifest(dataset_dir).shape
         if shape != (1, 28, 28):
             raise DataError(
-                f"{dataset_dir}: no features.pt and no shipped feature network for "
-                f"{_shape(shape)} images; run `distgan eval fit-features {dataset_dir}`"
+                f"{display(str(dataset_dir))}: no features.pt and no shipped feature network "
+                f"for {_shape(shape)} images; run `distgan eval fit-features {dataset_dir}`"
             )
         ref = "fashion-mnist"
     if ref in SHIPPED:
         return _load_file(SHIPPED[ref], ref, device)
+    if is_uri(ref):
+        return _from_uri(ref, device)
     return _load_file(Path(ref), Path(ref).name, device)
+
+
+def _from_uri(uri: str, device: str) -> FeatureExtractor:
+    """A feature network in object storage; its ``origin`` is the URI, which any node reads."""
+    extractor = _load_file(_fetched(uri), posixpath.basename(split_query(uri)[0]), device)
+    extractor.origin = uri
+    return extractor
+
+
+def _fetched(uri: str) -> Path:
+    """A local copy of the feature network at ``uri`` (read through pyarrow's file systems),
+    kept under the user's cache and named by its content's hash, so that every process (each
+    evaluation, each worker) reads the same file and a changed network is a new file."""
+    loc = open_location(uri, field="eval.features")
+    if not loc.is_file():
+        raise CheckpointError(
+            f"{display(uri)}: no such feature network file in the storage; pass a features.pt "
+            "from `distgan eval fit-features` or a TorchScript module"
+        )
+    data = loc.read_bytes()
+    folder = (
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "distgan" / "features"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(data).hexdigest()}.pt"
+    if not path.is_file():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return path
 
 
 def _load_file(path: Path, name: str, device: str) -> FeatureExtractor:

@@ -20,7 +20,7 @@ from distgan.errors import DataError, JobError, UserError
 from distgan.metrics import FeatureSet, compute_metrics, get_metric
 from distgan.metrics.classes import RECALL_K
 from distgan.metrics.evaluate import real_reference
-from distgan.metrics.features import SHIPPED, FeatureExtractor, load_feature_extractor
+from distgan.metrics.features import FeatureExtractor, load_feature_extractor
 from distgan.models import class_labels, generate
 from distgan.train.checkpoint import TrainState
 from distgan.train.loop import sampling_generator
@@ -95,8 +95,9 @@ def prepare_evaluation(spec: JobSpec, manifest: ShardManifest, job_source: str) 
                 f"{e.metric} on; raise eval.n_real"
             )
     return {
-        # The shipped network by name: each node has its own copy (at its own path).
-        "features_path": extractor.name if extractor.name in SHIPPED else str(extractor.path),
+        # The shipped network by name (each node has its own copy, at its own path), one in
+        # storage by its URI (each node fetches it), else its path.
+        "features_path": extractor.origin,
         "higher_is_better": get_metric(e.metric).higher_is_better,
         "real_features": reference.features.features,
         "real_probs": reference.features.probs,
