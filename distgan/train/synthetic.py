@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from distgan.ema import EMA
 from distgan.losses import get_loss
 from distgan.metrics.modes import SyntheticModes, score_modes
 from distgan.models import ModelOptions, build_models
@@ -30,6 +31,7 @@ def make_nets(
     z_dim: int,
     width: int,
     options: ModelOptions | None = None,
+    lr: float = 1e-4,
 ) -> Nets:
     """G, D and Adam (lr 1e-4, betas (0.5, 0.9): the usual toy-problem setting) for
     ``loss_kind``; ``options`` of the models (None: the plain ones)."""
@@ -37,8 +39,8 @@ def make_nets(
     return Nets(
         G=G,
         D=D,
-        opt_g=torch.optim.Adam(G.parameters(), lr=1e-4, betas=(0.5, 0.9)),
-        opt_d=torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.5, 0.9)),
+        opt_g=torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.9)),
+        opt_d=torch.optim.Adam(D.parameters(), lr=lr, betas=(0.5, 0.9)),
         loss=get_loss(loss_kind),
     )
 
@@ -58,10 +60,16 @@ def train_synthetic(
     width: int = 128,
     log_every: int = 500,
     options: ModelOptions | None = None,
+    lr: float = 1e-4,
+    ema_decay: float = 0.0,
+    seconds: float = 0.0,
 ) -> tuple[torch.nn.Module, list[dict[str, float]]]:
     """Trains the mlp GAN on ``source`` for ``steps`` G steps, on this process, without Ray.
     ``options``: the mlp's options, e.g. ``ModelOptions(output="linear", pack=2)``; ``batch``
-    must then be a multiple of the pack.
+    must then be a multiple of the pack. ``lr``: both Adams' learning rate. ``ema_decay`` > 0:
+    the G returned (and scored in the history) is the EMA of G's weights with that decay
+    (``ema.EMA``, warmed up). ``seconds`` > 0: stop after that much training time even before
+    ``steps``.
 
     Each G step follows ``n_critic(loss_kind)`` D steps, each on a fresh real batch of ``batch``.
     Returns (G in eval mode, history): one dict per ``log_every`` steps and one at the end, with
@@ -69,19 +77,26 @@ def train_synthetic(
     """
     torch.manual_seed(seed)  # G's and D's initial weights
     gen = torch.Generator().manual_seed(seed)  # real batches and latents
-    nets = make_nets("mlp", (2, 1, 1), loss_kind, z_dim, width, options)
+    nets = make_nets("mlp", (2, 1, 1), loss_kind, z_dim, width, options, lr)
+    ema = EMA(nets.G, ema_decay) if ema_decay > 0 else None
     k = n_critic(loss_kind)
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
         reals = [source.sample(batch, gen) for _ in range(k)]  # k × (B, 2, 1, 1)
         metrics = train_step(nets, reals, lambda b: torch.randn(b, z_dim, generator=gen))
-        if step % log_every == 0 or step == steps:
+        if ema is not None:
+            ema.update(nets.G, step)
+        out_of_time = seconds > 0 and time.perf_counter() - t0 >= seconds
+        if step % log_every == 0 or step == steps or out_of_time:
+            G = nets.G if ema is None else ema.model
             with torch.no_grad():
-                score = score_modes(nets.G(torch.randn(2500, z_dim, generator=gen)), source)
+                score = score_modes(G(torch.randn(2500, z_dim, generator=gen)), source)
             history.append(
                 {"step": step, "seconds": time.perf_counter() - t0}
                 | {name: float(v) for name, v in metrics.items()}
                 | {"modes": score["modes"], "high_quality": score["high_quality"]}
             )
-    return nets.G.eval(), history
+        if out_of_time:
+            break
+    return (nets.G if ema is None else ema.model).eval(), history
