@@ -168,3 +168,20 @@ def test_training_on_ring8_moves_samples_onto_the_modes():
     assert after["high_quality"] > before["high_quality"]
     assert [h["step"] for h in history] == [100, 200, 300]
     assert all(math.isfinite(h["d_loss"]) and math.isfinite(h["g_loss"]) for h in history)
+
+
+def test_synthetic_training_returns_the_ema_and_stops_at_its_time_limit():
+    source = SOURCES["ring8"]
+    # The same seed trains the same G; with ema_decay the G returned is the average, which
+    # lags behind the raw G it averages.
+    G, _ = train_synthetic(source, "nonsaturating", steps=50, z_dim=2, log_every=50)
+    G_ema, history = train_synthetic(
+        source, "nonsaturating", steps=50, z_dim=2, log_every=50, ema_decay=0.9
+    )
+    raw = torch.cat([p.flatten() for p in G.parameters()])
+    avg = torch.cat([p.flatten() for p in G_ema.parameters()])
+    assert not torch.allclose(raw, avg)
+    assert history[-1]["step"] == 50
+    # A time limit ends the run early, with a last history entry at the step it stopped.
+    _, history = train_synthetic(source, "nonsaturating", steps=10**6, z_dim=2, seconds=0.5)
+    assert history[-1]["step"] < 10**6 and 0.5 <= history[-1]["seconds"] < 5

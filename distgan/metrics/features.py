@@ -168,7 +168,7 @@ def fit_features(
         "batch_size": batch_size,
         "seed": seed,
         "seconds": round(time.perf_counter() - start, 1),
-        "command": _command(dataset_dir, test_dir, epochs, out),
+        "command": _command(dataset_dir, test_dir, epochs, remote or out),
     }
     sidecar = out.with_suffix(".json")
     temp = sidecar.with_name(f".{sidecar.name}.tmp")
@@ -179,7 +179,6 @@ def fit_features(
         loc.parent().upload(out, loc.name)
         loc.parent().upload(sidecar, posixpath.splitext(loc.name)[0] + ".json")
         shutil.rmtree(out.parent, ignore_errors=True)
-        info["command"] = _command(dataset_dir, test_dir, epochs, remote)
     log(f"test accuracy {accuracy:.4f} on {test_name}; wrote {display(remote or str(out))}")
     return info
 
