@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from inprocess import train
-from time_to_quality import fashion_folder
+from longtail import fashion_folder
 
 from distgan.config import parse_job
 from distgan.data import read_idx

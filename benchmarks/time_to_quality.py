@@ -32,21 +32,11 @@ import time
 from pathlib import Path
 
 import torch
+from longtail import fashion_folder
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = (
-    ROOT.parent / "shared" / "datasets" / "fashion-mnist",
-    Path("/usr/share/datasets/fashion-mnist"),
-)
 METRICS = ["fid", "kid", "precision", "recall", "classifier_score", "class_coverage"]
-
-
-def fashion_folder() -> Path:
-    for folder in FOLDERS:
-        if (folder / "train-images-idx3-ubyte.gz").is_file():
-            return folder
-    raise SystemExit(f"no Fashion-MNIST IDX files in {' or '.join(map(str, FOLDERS))}")
 
 
 class PlainG(nn.Module):

@@ -25,7 +25,7 @@ from distgan.data import ShardManifest, class_name, read_rows
 from distgan.data.imbalance import ClassPrior
 from distgan.data.reading import read_labels
 from distgan.metrics import FeatureSet, stats
-from distgan.metrics.features import FeatureExtractor
+from distgan.metrics.features import FeatureExtractor, user_cache
 from distgan.models import class_labels, generate
 from distgan.storage import display, open_location
 
@@ -49,8 +49,7 @@ def dataset_hash(manifest: ShardManifest) -> str:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "distgan" / "reference"
+    return user_cache() / "reference"
 
 
 def _to_unit(images: np.ndarray) -> torch.Tensor:

@@ -360,6 +360,11 @@ def _from_uri(uri: str, device: str) -> FeatureExtractor:
     return extractor
 
 
+def user_cache() -> Path:
+    """distgan's folder in the user's cache (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "distgan"
+
+
 def _fetched(uri: str) -> Path:
     """A local copy of the feature network at ``uri`` (read through pyarrow's file systems),
     kept under the user's cache and named by its content's hash, so that every process (each
