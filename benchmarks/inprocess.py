@@ -10,11 +10,13 @@ a one-worker ``distgan train`` without the orchestration, for benchmarks that co
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import torch
 
 from distgan.data.reader import InMemoryBatches
 from distgan.ema import make_ema
+from distgan.schedule import Horizon, decay_factor, set_rates
 from distgan.step import train_step
 from distgan.train.worker import build_nets
 
@@ -47,8 +49,12 @@ def train(spec, images, labels=None, steps: int = 0, seconds: float = 0.0, devic
 
     stream = batches()
     step = 0
-    start = time.perf_counter()
+    # optim.lr_decay as the loop has it: towards the end of ``steps`` or of ``seconds``
+    horizon = Horizon(SimpleNamespace(steps=steps or 10**12, max_minutes=seconds / 60))
+    start = last = time.perf_counter()
     while True:
+        if spec.optim.lr_decay != "none":
+            set_rates(nets, spec.optim, decay_factor(spec.optim, horizon.progress(step)))
         got = [next(stream) for _ in range(k)]  # one real batch per D step
         xs = [b[0] if num_classes else b for b in got]
         ys = [b[1] for b in got] if num_classes else None
@@ -57,8 +63,12 @@ def train(spec, images, labels=None, steps: int = 0, seconds: float = 0.0, devic
         step += 1
         if ema is not None:
             ema.update(nets.G, step)
-        if (steps and step >= steps) or (seconds and time.perf_counter() - start >= seconds):
+        now = time.perf_counter()
+        if (steps and step >= steps) or (seconds and now - start >= seconds):
             break
+        if step % 100 == 0:
+            horizon.update(step, now - start, 100 / (now - last))
+            last = now
     elapsed = time.perf_counter() - start
     G = ema.model if ema is not None else nets.G
     info = {"steps": step, "seconds": elapsed, "images_per_s": step * t.batch_size / elapsed}

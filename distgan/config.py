@@ -28,6 +28,7 @@ OUTPUTS = ("tanh", "linear")
 LOSS_KINDS = ("minimax", "nonsaturating", "wgan", "wgan-gp", "hinge", "lsgan")
 PRECISIONS = ("fp32", "bf16", "fp16")
 CACHE_MODES = ("auto", "memory", "stream")
+LR_DECAYS = ("none", "linear", "cosine")  # optim.lr_decay (distgan.schedule)
 CLASS_BALANCES = ("none", "balanced", "sqrt")  # distgan.data.imbalance's (kept in sync by a test)
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray placement groups
 # The metrics of distgan.metrics (kept in sync by a test; config imports nothing below it).
@@ -90,6 +91,15 @@ class OptimSpec:
     beta1: float = _f(0.5, "Adam β1", min=0.0, max=0.999999)
     beta2: float = _f(0.999, "Adam β2", min=0.0, max=0.999999)
     n_critic: int = _f(1, "D steps per G step", min=1)
+    lr_decay: str = _f(
+        "none",
+        "learning rates falling to lr_final × their value by the run's end (train.steps, or "
+        "train.max_minutes when it comes first): none, linear or cosine",
+        choices=LR_DECAYS,
+    )
+    lr_final: float = _f(
+        0.0, "with lr_decay: the rates' share at the end of the run", min=0.0, max=1.0
+    )
 
 
 @dataclass(frozen=True)

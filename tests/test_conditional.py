@@ -5,6 +5,8 @@ and ``distgan sample --class``; and the new job fields' rules. One process, no R
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -191,6 +193,46 @@ def test_streaming_batches_yield_labels():
         assert torch.equal(pixel_label(x), y)
     plain = StreamingBatches(shard, SHAPE, 8, 0, torch.device("cpu"))
     assert all(isinstance(x, torch.Tensor) for x in plain.epoch_batches(0))
+    plain.close()
+    source.close()
+
+
+class CountingShard(FakeShard):
+    """A FakeShard that counts the epochs asked of it (Ray's split: one call per epoch)."""
+
+    def __init__(self, *data, fail_at: int | None = None):
+        super().__init__(*data)
+        self.epochs, self.fail_at = 0, fail_at
+
+    def iter_torch_batches(self, **kwargs):
+        self.epochs += 1
+        if self.epochs == self.fail_at:
+            raise OSError("the bucket went away")
+        return super().iter_torch_batches(**kwargs)
+
+
+def test_streaming_reads_the_next_epoch_while_this_one_trains():
+    shard = CountingShard(*labelled_images(24))
+    source = StreamingBatches(shard, SHAPE, 8, 0, torch.device("cpu"), ahead=8)
+    first = source.epoch_batches(0)
+    assert next(first).shape == (8, *SHAPE)
+    deadline = time.monotonic() + 10
+    while shard.epochs < 3 and time.monotonic() < deadline:  # 3 batches an epoch, 8 ahead
+        time.sleep(0.01)
+    assert shard.epochs >= 3, "the thread did not read ahead into later epochs"
+    assert len(list(first)) == 2  # this epoch's rest, then its end
+    assert len(list(source.epoch_batches(1))) == 3
+    source.close()
+    assert not source._thread.is_alive()
+
+
+def test_a_streaming_error_reaches_the_step():
+    source = StreamingBatches(CountingShard(*labelled_images(16), fail_at=2), SHAPE, 8, 0,
+                              torch.device("cpu"))  # fmt: skip
+    assert len(list(source.epoch_batches(0))) == 2
+    with pytest.raises(OSError, match="bucket went away"):
+        list(source.epoch_batches(1))
+    source.close()
 
 
 # --- the loop, checkpoints and sampling ------------------------------------------------------

@@ -25,8 +25,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from distgan.config import from_dict
 from distgan.losses import get_loss
 from distgan.models import ModelOptions, build_models
+from distgan.schedule import Horizon
 from distgan.step import Nets, train_step
 
 WORLD = 2
@@ -130,6 +132,15 @@ def run_scenario(
     return result
 
 
+def expected_end(rank: int) -> torch.Tensor:
+    """optim.lr_decay's expected last step under a time limit, when the ranks measured
+    different speeds (10 and 30 steps/s): 100 steps in 10 s of a 60 s limit."""
+    train = from_dict({"train": {"steps": 10_000, "max_minutes": 1.0}}).train
+    horizon = Horizon(train)
+    horizon.update(step=100, seconds=10.0, steps_per_s=10.0 + 20.0 * rank)
+    return torch.tensor([horizon.end, horizon.progress(100)], dtype=torch.float64)
+
+
 def worker(rank: int, port: int, out_dir: str) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
@@ -140,6 +151,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
             name: run_scenario(rank, *spec, **EXTRAS.get(name, {}))
             for name, spec in SCENARIOS.items()
         }
+        results["horizon"] = expected_end(rank)
         dist.barrier()
         dist.destroy_process_group()
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
@@ -169,6 +181,13 @@ def ddp_results(tmp_path_factory) -> list[dict]:
     codes = [p.exitcode for p in procs]
     assert codes == [0] * WORLD, f"exit codes {codes}\n{errors}"
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+def test_a_decaying_learning_rate_is_the_same_on_both_ranks_under_a_time_limit(ddp_results):
+    # 100 + 50 s × the mean speed (20 steps/s) over the ranks, though each measured its own
+    ends = [r["horizon"] for r in ddp_results]
+    assert torch.equal(ends[0], ends[1])
+    assert ends[0][0].item() == 100 + 50 * 20.0
 
 
 def differing(result: dict, net: str) -> list[str]:

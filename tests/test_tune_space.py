@@ -43,6 +43,7 @@ def test_every_kind_parses_into_checked_values(tmp_path):
         model.width: grid([16, 32])
         optim.n_critic: randint(1, 3)
         loss.kind: choice([nonsaturating, hinge, lsgan])
+        optim.lr_decay: choice([none, cosine])
         """,
     )
     spec = load_job(path)
@@ -54,6 +55,7 @@ def test_every_kind_parses_into_checked_values(tmp_path):
         "model.width": Domain("grid", (16, 32)),
         "optim.n_critic": Domain("randint", (1, 3)),
         "loss.kind": Domain("choice", ("nonsaturating", "hinge", "lsgan")),
+        "optim.lr_decay": Domain("choice", ("none", "cosine")),
     }
     # The base values are untouched: `distgan train` on this job trains them.
     assert spec.optim.lr_g == 2e-4 and spec.model.arch == "dcgan"

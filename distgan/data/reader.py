@@ -21,6 +21,8 @@ This module never imports Ray: it is handed Ray's DataIterator by ``train/worker
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -120,7 +122,16 @@ class InMemoryBatches:
 
 class StreamingBatches:
     """Full batches streamed from the Ray Data shard every epoch (data larger than memory);
-    (images, labels) with ``with_labels``."""
+    (images, labels) with ``with_labels``.
+
+    A thread reads ahead, ``ahead`` batches at most, and goes on into the next epoch while the
+    step trains on this one's last batches: Ray Data's split starts every epoch with a barrier
+    across the workers and a fresh pipeline, which the step would otherwise wait for. The
+    stream is one sequence of epochs: a call for an epoch other than the next (the divergence
+    guard's rollback) goes on where the stream is, as rows streamed from a split come in no
+    fixed order anyway. ``skip`` (a resumed run) applies to the first epoch read. ``close``
+    stops the thread.
+    """
 
     def __init__(
         self,
@@ -130,6 +141,7 @@ class StreamingBatches:
         seed: int,
         device: torch.device,
         with_labels: bool = False,
+        ahead: int = 64,
     ):
         self.shard = shard
         self.with_labels = with_labels
@@ -137,22 +149,73 @@ class StreamingBatches:
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
+        self._queue: queue.Queue = queue.Queue(maxsize=ahead)
+        self._thread: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    def _read(self, epoch: int) -> None:
+        """The thread: every epoch's batches from ``epoch`` on, each epoch closed by _END."""
+        collate = decode_labelled if self.with_labels else decode_images
+        try:
+            while not self._closed.is_set():
+                batches = self.shard.iter_torch_batches(
+                    batch_size=self.batch_size,
+                    drop_last=True,
+                    local_shuffle_buffer_size=16 * self.batch_size,
+                    local_shuffle_seed=self.seed + epoch,
+                    prefetch_batches=2,
+                    collate_fn=lambda b: collate(b, self.shape),
+                )
+                for batch in batches:
+                    self._put(batch)
+                self._put(_END)
+                epoch += 1
+        except BaseException as e:  # the step raises it
+            self._put(_Failed(e))
+
+    def _put(self, item) -> None:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
 
     def epoch_batches(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
-        collate = decode_labelled if self.with_labels else decode_images
-        batches = self.shard.iter_torch_batches(
-            batch_size=self.batch_size,
-            drop_last=True,
-            local_shuffle_buffer_size=16 * self.batch_size,
-            local_shuffle_seed=self.seed + epoch,
-            prefetch_batches=2,
-            collate_fn=lambda b: collate(b, self.shape),
-        )
-        for i, batch in enumerate(batches):
-            if i < skip:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._read, args=(epoch,), name="distgan-batches", daemon=True
+            )
+            self._thread.start()
+        else:
+            skip = 0
+        i = 0
+        while True:
+            batch = self._queue.get()
+            if batch is _END:
+                return
+            if isinstance(batch, _Failed):
+                raise batch.error
+            i += 1
+            if i <= skip:
                 continue
             if self.with_labels:
                 x, y = batch
                 yield to_unit_range(x.to(self.device, non_blocking=True)), y.to(self.device)
             else:
                 yield to_unit_range(batch.to(self.device, non_blocking=True))
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+_END = object()  # an epoch's end, in StreamingBatches' queue
+
+
+class _Failed:
+    """The reading thread's error, handed to the step."""
+
+    def __init__(self, error: BaseException):
+        self.error = error

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from distgan.config import JobSpec
+from distgan.schedule import set_rates
 from distgan.storage import display, join
 from distgan.train.checkpoint import (
     TrainState,
@@ -108,10 +109,7 @@ class Guard:
         set_rng_state(self.good_rng)
         self.rollbacks += 1
         state.rollbacks, state.lr_scale = self.rollbacks, lr_scale
-        o = self.spec.optim
-        for opt, lr in ((state.nets.opt_g, o.lr_g), (state.nets.opt_d, o.lr_d)):
-            for group in opt.param_groups:
-                group["lr"] = lr * lr_scale
+        set_rates(state.nets, self.spec.optim, lr_scale)  # the loop's lr_decay scales these
         self.bad_in_row = 0
         return ROLLED_BACK
 

@@ -28,6 +28,7 @@ from distgan import dist
 from distgan.config import JobSpec
 from distgan.images import to_uint8
 from distgan.models import unwrap
+from distgan.schedule import Horizon, decay_factor, set_rates
 from distgan.step import train_step
 from distgan.train.checkpoint import TrainState, rng_state, snapshot
 from distgan.train.guard import ROLLED_BACK, STOP, Guard
@@ -168,7 +169,14 @@ def run(
     # user from which step the run goes on.
     resumed_from = state.step or None
     group_started = time.time()  # tells two restarts from the same checkpoint apart
+    # optim.lr_decay: the rates fall with the run's progress towards its expected end.
+    horizon = Horizon(t, state.step, earlier)
+    decays = spec.optim.lr_decay != "none"
+    last_step = state.step
     while state.step < t.steps:
+        if decays:
+            factor = decay_factor(spec.optim, horizon.progress(state.step))
+            set_rates(state.nets, spec.optim, state.lr_scale * factor)
         before = time.perf_counter()
         reals = [next(batches) for _ in range(spec.optim.n_critic)]
         waited += time.perf_counter() - before
@@ -189,6 +197,7 @@ def run(
         if verdict == ROLLED_BACK:  # state is the last good checkpoint's again
             batches = _batches(source, state)
             last_time, last_images, waited = time.monotonic(), state.images_seen, 0.0
+            last_step = state.step
             continue
         if verdict == STOP:
             return {**metrics, "step": state.step, "stopped": guard.stop_message(state)}
@@ -205,6 +214,9 @@ def run(
         # with a final checkpoint (Ray gives the job a few seconds before it kills it).
         stop = log_now and outputs is not None and outputs.stop_requested()
         final = step == t.steps or dist.any_rank(time_up or stop, device)
+        horizon.update(
+            step, earlier + now - started, (step - last_step) / max(now - last_time, 1e-9), device
+        )
         metrics = meter.reduce()
         metrics.update(
             step=step,
@@ -212,6 +224,8 @@ def run(
             images_seen=state.images_seen,
             images_per_s=(state.images_seen - last_images) / max(now - last_time, 1e-9),
             elapsed_s=earlier + now - started,
+            lr_g=state.nets.opt_g.param_groups[0]["lr"],
+            lr_d=state.nets.opt_d.param_groups[0]["lr"],
             # The share of the interval this rank spent waiting for data (the input pipeline's
             # stall): near 0 when the data keeps up with the step.
             data_stall=waited / max(now - last_time, 1e-9),
@@ -219,7 +233,7 @@ def run(
         if resumed_from is not None:
             metrics.update(resumed_from=resumed_from, started_at=group_started)
             resumed_from = None
-        last_time, last_images, waited = now, state.images_seen, 0.0
+        last_time, last_images, waited, last_step = now, state.images_seen, 0.0, step
         if device.type == "cuda":  # this rank's peak, in GiB (rank 0's goes to metrics.jsonl)
             metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
         if evaluate is not None and (checkpoint_now or final):

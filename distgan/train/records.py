@@ -17,6 +17,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "grad_norm": ("d_grad_norm", "g_grad_norm"),  # before clipping, at log steps
     "speed": ("images_per_s", "gpu_mem_gb"),  # gpu_mem_gb: rank 0's peak (CUDA only)
     "eval": METRIC_NAMES,  # in-training evaluation, at eval and checkpoint steps
+    "optim": ("lr_g", "lr_d"),  # the rates in use (optim.lr_decay, the guard's lr_scale)
     "guard": ("skipped", "rollbacks", "lr_scale", "d_wins"),  # the divergence guard
     "progress": ("epoch", "images_seen", "elapsed_s"),
 }

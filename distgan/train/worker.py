@@ -22,6 +22,7 @@ from distgan.data.reader import InMemoryBatches, StreamingBatches, load_shard
 from distgan.ema import make_ema
 from distgan.losses import get_loss
 from distgan.models import apply_speed_options, models_for_job, unwrap
+from distgan.schedule import set_rates
 from distgan.step import Nets
 from distgan.train import checkpoint as ckpts
 from distgan.train.loop import run
@@ -85,11 +86,8 @@ def apply_optim_settings(nets: Nets, spec, lr_scale: float = 1.0) -> None:
     """Sets the job's learning rates (× ``lr_scale``, the divergence guard's factor after its
     rollbacks) and betas on both optimizers. Called after a restore: the job's settings win over
     the checkpoint's, so that a resumed run (or a PBT clone) trains with the learning rates it
-    was given."""
-    for opt, lr in ((nets.opt_g, spec.optim.lr_g), (nets.opt_d, spec.optim.lr_d)):
-        for group in opt.param_groups:
-            group["lr"] = lr * lr_scale
-            group["betas"] = (spec.optim.beta1, spec.optim.beta2)
+    was given. (With ``optim.lr_decay`` the loop scales them further at every step.)"""
+    set_rates(nets, spec.optim, lr_scale)
 
 
 def _prepare(model: torch.nn.Module, is_discriminator: bool) -> torch.nn.Module:
@@ -171,5 +169,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
             evaluate=evaluate,
         )
     finally:
+        if isinstance(source, StreamingBatches):
+            source.close()  # its reading thread
         if outputs is not None:
             outputs.events.close()

@@ -1,0 +1,64 @@
+"""Learning rates over a run: the job's rates, the divergence guard's factor, and the decay of
+``optim.lr_decay`` towards ``optim.lr_final`` × the rates by the end of the run.
+
+    horizon = Horizon(spec.train, step=state.step, seconds=state.train_seconds)
+    set_rates(nets, spec.optim, state.lr_scale * decay_factor(spec.optim, step / horizon.end))
+    horizon.update(step, seconds, steps_per_s)   # at log steps, on every rank alike
+
+A run ends at ``train.steps`` or, with ``train.max_minutes``, when its time is up, whichever
+comes first. The step at which time runs out is not known in advance, so ``Horizon`` estimates
+it from the recent speed at every log step, as the mean over the ranks: every rank then uses
+the same rates, as DDP needs. A job without a time limit decays by its steps alone, the same in
+every run, so an exact resume stays exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from distgan import dist
+
+
+def decay_factor(optim, progress: float) -> float:
+    """The share of the job's rates at ``progress`` (0 at the start, 1 at the end) of the run."""
+    p = min(max(progress, 0.0), 1.0)
+    final = optim.lr_final
+    if optim.lr_decay == "linear":
+        return 1.0 - (1.0 - final) * p
+    if optim.lr_decay == "cosine":
+        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * p))
+    return 1.0
+
+
+def set_rates(nets, optim, scale: float = 1.0) -> None:
+    """G's and D's Adam: the job's learning rates × ``scale``, and the job's betas."""
+    for opt, lr in ((nets.opt_g, optim.lr_g), (nets.opt_d, optim.lr_d)):
+        for group in opt.param_groups:
+            group["lr"] = lr * scale
+            group["betas"] = (optim.beta1, optim.beta2)
+
+
+class Horizon:
+    """The step at which the run is expected to end (``end``): ``train.steps``, or sooner when
+    ``train.max_minutes`` runs out first at the speed seen so far."""
+
+    def __init__(self, train, step: int = 0, seconds: float = 0.0):
+        self.steps = train.steps
+        self.limit = 60.0 * train.max_minutes  # seconds; 0 = none
+        self.end = float(train.steps)
+        if self.limit and step and seconds:  # a resumed run: its speed so far
+            self.end = min(self.end, max(step, step / seconds * self.limit))
+
+    def update(self, step: int, seconds: float, steps_per_s: float, device=None) -> None:
+        """At a log step (every rank, the same step): the end, from ``seconds`` of training so
+        far and the recent ``steps_per_s``, averaged over the ranks."""
+        if not self.limit:
+            return
+        guess = step + max(0.0, self.limit - seconds) * steps_per_s
+        guess = dist.all_reduce_mean(torch.tensor([guess], dtype=torch.float64, device=device))
+        self.end = min(float(self.steps), max(float(step), float(guess.item())))
+
+    def progress(self, step: int) -> float:
+        return step / max(self.end, 1.0)
