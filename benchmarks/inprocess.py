@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import torch
 
+from distgan.data.imbalance import sample_weights
 from distgan.data.reader import InMemoryBatches
 from distgan.ema import make_ema
 from distgan.schedule import Horizon, decay_factor, set_rates
@@ -21,22 +22,34 @@ from distgan.step import train_step
 from distgan.train.worker import build_nets
 
 
-def train(spec, images, labels=None, steps: int = 0, seconds: float = 0.0, device="cpu"):
+def train(
+    spec, images, labels=None, steps: int = 0, seconds: float = 0.0, device="cpu", prior=None
+):
     """Trains for ``steps`` G steps or ``seconds`` of wall time (whichever is given) on
-    ``images`` (N, C, H, W) uint8 and, for a conditional job, ``labels`` (N,) int64.
+    ``images`` (N, C, H, W) uint8 and, for a conditional job, ``labels`` (N,) int64. With
+    ``prior`` (K,), the class prior of ``train.class_balance`` (``data.imbalance``), the real
+    batches are drawn by it and a conditional G's fake labels follow it, as in the worker.
 
     Returns (G_ema in eval mode, or G without EMA; {"steps", "seconds", "images_per_s"}).
     """
     if not (steps or seconds):
         raise ValueError("give steps or seconds")
     device = torch.device(device)
-    t = spec.train
+    t, o = spec.train, spec.optim
     torch.manual_seed(t.seed)
     images = torch.as_tensor(images)
     num_classes = int(labels.max()) + 1 if spec.model.conditional else 0
     nets = build_nets(spec, tuple(images.shape[1:]), device, lambda m, _: m, num_classes)
-    y = torch.as_tensor(labels) if num_classes else None
-    source = InMemoryBatches(images, t.batch_size, t.seed, 0, device, y)
+    y = torch.as_tensor(labels) if labels is not None else None
+    weights = None
+    if prior is not None:
+        if num_classes:  # the fakes' labels follow the real batches' class prior (worker.py)
+            nets.label_prior = torch.as_tensor(prior, dtype=torch.float32, device=device)
+        if t.class_balance != "none":
+            weights = sample_weights(y, prior)
+    source = InMemoryBatches(
+        images, t.batch_size, t.seed, 0, device, y if num_classes else None, weights
+    )
     ema = make_ema(nets.G, t)
     z_dim = spec.model.z_dim
     k = spec.optim.n_critic
@@ -53,8 +66,8 @@ def train(spec, images, labels=None, steps: int = 0, seconds: float = 0.0, devic
     horizon = Horizon(SimpleNamespace(steps=steps or 10**12, max_minutes=seconds / 60))
     start = last = time.perf_counter()
     while True:
-        if spec.optim.lr_decay != "none":
-            set_rates(nets, spec.optim, decay_factor(spec.optim, horizon.progress(step)))
+        if o.lr_decay != "none":
+            set_rates(nets, o, decay_factor(o.lr_decay, o.lr_final, horizon.progress(step)))
         got = [next(stream) for _ in range(k)]  # one real batch per D step
         xs = [b[0] if num_classes else b for b in got]
         ys = [b[1] for b in got] if num_classes else None

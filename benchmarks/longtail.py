@@ -32,19 +32,16 @@ import argparse
 import time
 from pathlib import Path
 
+import inprocess
 import numpy as np
 import torch
 
 from distgan.config import from_dict
 from distgan.data import read_idx
-from distgan.data.imbalance import ClassPrior, long_tail_rows, sample_weights
-from distgan.data.reader import InMemoryBatches
-from distgan.ema import make_ema
-from distgan.losses import get_loss
+from distgan.data.imbalance import ClassPrior, long_tail_rows
 from distgan.metrics import FeatureSet, compute_metrics
 from distgan.metrics.features import load_feature_extractor
-from distgan.models import generate, models_for_job
-from distgan.step import Nets, train_step
+from distgan.models import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = (
@@ -69,43 +66,12 @@ def fashion_folder() -> Path:
 def train(spec, images, labels, counts: dict[int, int], device: torch.device) -> torch.nn.Module:
     """Trains the job's G and D on ``images`` (N, 1, 28, 28) uint8 with ``labels`` (N,) for
     ``train.steps`` G steps, as a one-worker run of ``distgan train`` would; returns G_ema."""
-    t = spec.train
-    torch.manual_seed(t.seed)
-    G, D = models_for_job(spec.model, (1, 28, 28), len(counts))
-    G, D = G.to(device), D.to(device)
-    o = spec.optim
-    nets = Nets(
-        G, D,
-        torch.optim.Adam(G.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2)),
-        torch.optim.Adam(D.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2)),
-        get_loss(spec.loss.kind),
-        num_classes=G.num_classes,
+    prior = ClassPrior.of(counts, spec.train.class_balance).prior
+    G, _ = inprocess.train(
+        spec, torch.from_numpy(images), torch.from_numpy(labels), steps=spec.train.steps,
+        device=device, prior=prior,
     )  # fmt: skip
-    prior = ClassPrior.of(counts, t.class_balance).prior
-    if G.num_classes:  # the fakes' labels follow the real batches' class prior (worker.py)
-        nets.label_prior = torch.as_tensor(prior, dtype=torch.float32, device=device)
-    y = torch.from_numpy(labels)
-    weights = sample_weights(y, prior) if t.class_balance != "none" else None
-    source = InMemoryBatches(
-        torch.from_numpy(images), t.batch_size, t.seed, 0, device,
-        y if G.num_classes else None, weights,
-    )  # fmt: skip
-    ema = make_ema(G, t)
-    step, epoch = 0, 0
-    while step < t.steps:
-        for batch in source.epoch_batches(epoch):
-            x, real_labels = batch if G.num_classes else (batch, None)
-            train_step(
-                nets, [x], lambda n: torch.randn(n, spec.model.z_dim, device=device),
-                real_labels=None if real_labels is None else [real_labels], step=step,
-            )  # fmt: skip
-            step += 1
-            if ema is not None:
-                ema.update(G, step)
-            if step == t.steps:
-                break
-        epoch += 1
-    return (ema.model if ema is not None else G).eval()
+    return G
 
 
 def score(G, spec, extractor, real: FeatureSet, n: int, seed: int, device) -> dict:

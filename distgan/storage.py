@@ -169,16 +169,15 @@ class Location:
 
     def delete(self, rel: str) -> None:
         """Removes the file ``rel``; nothing happens when there is none."""
-        try:
-            self.fs.delete_file(self._full(rel))
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise storage_error(join(self.uri, rel), "location", e) from None
+        self._remove(self.fs.delete_file, rel)
 
     def delete_dir(self, rel: str) -> None:
+        """Removes the folder ``rel`` and all in it; nothing happens when there is none."""
+        self._remove(self.fs.delete_dir, rel)
+
+    def _remove(self, how, rel: str) -> None:
         try:
-            self.fs.delete_dir(self._full(rel))
+            how(self._full(rel))
         except FileNotFoundError:
             pass
         except OSError as e:

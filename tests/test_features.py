@@ -25,9 +25,9 @@ from distgan.metrics.features import (
     FORMAT,
     SHIPPED,
     FeatureExtractor,
-    fit_features,
     load_feature_extractor,
 )
+from distgan.metrics.fitting import fit_features
 
 FASHION = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "fashion-mnist"
 NOISE_LEVELS = (0.05, 0.1, 0.2, 0.4)

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _fit_features(args: argparse.Namespace) -> int:
-    from distgan.metrics.features import fit_features
+    from distgan.metrics.fitting import fit_features
 
     if not args.dataset:
         raise JobError("distgan eval fit-features: name the labelled dataset folder to train on")

@@ -11,7 +11,7 @@
 
 Each is reported beside ``<name>_real``: the same classifier trained on as many real training
 images, tested on the real test split, the ceiling a perfect G would reach. The classifier is
-the feature network's (``features.FeatureNet``, trained by ``features.train_classifier``): small
+the feature network's (``features.FeatureNet``, trained by ``fitting.train_classifier``): small
 enough for a few epochs on a CPU. These metrics need G itself, not features of its samples, so
 ``distgan eval`` computes them here rather than through the metric registry.
 """
@@ -30,7 +30,8 @@ from distgan.data import ShardManifest, data_location, load_arrays, read_manifes
 from distgan.errors import CheckpointError, DataError
 from distgan.images import to_uint8
 from distgan.metrics.evaluate import dataset_hash
-from distgan.metrics.features import FeatureNet, classifier_accuracy, train_classifier
+from distgan.metrics.features import FeatureNet
+from distgan.metrics.fitting import classifier_accuracy, train_classifier
 from distgan.models import generate
 from distgan.storage import display, is_uri, open_location
 
