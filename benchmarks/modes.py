@@ -36,7 +36,8 @@ def grid25(losses: list[str], steps: int, options: ModelOptions, args) -> None:
     print(
         f"grid25: mlp GAN ({options.output} output, pack {options.pack}, mbstd "
         f"{options.mbstd_group}, width {args.grid_width}), {steps} G steps{budget}, batch "
-        f"{args.grid_batch}, Adam {args.lr:g} (0.5, 0.9){ema}, 2,500 samples"
+        f"{args.grid_batch}, Adam {args.lr:g} (0.5, 0.9), lr decay {args.lr_decay}{ema}, "
+        "2,500 samples"
     )
     print(
         "| loss | modes covered (of 25), ≥ 20 high-quality | modes, literature rule (≥ 1 within "
@@ -47,6 +48,7 @@ def grid25(losses: list[str], steps: int, options: ModelOptions, args) -> None:
         G, history = train_synthetic(
             SOURCES["grid25"], loss, steps, batch=args.grid_batch, width=args.grid_width,
             options=options, lr=args.lr, ema_decay=args.ema, seconds=args.grid_minutes * 60,
+            lr_decay=args.lr_decay,
         )  # fmt: skip
         with torch.no_grad():
             z = torch.randn(2500, 64, generator=torch.Generator().manual_seed(1))
@@ -118,6 +120,8 @@ def main() -> None:
     ap.add_argument("--spectral-norm", action="store_true", help="spectral norm on D")
     ap.add_argument("--lr", type=float, default=1e-4, help="grid25: Adam's learning rate")
     ap.add_argument("--ema", type=float, default=0.0, help="grid25: score G's EMA (this decay)")
+    ap.add_argument("--lr-decay", default="none", choices=["none", "linear", "cosine"],
+                    help="grid25: the rate falls to 0 by the steps or the time limit")  # fmt: skip
     ap.add_argument("--grid-batch", type=int, default=256)
     ap.add_argument("--grid-width", type=int, default=128)
     ap.add_argument("--grid-minutes", type=float, default=0.0, help="grid25: a time limit")

@@ -13,7 +13,9 @@ samples of each generator (its latest checkpoint's EMA weights, seed 0). The ref
 - noise: uniform noise images: neither.
 
 A generator should sit between the floor and the ceilings; ``class_coverage`` and
-``classifier_score`` come from the same classifier.
+``classifier_score`` come from the same classifier. A class-conditional generator draws every
+class in turn, and ``asked class`` is how often the classifier agrees with the class asked for
+(what ``distgan sample RUN --class K`` should give).
 
 ``--independent`` adds a second opinion from a classifier that shares nothing with the shipped
 feature network but the data: a pixel-space MLP (784 → 512 → 256 → 10), trained here on all
@@ -92,6 +94,13 @@ def _independent(net: PixelMLP, images: torch.Tensor) -> FeatureSet:
     return FeatureSet(h.numpy().astype(np.float64), logits.softmax(1).numpy())
 
 
+def _agreement(fake: FeatureSet, given: torch.Tensor | None) -> str:
+    """How often the classifier's class is the one asked for ('' for an unconditional row)."""
+    if given is None:
+        return ""
+    return f"{float((torch.from_numpy(fake.probs).argmax(1) == given).float().mean()):.1%}"
+
+
 def kendall_tau(a: list[float], b: list[float]) -> float:
     """Kendall's τ-a of two rankings (1: the same order, -1: reversed)."""
     pairs = [(i, j) for i in range(len(a)) for j in range(i + 1, len(a))]
@@ -126,24 +135,29 @@ def main() -> None:
         ("ceiling: one class only (real T-shirts)", one_class),
         ("ceiling: uniform noise", noise),
     ]
+    asked = [None] * len(rows)  # the classes a conditional G was asked for
     for run in args.runs:
         G, spec, folder, ckpt = load_generator(run)
-        fake = generate(G, spec.model.z_dim, args.n, seed=0)
+        given = torch.arange(args.n) % G.num_classes if G.num_classes else None
+        fake = generate(G, spec.model.z_dim, args.n, seed=0, labels=given)
         rows.append((f"{Path(run).name} (step {ckpt['step']})", fake))
+        asked.append(given)
 
     print(f"features: shipped fashion-mnist ({extractor.sha256[:12]}); real: {args.n:,} of")
     print(f"{manifest.source}; {args.n:,} samples a row (one class: {len(one_class):,})")
     print()
-    print("| images | FID ↓ | KID ↓ | precision ↑ | recall ↑ | class. score ↑ | classes ↑ |")
-    print("|---|---|---|---|---|---|---|")
+    print("| images | FID ↓ | KID ↓ | precision ↑ | recall ↑ | class. score ↑ | classes ↑ "
+          "| asked class ↑ |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     fids = []
-    for name, images in rows:
-        m = compute_metrics(METRICS, reference, _features(extractor, images))
+    for (name, images), given in zip(rows, asked):
+        fake = _features(extractor, images)
+        m = compute_metrics(METRICS, reference, fake)
         fids.append(m["fid"])
         print(
             f"| {name} | {m['fid']:.2f} | {m['kid']:.4f} ± {m['kid_std']:.4f} | "
             f"{m['precision']:.3f} | {m['recall']:.3f} | {m['classifier_score']:.2f} | "
-            f"{m['class_coverage'] * 10:.0f}/10 |",
+            f"{m['class_coverage'] * 10:.0f}/10 | {_agreement(fake, given)} |",
             flush=True,
         )
     if not args.independent:
@@ -158,11 +172,11 @@ def main() -> None:
     print()
     print(
         "| images | distgan FID | independent FID ↓ | independent class. score ↑ | classes ↑ "
-        "| confident (p ≥ 0.9) | classes among the confident ↑ |"
+        "| confident (p ≥ 0.9) | classes among the confident ↑ | asked class ↑ |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     ind_fids, ind_scores = [], []
-    for (name, images), fid in zip(rows, fids):
+    for (name, images), fid, given in zip(rows, fids, asked):
         fake = _independent(net, images)
         m = compute_metrics(["fid", "classifier_score", "class_coverage"], ind_reference, fake)
         ind_fids.append(m["fid"])
@@ -173,7 +187,7 @@ def main() -> None:
         print(
             f"| {name} | {fid:.2f} | {m['fid']:.2f} | {m['classifier_score']:.2f} | "
             f"{m['class_coverage'] * 10:.0f}/10 | {len(confident) / len(probs):.2f} | "
-            f"{covered:.0f}/10 |",
+            f"{covered:.0f}/10 | {_agreement(fake, given)} |",
             flush=True,
         )
     print()

@@ -2,7 +2,8 @@
 ``optim.lr_decay`` towards ``optim.lr_final`` × the rates by the end of the run.
 
     horizon = Horizon(spec.train, step=state.step, seconds=state.train_seconds)
-    set_rates(nets, spec.optim, state.lr_scale * decay_factor(spec.optim, step / horizon.end))
+    factor = decay_factor(spec.optim.lr_decay, spec.optim.lr_final, horizon.progress(step))
+    set_rates(nets, spec.optim, state.lr_scale * factor)
     horizon.update(step, seconds, steps_per_s)   # at log steps, on every rank alike
 
 A run ends at ``train.steps`` or, with ``train.max_minutes``, when its time is up, whichever
@@ -21,13 +22,13 @@ import torch
 from distgan import dist
 
 
-def decay_factor(optim, progress: float) -> float:
-    """The share of the job's rates at ``progress`` (0 at the start, 1 at the end) of the run."""
+def decay_factor(kind: str, final: float, progress: float) -> float:
+    """The share of the rates at ``progress`` (0 at the start, 1 at the end) of the run, for
+    ``optim.lr_decay`` ``kind`` falling to ``final`` (``optim.lr_final``)."""
     p = min(max(progress, 0.0), 1.0)
-    final = optim.lr_final
-    if optim.lr_decay == "linear":
+    if kind == "linear":
         return 1.0 - (1.0 - final) * p
-    if optim.lr_decay == "cosine":
+    if kind == "cosine":
         return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * p))
     return 1.0
 

@@ -23,7 +23,7 @@ PACKAGE = REPO / "distgan"
 LAYERS = [
     {"errors", "fields", "job_rules", "search_space", "config"},  # the JobSpec and its rules
     {"models", "losses", "augment", "images", "dist", "progress"},  # plain PyTorch; progress bars
-    {"step", "ema"},  # the adversarial step
+    {"step", "ema", "schedule"},  # the adversarial step, the EMA and the learning rates
     {"storage", "data", "metrics"},  # files of a run, data, scoring
     {"train", "generate"},  # training, and generators read back from its checkpoints
     {"tune", "submit", "report", "export", "explore", "rate", "cli"},  # consumers of the above

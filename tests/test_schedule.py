@@ -24,16 +24,20 @@ def optim(decay: str, final: float = 0.0):
 )
 def test_the_decay_starts_at_the_rates_and_ends_at_lr_final(decay, final, halfway):
     o = optim(decay, final)
-    assert decay_factor(o, 0.0) == 1.0
-    assert math.isclose(decay_factor(o, 0.5), halfway)
-    assert math.isclose(decay_factor(o, 1.0), 1.0 if decay == "none" else final)
-    assert math.isclose(decay_factor(o, 1.7), decay_factor(o, 1.0))  # past the end: stays
+    assert decay_factor(o.lr_decay, o.lr_final, 0.0) == 1.0
+    assert math.isclose(decay_factor(o.lr_decay, o.lr_final, 0.5), halfway)
+    assert math.isclose(
+        decay_factor(o.lr_decay, o.lr_final, 1.0), 1.0 if decay == "none" else final
+    )
+    assert math.isclose(
+        decay_factor(o.lr_decay, o.lr_final, 1.7), decay_factor(o.lr_decay, o.lr_final, 1.0)
+    )  # past the end: stays
 
 
 def test_cosine_falls_slowly_at_first_and_linear_evenly():
     c, lin = optim("cosine"), optim("linear")
-    assert decay_factor(c, 0.1) > decay_factor(lin, 0.1)
-    assert decay_factor(c, 0.9) < decay_factor(lin, 0.9)
+    assert decay_factor(c.lr_decay, c.lr_final, 0.1) > decay_factor(lin.lr_decay, lin.lr_final, 0.1)
+    assert decay_factor(c.lr_decay, c.lr_final, 0.9) < decay_factor(lin.lr_decay, lin.lr_final, 0.9)
 
 
 def test_the_end_is_the_steps_or_the_step_the_time_limit_is_expected_at():

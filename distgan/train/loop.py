@@ -12,7 +12,8 @@ quickstart ran at 6k img/s with a report every 100 steps, against 23k with one e
 
 The run stops at ``train.steps`` or after ``train.max_minutes`` of training (a resumed run's
 earlier parts count), whichever comes first; the time limit is checked at log steps and agreed by
-all ranks, so they stop at the same step.
+all ranks, so they stop at the same step. With ``optim.lr_decay`` the learning rates fall with
+the run's progress towards that end (``schedule.py``); the rates in use go into the metrics.
 """
 
 from __future__ import annotations
@@ -171,12 +172,13 @@ def run(
     group_started = time.time()  # tells two restarts from the same checkpoint apart
     # optim.lr_decay: the rates fall with the run's progress towards its expected end.
     horizon = Horizon(t, state.step, earlier)
-    decays = spec.optim.lr_decay != "none"
+    o = spec.optim
+    decays = o.lr_decay != "none"
     last_step = state.step
     while state.step < t.steps:
         if decays:
-            factor = decay_factor(spec.optim, horizon.progress(state.step))
-            set_rates(state.nets, spec.optim, state.lr_scale * factor)
+            factor = decay_factor(o.lr_decay, o.lr_final, horizon.progress(state.step))
+            set_rates(state.nets, o, state.lr_scale * factor)
         before = time.perf_counter()
         reals = [next(batches) for _ in range(spec.optim.n_critic)]
         waited += time.perf_counter() - before
@@ -214,9 +216,9 @@ def run(
         # with a final checkpoint (Ray gives the job a few seconds before it kills it).
         stop = log_now and outputs is not None and outputs.stop_requested()
         final = step == t.steps or dist.any_rank(time_up or stop, device)
-        horizon.update(
-            step, earlier + now - started, (step - last_step) / max(now - last_time, 1e-9), device
-        )
+        if decays:  # the expected end from the recent speed (a collective under a time limit)
+            speed = (step - last_step) / max(now - last_time, 1e-9)
+            horizon.update(step, earlier + now - started, speed, device)
         metrics = meter.reduce()
         metrics.update(
             step=step,

@@ -21,6 +21,7 @@ from distgan.ema import EMA
 from distgan.losses import get_loss
 from distgan.metrics.modes import SyntheticModes, score_modes
 from distgan.models import ModelOptions, build_models
+from distgan.schedule import decay_factor
 from distgan.step import Nets, train_step
 
 
@@ -63,13 +64,15 @@ def train_synthetic(
     lr: float = 1e-4,
     ema_decay: float = 0.0,
     seconds: float = 0.0,
+    lr_decay: str = "none",
 ) -> tuple[torch.nn.Module, list[dict[str, float]]]:
     """Trains the mlp GAN on ``source`` for ``steps`` G steps, on this process, without Ray.
     ``options``: the mlp's options, e.g. ``ModelOptions(output="linear", pack=2)``; ``batch``
     must then be a multiple of the pack. ``lr``: both Adams' learning rate. ``ema_decay`` > 0:
     the G returned (and scored in the history) is the EMA of G's weights with that decay
     (``ema.EMA``, warmed up). ``seconds`` > 0: stop after that much training time even before
-    ``steps``.
+    ``steps``. ``lr_decay`` (``optim.lr_decay``'s linear or cosine): the rate falls to 0 by
+    ``steps`` or by ``seconds``, whichever comes first.
 
     Each G step follows ``n_critic(loss_kind)`` D steps, each on a fresh real batch of ``batch``.
     Returns (G in eval mode, history): one dict per ``log_every`` steps and one at the end, with
@@ -83,6 +86,13 @@ def train_synthetic(
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
+        if lr_decay != "none":
+            progress = (step - 1) / steps
+            if seconds > 0:
+                progress = max(progress, (time.perf_counter() - t0) / seconds)
+            for opt in (nets.opt_g, nets.opt_d):
+                for group in opt.param_groups:
+                    group["lr"] = lr * decay_factor(lr_decay, 0.0, progress)
         reals = [source.sample(batch, gen) for _ in range(k)]  # k × (B, 2, 1, 1)
         metrics = train_step(nets, reals, lambda b: torch.randn(b, z_dim, generator=gen))
         if ema is not None:
