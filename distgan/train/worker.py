@@ -82,14 +82,6 @@ def batch_source(spec, shard, shape, cache: bool, rank: int, world: int, device,
     )
 
 
-def apply_optim_settings(nets: Nets, spec, lr_scale: float = 1.0) -> None:
-    """Sets the job's learning rates (× ``lr_scale``, the divergence guard's factor after its
-    rollbacks) and betas on both optimizers. Called after a restore: the job's settings win over
-    the checkpoint's, so that a resumed run (or a PBT clone) trains with the learning rates it
-    was given. (With ``optim.lr_decay`` the loop scales them further at every step.)"""
-    set_rates(nets, spec.optim, lr_scale)
-
-
 def _prepare(model: torch.nn.Module, is_discriminator: bool) -> torch.nn.Module:
     # D sees a real and a fake batch per step; DDP's buffer broadcast must not run between them.
     kwargs = {"broadcast_buffers": False} if is_discriminator else None
@@ -130,7 +122,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         path = config["resume_from"]
         ckpts.restore(state, ckpts.load(path, device), rank, source=path)
 
-    apply_optim_settings(nets, spec, state.lr_scale)
+    # The job's rates and betas (× the guard's factor) win over the checkpoint's, so that a
+    # resumed run trains with the rates it was given; optim.lr_decay scales them in the loop.
+    set_rates(nets, spec.optim, state.lr_scale)
 
     shard = ray.train.get_dataset_shard("train")
     source = batch_source(spec, shard, shape, config["cache"], rank, world, device, prior)

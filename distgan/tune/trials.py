@@ -121,11 +121,12 @@ def pbt_trial(context: SearchContext):
         from distgan.data import load_arrays
         from distgan.data.reader import InMemoryBatches
         from distgan.ema import make_ema
+        from distgan.schedule import set_rates
         from distgan.train import checkpoint as ckpts
         from distgan.train.evaluation import InTrainingEvaluator
         from distgan.train.loop import run
         from distgan.train.outputs import RunOutputs
-        from distgan.train.worker import apply_optim_settings, build_nets
+        from distgan.train.worker import build_nets
 
         spec, run_dir, trial_id = _start_trial(context, config)
         p = context.plan
@@ -151,7 +152,7 @@ def pbt_trial(context: SearchContext):
                 exploit = exploit_record(trial_id, origin["trial_id"], state.step, donor, spec)
                 donor_lrs = [ckpt[k]["param_groups"][0]["lr"] for k in ("opt_g", "opt_d")]
                 exploit.update(donor_lr_g=donor_lrs[0], donor_lr_d=donor_lrs[1])
-        apply_optim_settings(nets, spec)
+        set_rates(nets, spec.optim)  # the trial's rates win over a donor's checkpoint
         if exploit is not None:  # the rates the clone's optimizers now hold, as evidence
             exploit["lr_g"] = nets.opt_g.param_groups[0]["lr"]
             exploit["lr_d"] = nets.opt_d.param_groups[0]["lr"]
