@@ -82,6 +82,12 @@ class LossSpec:
     clip: float = _f(0.01, "weight clipping bound of D (wgan)", gt=0.0)
     r1_gamma: float = _f(0.0, "R1 penalty weight γ on real images, any loss; 0 = off", min=0.0)
     r1_every: int = _f(16, "R1 every this many D steps, its weight × this (lazy, StyleGAN2)", min=1)
+    ac_weight: float = _f(
+        0.0,
+        "AC-GAN (conditional models): D also learns to name the reals' classes and G to make its "
+        "fakes named as asked, each cross-entropy × this weight; 0 = off",
+        min=0.0,
+    )
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,18 @@ def _check_model_options(spec, src) -> None:
             f"{src('model.output')}: model.output: {m.output} is served by arch mlp only "
             f"({m.arch}'s G ends in tanh); remove it or use model.arch: mlp"
         )
+    if spec.loss.ac_weight and not m.conditional:
+        raise JobError(
+            f"{src('loss.ac_weight')}: loss.ac_weight: AC-GAN's classifier learns the data's "
+            "classes, which an unconditional model does not use; set model.conditional: true, or "
+            "loss.ac_weight: 0"
+        )
+    if spec.loss.ac_weight and m.pack != 1:
+        raise JobError(
+            f"{src('loss.ac_weight')}: loss.ac_weight: AC-GAN's classifier names one image's "
+            f"class, and model.pack: {m.pack} makes D judge {m.pack} images at once; set "
+            "model.pack: 1, or loss.ac_weight: 0"
+        )
     if m.conditional and m.arch not in CONDITIONAL_ARCHS:
         raise JobError(
             f"{src('model.conditional')}: model.conditional: {m.arch} has no conditional version; "

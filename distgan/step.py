@@ -20,6 +20,11 @@ Everything D judges goes through DiffAugment first when ``nets.augment`` names a
 and fakes in the D step, fakes in the G step). R1 (``nets.r1_gamma``) is lazy as in StyleGAN2:
 computed every ``r1_every``-th D step with its weight multiplied by that interval. A packed D
 (``model.pack`` = m) gives one logit per m samples: the D step splits its logits in halves.
+
+AC-GAN (``nets.ac_weight`` > 0, a conditional D with a class head): D also learns to name the
+class of the real images, and G to make its fakes named as the class they were drawn for; each
+cross-entropy is added to its player's loss with that weight (Odena et al. 2017). D is not
+trained to classify fakes, whose classes are what G is learning to make.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from distgan.augment import diff_augment
@@ -51,6 +57,7 @@ class Nets:
     r1_every: int = 16  # R1 on every r1_every-th D step, its weight × r1_every
     augment: tuple[str, ...] = ()  # DiffAugment policy (distgan.augment); () = off
     num_classes: int = 0  # > 0: G and D are class-conditional
+    ac_weight: float = 0.0  # AC-GAN's classification loss weight (D has a class head); 0 = off
     # A conditional G's fake labels are drawn from this (num_classes,) distribution (the class
     # prior of the real batches, train.class_balance); None: uniformly.
     label_prior: torch.Tensor | None = None
@@ -72,11 +79,16 @@ def _plain(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def judge(D: nn.Module, nets: Nets, x: Tensor, labels: Tensor | None) -> Tensor:
-    """D's logits for ``x`` (B, C, H, W), through DiffAugment, with labels when conditional."""
+def judge(
+    D: nn.Module, nets: Nets, x: Tensor, labels: Tensor | None, classes: bool = False
+) -> Tensor | tuple[Tensor, Tensor]:
+    """D's logits (B / pack,) for ``x`` (B, C, H, W), through DiffAugment, with labels when
+    conditional; with ``classes`` also the class logits (B, K) of AC-GAN's head."""
     if nets.augment:
         x = diff_augment(x, nets.augment)
-    return D(x) if labels is None else D(x, labels)  # (B / pack,)
+    if labels is None:
+        return D(x)
+    return D(x, labels, classes=True) if classes else D(x, labels)
 
 
 def set_requires_grad(model: nn.Module, flag: bool) -> None:
@@ -131,16 +143,23 @@ def d_step(
 
     Returns G(z) (with its graph to G when ``keep_graph``, for the G step) and detached metrics:
     d_loss, d_real and d_fake (D's mean output, through σ for the logistic losses), gp, r1 (when
-    ``r1``: this step carries the lazy R1 penalty), and d_grad_norm when ``measure``.
+    ``r1``: this step carries the lazy R1 penalty), d_ac (AC-GAN's cross-entropy on the reals,
+    when ``nets.ac_weight``), and d_grad_norm when ``measure``.
     """
     with nets.autocast(real), nullcontext() if keep_graph else torch.no_grad():
         fake = nets.G(z) if fake_labels is None else nets.G(z, fake_labels)  # (B, C, H, W)
     labels = None if real_labels is None else torch.cat([real_labels, fake_labels])  # (2B,)
+    ac = bool(nets.ac_weight) and labels is not None
     with nets.autocast(real):
-        logits = judge(nets.D, nets, torch.cat([real, fake.detach()]), labels).float()  # (2B/m,)
-        r, f = logits.chunk(2)
+        judged = judge(nets.D, nets, torch.cat([real, fake.detach()]), labels, classes=ac)
+        logits, classes = judged if ac else (judged, None)
+        r, f = logits.float().chunk(2)  # (B/m,) each
         d_loss = nets.loss.d(r, f).mean()
     metrics = {"d_loss": d_loss.detach()}
+    if ac:
+        d_ac = F.cross_entropy(classes[: real.shape[0]].float(), real_labels)
+        d_loss = d_loss + nets.ac_weight * d_ac
+        metrics["d_ac"] = d_ac.detach()
 
     def critic(x: Tensor) -> Tensor:  # D as the penalties see it, with the reals' labels
         return judge(nets.D, nets, x, real_labels)
@@ -177,15 +196,23 @@ def g_step(
     nets: Nets, fake: Tensor, measure: bool = False, labels: Tensor | None = None
 ) -> dict[str, Tensor]:
     """One G update through D on ``fake`` = G(z) (G(z, labels) when conditional) with its graph.
-    Returns g_loss (and norm)."""
+    Returns g_loss, g_ac (AC-GAN's cross-entropy on the fakes, when ``nets.ac_weight``) and
+    g_grad_norm when ``measure``."""
     D = _plain(nets.D)  # no DDP: D's gradients are neither computed nor synced here
     set_requires_grad(D, False)
+    ac = bool(nets.ac_weight) and labels is not None
     try:
         with nets.autocast(fake):
-            g_loss = nets.loss.g(judge(D, nets, fake, labels).float()).mean()
+            judged = judge(D, nets, fake, labels, classes=ac)
+            logits, classes = judged if ac else (judged, None)
+            g_loss = nets.loss.g(logits.float()).mean()
+        metrics = {"g_loss": g_loss.detach()}
+        if ac:
+            g_ac = F.cross_entropy(classes.float(), labels)
+            g_loss = g_loss + nets.ac_weight * g_ac
+            metrics["g_ac"] = g_ac.detach()
         nets.opt_g.zero_grad(set_to_none=True)
         nets.scaler_g.scale(_poison_if_not_finite(g_loss)).backward()
-        metrics = {"g_loss": g_loss.detach()}
         norm = None
         if measure:
             nets.scaler_g.unscale_(nets.opt_g)

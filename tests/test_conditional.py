@@ -137,6 +137,68 @@ def test_step_gives_d_the_real_labels_and_g_and_d_the_same_drawn_labels():
     assert torch.equal(g_step_labels, drawn)
 
 
+# --- AC-GAN: D's class head and the class losses --------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+def test_acgan_head_gives_class_logits_beside_the_projection_logit(arch):
+    _, D = conditional(arch, classifier=True)
+    x, y = torch.rand(6, *SHAPE), torch.randint(CLASSES, (6,))
+    logits, classes = D(x, y, classes=True)
+    assert logits.shape == (6,) and classes.shape == (6, CLASSES)
+    assert torch.equal(logits, D(x, y))  # the head adds logits; it leaves D's judgement alone
+    with pytest.raises(ValueError, match="needs a conditional model"):
+        build_models(arch, Z_DIM, 4, SHAPE, ModelOptions(classifier=True))
+    with pytest.raises(ValueError, match="D packs 2"):
+        conditional(arch, classifier=True, pack=2)
+
+
+def acgan_nets(ac_weight: float):
+    from distgan.losses import get_loss
+    from distgan.step import Nets
+
+    G, D = conditional("dcgan", classifier=True)
+    opt = lambda m: torch.optim.SGD(m.parameters(), lr=0.0)  # noqa: E731  (weights stay put)
+    return Nets(G, D, opt(G), opt(D), get_loss("nonsaturating"), num_classes=CLASSES,
+                ac_weight=ac_weight)  # fmt: skip
+
+
+def test_acgan_d_loss_adds_the_weighted_cross_entropy_of_the_reals_only():
+    from distgan.step import d_step
+
+    nets = acgan_nets(0.5)
+    torch.manual_seed(2)
+    real, z = torch.rand(4, *SHAPE) * 2 - 1, torch.randn(4, Z_DIM)
+    y_real, y_fake = torch.tensor([0, 1, 2, 3]), torch.tensor([3, 3, 0, 1])
+    _, metrics = d_step(nets, real, z, real_labels=y_real, fake_labels=y_fake)
+
+    # By hand: the class head's only gradient is 0.5 × that of its cross-entropy on the reals
+    # (the adversarial logit does not read it, and the fakes' classes are not D's to learn).
+    D = nets.D
+    _, classes = D(real, y_real, classes=True)
+    expected = nn.functional.cross_entropy(classes, y_real)
+    assert metrics["d_ac"] == pytest.approx(expected.item(), rel=1e-6)
+    (want,) = torch.autograd.grad(0.5 * expected, D.classify.weight)
+    torch.testing.assert_close(D.classify.weight.grad, want)
+
+
+def test_acgan_g_loss_adds_the_weighted_cross_entropy_of_the_asked_classes():
+    from distgan.step import g_step
+
+    nets = acgan_nets(2.0)
+    torch.manual_seed(3)
+    z, y = torch.randn(4, Z_DIM), torch.tensor([1, 0, 3, 2])
+    metrics = g_step(nets, nets.G(z, y), labels=y)
+    logits, classes = nets.D(nets.G(z, y), y, classes=True)
+    adversarial = nn.functional.softplus(-logits).mean()  # the non-saturating G loss
+    ac = nn.functional.cross_entropy(classes, y)
+    assert metrics["g_loss"] == pytest.approx(adversarial.item(), rel=1e-6)
+    assert metrics["g_ac"] == pytest.approx(ac.item(), rel=1e-6)
+    want = torch.autograd.grad(adversarial + 2.0 * ac, list(nets.G.parameters()))
+    for p, w in zip(nets.G.parameters(), want):
+        torch.testing.assert_close(p.grad, w)
+
+
 # --- labels through the reader ---------------------------------------------------------------
 
 
@@ -250,7 +312,7 @@ def test_grid_has_one_row_per_class_of_eight_columns():
 
 CONDITIONAL_JOB = {
     "model": {"arch": "dcgan", "width": 4, "z_dim": Z_DIM, "conditional": True},
-    "loss": {"kind": "hinge", "r1_gamma": 1.0, "r1_every": 2},
+    "loss": {"kind": "hinge", "r1_gamma": 1.0, "r1_every": 2, "ac_weight": 1.0},
     "train": {
         "steps": 3,
         "batch_size": 8,
@@ -270,8 +332,8 @@ def conditional_job(**model) -> dict:
 
 @pytest.fixture(scope="module")
 def conditional_run(tmp_path_factory):
-    """A conditional dcgan (with SN, R1, DiffAugment, EMA half-life) trained 3 steps by the real
-    loop on labelled images, written as a run directory with its checkpoint."""
+    """A conditional dcgan (with SN, R1, AC-GAN, DiffAugment, EMA half-life) trained 3 steps by
+    the real loop on labelled images, written as a run directory with its checkpoint."""
     run_dir = tmp_path_factory.mktemp("conditional_run")
     spec = from_dict(conditional_job(spectral_norm=True))
     torch.manual_seed(0)
@@ -302,7 +364,16 @@ def test_the_loop_trains_a_conditional_model_with_every_option(conditional_run):
     assert result["step"] == 3 and np.isfinite(result["d_loss"]) and result["skipped"] == 0
     assert state.nets.num_classes == CLASSES and state.nets.augment == ("color", "translation")
     assert state.nets.r1_gamma == 1.0 and "r1" in result  # steps 0 and 2 of 3 carry R1
+    assert state.nets.ac_weight == 1.0 and {"d_ac", "g_ac"} <= set(result)
     assert ckpt["num_classes"] == CLASSES
+    assert "classify.parametrizations.weight.original" in ckpt["D"]  # AC-GAN's head, with SN
+    # A resumed run rebuilds D with the head and takes the checkpoint's weights.
+    spec = from_dict(conditional_job(spectral_norm=True))
+    ckpts.check_compatible(ckpt, spec, SHAPE, "ckpt", num_classes=CLASSES)
+    fresh = build_nets(spec, SHAPE, torch.device("cpu"), lambda m, is_d: m, CLASSES)
+    ckpts.restore(ckpts.TrainState(fresh, make_ema(fresh.G, spec.train), SHAPE), ckpt, 0, "ckpt")
+    assert torch.equal(fresh.D.classify.parametrizations.weight.original,
+                       ckpt["D"]["classify.parametrizations.weight.original"])  # fmt: skip
     # The sample grid: one row per class (4), 8 columns of 28 pixels with 2 between.
     grid = Image.open(run_dir / "samples" / "step_000003.png")
     assert grid.size == (8 * 30 + 2, 4 * 30 + 2)
@@ -348,6 +419,7 @@ BAD_VALUES = [
     ("model.conditional", 1, "expected true or false"),
     ("loss.r1_gamma", -1, "expected a number of at least 0.0"),
     ("loss.r1_every", 0, "expected a number of at least 1"),
+    ("loss.ac_weight", -1, "expected a number of at least 0.0"),
     ("train.ema_kimg", -0.5, "expected a number of at least 0.0"),
     ("train.ema_rampup", "soon", "expected a number of at least 0.0"),
     ("train.diffaugment", 3, "expected a string"),
@@ -378,6 +450,9 @@ CROSS_RULES = [
     ({"loss": {"r1_gamma": 1.0}, "train": {"compile": True}}, "train.compile",
      "cannot be differentiated twice"),
     ({"loss": {"kind": "wgan-gp"}, "train": {"compile": True}}, "train.compile", "wgan-gp"),
+    ({"loss": {"ac_weight": 1.0}}, "loss.ac_weight", "set model.conditional: true"),
+    ({"loss": {"ac_weight": 1.0}, "model": {"conditional": True, "pack": 2}}, "loss.ac_weight",
+     "model.pack: 2 makes D judge 2 images at once"),
 ]  # fmt: skip
 
 
@@ -397,6 +472,7 @@ def test_new_fields_defaults_keep_the_old_behaviour():
     assert (spec.loss.r1_gamma, t.ema_kimg, t.diffaugment, t.channels_last, t.compile) == (
         0.0, 0.0, "", False, False
     )  # fmt: skip
+    assert spec.loss.ac_weight == 0.0
     ok = {"model": {"arch": "resnet", "pack": 2, "mbstd_group": 4}, "train": {"batch_size": 16}}
     assert from_dict({**ok, "scale": {"workers": 2}}).model.pack == 2
 
@@ -407,6 +483,7 @@ def test_a_search_space_over_the_new_fields_parses():
             "tune": {
                 "space": {
                     "loss.r1_gamma": "loguniform(0.1, 10)",
+                    "loss.ac_weight": "choice([0, 0.1, 1.0])",
                     "model.spectral_norm": "choice([true, false])",
                     "train.diffaugment": "grid(['', 'color,translation'])",
                     "model.arch": "choice([dcgan, resnet])",
@@ -416,6 +493,7 @@ def test_a_search_space_over_the_new_fields_parses():
     )
     domains = parse_space(spec, "jobs/x.yaml")
     assert domains["loss.r1_gamma"].values == (0.1, 10.0)
+    assert domains["loss.ac_weight"].values == (0.0, 0.1, 1.0)
     assert domains["model.arch"].values == ("dcgan", "resnet")
     with pytest.raises(errors.JobError, match="tune.space.model.output: 'sigmoid' is not one of"):
         from_dict({"tune": {"space": {"model.output": "choice([tanh, sigmoid])"}}})

@@ -44,6 +44,12 @@ ISSUE_12 = {
     "options": ModelOptions(spectral_norm=True, mbstd_group=2, pack=2, num_classes=CLASSES),
     "settings": {"r1_gamma": 1.0, "r1_every": 1, "augment": ("color", "translation", "cutout")},
 }
+# AC-GAN: a conditional dcgan whose D also classifies (its class head), with R1's second D forward
+# (which does not use the class head) on this step and minibatch std.
+ACGAN = {
+    "options": ModelOptions(mbstd_group=2, num_classes=CLASSES, classifier=True),
+    "settings": {"ac_weight": 1.0, "r1_gamma": 1.0, "r1_every": 1},
+}
 # name -> (arch, width, loss, n_critic, wrap in DDP)
 SCENARIOS = {
     "dcgan-wgan-gp": ("dcgan", 8, "wgan-gp", 1, True),
@@ -54,8 +60,9 @@ SCENARIOS = {
     "control-mlp-nonsaturating-no-ddp": ("mlp", 32, "nonsaturating", 2, False),
     "resnet-sn-r1-diffaugment-conditional": ("resnet", 4, "nonsaturating", 1, True),
     "control-resnet-sn-r1-diffaugment-conditional-no-ddp": ("resnet", 4, "nonsaturating", 1, False),
+    "dcgan-acgan-r1": ("dcgan", 8, "nonsaturating", 1, True),
 }
-EXTRAS = {name: ISSUE_12 for name in SCENARIOS if "conditional" in name}
+EXTRAS = {name: ISSUE_12 for name in SCENARIOS if "conditional" in name} | {"dcgan-acgan-r1": ACGAN}
 SYNCED = [name for name, s in SCENARIOS.items() if s[4]]
 # (The issue-12 control is checked on its own: Adam's first step moves each number by ±lr, and
 # its small spectrally normalised head moves alike on both ranks more often than not.)
@@ -258,3 +265,15 @@ def test_the_issue_12_scenario_runs_every_option(ddp_results):
     # Without DDP the same step leaves the ranks apart in both players.
     control = ddp_results[0]["control-resnet-sn-r1-diffaugment-conditional-no-ddp"]
     assert len(differing(control, "G")) > 10 and len(differing(control, "D")) > 10
+
+
+def test_the_acgan_scenario_trains_the_class_head_on_both_ranks(ddp_results):
+    result = ddp_results[0]["dcgan-acgan-r1"]
+    assert {"d_ac", "g_ac", "r1"} <= set(result["metrics"])  # both class losses and R1
+    names = [n for n, _ in result["names"]["D"]]
+    assert "classify.weight" in names
+    # The class head moved (its loss reached D), identically on both ranks (the synced test).
+    sizes = [size for _, size in result["names"]["D"]]
+    start = sum(sizes[: names.index("classify.weight")])
+    head = slice(start, start + sizes[names.index("classify.weight")])
+    assert not torch.equal(result["D"][0][head], result["initial"]["D"][0][head])

@@ -8,6 +8,7 @@
     G, D = models_for_job(spec.model, shape, num_classes=10)   # the options of a job
     x = G(z, y)                  # a conditional G: labels y (B,) in 0..num_classes-1
     logits = D(x, y)             # (B / model.pack,)
+    logits, classes = D(x, y, classes=True)  # with AC-GAN's head (loss.ac_weight): + (B, K)
 
 An architecture is a function ``(z_dim, width, shape, options) -> (G, D)`` registered with
 ``@register_model("name")``. It raises ``ValueError`` for a shape or option it cannot serve;
@@ -39,11 +40,12 @@ def build_models(
 
 
 def models_for_job(
-    model, shape: tuple[int, int, int], num_classes: int = 0
+    model, shape: tuple[int, int, int], num_classes: int = 0, classifier: bool = False
 ) -> tuple[nn.Module, nn.Module]:
     """(G, D) of a job's model section (``config.ModelSpec``) for data of ``shape``.
 
     ``num_classes``: the data's classes (its manifest); used when ``model.conditional``.
+    ``classifier``: D gets AC-GAN's class head (the job's ``loss.ac_weight`` > 0).
     """
     if model.conditional and num_classes < 1:
         raise ValueError("a conditional model needs labelled data (num_classes ≥ 1)")
@@ -53,6 +55,7 @@ def models_for_job(
         pack=model.pack,
         output=model.output,
         num_classes=num_classes if model.conditional else 0,
+        classifier=classifier,
     )
     return build_models(model.arch, model.z_dim, model.width, shape, options)
 

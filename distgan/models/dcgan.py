@@ -6,7 +6,8 @@ would mix real and fake batches and trip DDP's buffer broadcast (see DESIGN.md).
 ``width`` is the base channel count w (default 64).
 
 Options (``ModelOptions``): spectral norm, minibatch std (before D's head), packing (D's first
-conv reads m× the channels) and classes (G's BatchNorms conditional, D a projection head).
+conv reads m× the channels), classes (G's BatchNorms conditional, D a projection head) and
+AC-GAN's classifier head on D.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from distgan.models.layers import (
     LabelSequential,
     MinibatchStd,
     batch_norm,
+    class_head,
     initialize,
     pack,
     projection,
@@ -80,8 +82,12 @@ class DCGANDiscriminator(nn.Module):
         features = (ch_in + (self.mbstd is not None)) * start * start
         self.head = nn.Linear(features, 1)
         self.embed = nn.Embedding(options.num_classes, features) if options.num_classes else None
+        self.classify = class_head(features, options)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, classes: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B/m,); with ``classes`` (AC-GAN's head) also class logits (B, K)."""
         h = self.features(pack(x, self.pack))  # (B/m, ch, start, start)
         if self.mbstd is not None:
             h = self.mbstd(h)  # (B/m, ch+1, start, start)
@@ -89,7 +95,7 @@ class DCGANDiscriminator(nn.Module):
         logits = self.head(h).squeeze(1)  # (B/m,)
         if self.embed is not None:
             logits = logits + projection(h, self.embed, y)
-        return logits
+        return (logits, self.classify(h)) if classes else logits
 
 
 def _init_weights(m: nn.Module) -> None:

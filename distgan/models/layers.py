@@ -103,6 +103,23 @@ def projection(h: Tensor, embed: nn.Embedding, y: Tensor) -> Tensor:
     return (e * h).sum(1)
 
 
+def class_head(features: int, options) -> nn.Linear | None:
+    """AC-GAN's auxiliary classifier (Odena et al. 2017): ``num_classes`` logits from D's
+    ``features``, when ``options.classifier`` (``registry.ModelOptions``); else None.
+
+    It reads one sample per input, so it refuses a packed D, and needs the data's classes.
+    """
+    if not options.classifier:
+        return None
+    if not options.num_classes:
+        raise ValueError("AC-GAN's classifier head needs a conditional model (model.conditional)")
+    if options.pack != 1:
+        raise ValueError(
+            f"AC-GAN's classifier head names one sample's class, and D packs {options.pack}"
+        )
+    return nn.Linear(features, options.num_classes)
+
+
 def spectral_normalize(model: nn.Module) -> nn.Module:
     """Spectral normalisation (Miyato et al. 2018) of every conv, linear and embedding weight.
 

@@ -2,7 +2,8 @@
 options) -> (G, D)`` builder; ``distgan.models.build_models`` looks them up.
 
 ``ModelOptions`` carries what a job's model section asks beyond z_dim, width and the data's shape
-(spectral norm, minibatch std, packing, the output of an MLP G, the number of classes). A builder
+(spectral norm, minibatch std, packing, the output of an MLP G, the number of classes, AC-GAN's
+classifier head on D). A builder
 raises ``ValueError`` for an option it does not serve.
 """
 
@@ -23,6 +24,8 @@ class ModelOptions:
     pack: int = 1  # PacGAN: D judges this many samples at once; 1 = off
     output: str = "tanh"  # G's last activation: tanh (images) or linear (mlp, 2-D mixtures)
     num_classes: int = 0  # > 0: class-conditional G (conditional BatchNorm) and D (projection)
+    # D also classifies each input (AC-GAN): a head of num_classes logits beside the projection
+    classifier: bool = False
 
 
 ModelBuilder = Callable[[int, int, tuple[int, int, int], ModelOptions], tuple[nn.Module, nn.Module]]

@@ -13,8 +13,8 @@ channels throughout and D w (CIFAR-10: w = 128, the default); at 64 and 128 pixe
 and shrink by powers of 2 from 16w (ImageNet: w = 64, the default).
 
 Options (``ModelOptions``): spectral norm (SNGAN's D has it: set ``model.spectral_norm: true``),
-minibatch std (before D's last block), packing (D's first conv reads m× the channels) and
-classes (G's block BatchNorms conditional, D a projection head).
+minibatch std (before D's last block), packing (D's first conv reads m× the channels),
+classes (G's block BatchNorms conditional, D a projection head) and AC-GAN's classifier head.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from torch import nn
 from distgan.models.layers import (
     MinibatchStd,
     batch_norm,
+    class_head,
     initialize,
     normalize,
     pack,
@@ -137,8 +138,12 @@ class ResNetDiscriminator(nn.Module):
         self.mbstd = MinibatchStd(options.mbstd_group) if options.mbstd_group else None
         self.head = nn.Linear(c_in, 1)
         self.embed = nn.Embedding(options.num_classes, c_in) if options.num_classes else None
+        self.classify = class_head(c_in, options)
 
-    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, y: Tensor | None = None, classes: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits (B/m,); with ``classes`` (AC-GAN's head) also class logits (B, K)."""
         h = pack(x, self.pack)  # (B/m, m*C, H, W)
         for i, block in enumerate(self.blocks):
             if self.mbstd is not None and i == len(self.blocks) - 1:
@@ -148,7 +153,7 @@ class ResNetDiscriminator(nn.Module):
         logits = self.head(h).squeeze(1)  # (B/m,)
         if self.embed is not None:
             logits = logits + projection(h, self.embed, y)
-        return logits
+        return (logits, self.classify(h)) if classes else logits
 
 
 def _init_weights(m: nn.Module) -> None:

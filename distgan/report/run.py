@@ -109,7 +109,13 @@ def _training_charts(records: list[dict]) -> str:
         ("Speed", ("images_per_s",), "images/s", False, []),
         ("GPU memory", ("gpu_mem_gb",), "GiB (rank 0 peak)", False, []),
     ]
-    names = {"d_real": "D(x)", "d_fake": "D(G(z))", "gp": "gradient penalty"}
+    names = {
+        "d_real": "D(x)",
+        "d_fake": "D(G(z))",
+        "gp": "gradient penalty",
+        "d_ac": "D's class loss (AC-GAN)",
+        "g_ac": "G's class loss (AC-GAN)",
+    }
     for title, keys, ylabel, log_y, points in specs:
         lines = [Line(names.get(k, k), *series(records, k)) for k in keys]
         lines = [line for line in lines if line.x]

@@ -147,7 +147,7 @@ def check_compatible(
             f"{source}: trained on {trained_classes} classes, but data.source now holds "
             f"{num_classes}; resume with the data the run was trained on, or start a new run"
         )
-    G, D = models_for_job(spec.model, shape, num_classes)
+    G, D = models_for_job(spec.model, shape, num_classes, classifier=spec.loss.ac_weight > 0)
     _load_weights(G, D, ckpt, source)
 
 

@@ -93,7 +93,9 @@ def check_model(spec: JobSpec, manifest: ShardManifest, job_source: str) -> None
             "labelled data (distgan data import ... --labels)"
         )
     try:
-        models_for_job(spec.model, manifest.shape, manifest.num_classes)
+        models_for_job(
+            spec.model, manifest.shape, manifest.num_classes, classifier=spec.loss.ac_weight > 0
+        )
     except ValueError as e:
         raise JobError(f"{job_source}: model.arch: {e}; pick another arch or dataset") from None
 

@@ -12,7 +12,8 @@ from distgan.config import METRIC_NAMES
 
 STEP = "step"
 GROUPS: dict[str, tuple[str, ...]] = {
-    "loss": ("d_loss", "g_loss", "gp"),  # gp: the gradient penalty, for the losses that have one
+    # gp: the gradient penalty, for the losses that have one; d_ac, g_ac: AC-GAN's cross-entropies
+    "loss": ("d_loss", "g_loss", "gp", "d_ac", "g_ac"),
     "D": ("d_real", "d_fake"),  # D's mean output on real and generated images (σ for logistic)
     "grad_norm": ("d_grad_norm", "g_grad_norm"),  # before clipping, at log steps
     "speed": ("images_per_s", "gpu_mem_gb"),  # gpu_mem_gb: rank 0's peak (CUDA only)

@@ -37,7 +37,7 @@ def build_nets(
     """G, D (each passed through ``wrap``, e.g. Ray's prepare_model), Adam for each, the loss.
     ``num_classes``: the data's classes, for a conditional model (``model.conditional``)."""
     t = spec.train
-    G, D = models_for_job(spec.model, shape, num_classes)
+    G, D = models_for_job(spec.model, shape, num_classes, classifier=spec.loss.ac_weight > 0)
     G, D = (apply_speed_options(m.to(device), t.channels_last, t.compile) for m in (G, D))
     G, D = wrap(G, False), wrap(D, True)
     o = spec.optim
@@ -52,6 +52,7 @@ def build_nets(
         clip=spec.loss.clip,
         r1_gamma=spec.loss.r1_gamma,
         r1_every=spec.loss.r1_every,
+        ac_weight=spec.loss.ac_weight,
         augment=parse_policy(t.diffaugment),
         num_classes=unwrap(G).num_classes,
         autocast_dtype=_AUTOCAST[precision],
