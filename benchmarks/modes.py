@@ -2,6 +2,9 @@
 
     .venv/bin/python benchmarks/modes.py                         # grid25 and stacked, 2 losses
     .venv/bin/python benchmarks/modes.py --loss hinge --loss wgan-gp --grid-steps 4000
+    # grid25 as BENCHMARKS.md measures it: 15 CPU-minutes, PacGAN 2, R1 0.1, G's EMA scored
+    .venv/bin/python benchmarks/modes.py --only grid25 --loss nonsaturating --threads 1 \
+        --grid-steps 1000000 --grid-minutes 15 --pack 2 --r1 0.1 --ema 0.999 --trace
 
 - grid25: the reference MLP GAN (distgan.train.synthetic.train_synthetic) on 25 Gaussians on a
   5×5 grid; 2,500 samples scored: modes covered, share of high-quality samples, reverse KL.
@@ -36,8 +39,8 @@ def grid25(losses: list[str], steps: int, options: ModelOptions, args) -> None:
     print(
         f"grid25: mlp GAN ({options.output} output, pack {options.pack}, mbstd "
         f"{options.mbstd_group}, width {args.grid_width}), {steps} G steps{budget}, batch "
-        f"{args.grid_batch}, Adam {args.lr:g} (0.5, 0.9), lr decay {args.lr_decay}{ema}, "
-        "2,500 samples"
+        f"{args.grid_batch}, Adam {args.lr:g} (0.5, 0.9), lr decay {args.lr_decay}{ema}, R1 "
+        f"{args.r1:g}, seed {args.seed}, 2,500 samples"
     )
     print(
         "| loss | modes covered (of 25), ≥ 20 high-quality | modes, literature rule (≥ 1 within "
@@ -48,8 +51,18 @@ def grid25(losses: list[str], steps: int, options: ModelOptions, args) -> None:
         G, history = train_synthetic(
             SOURCES["grid25"], loss, steps, batch=args.grid_batch, width=args.grid_width,
             options=options, lr=args.lr, ema_decay=args.ema, seconds=args.grid_minutes * 60,
-            lr_decay=args.lr_decay,
+            lr_decay=args.lr_decay, r1_gamma=args.r1, seed=args.seed,
         )  # fmt: skip
+        if args.trace:  # the run's course: strict modes and high-quality share every ~minute
+            minute = -1
+            for h in history:
+                if int(h["seconds"] // 60) > minute or h is history[-1]:
+                    minute = int(h["seconds"] // 60)
+                    print(
+                        f"  {h['seconds']:5.0f} s  step {h['step']:>7,}  modes {h['modes']:>2} "
+                        f"(literature {h['modes_literature']:>2})  high-quality "
+                        f"{h['high_quality']:.3f}", flush=True
+                    )  # fmt: skip
         with torch.no_grad():
             z = torch.randn(2500, 64, generator=torch.Generator().manual_seed(1))
             x = G(z)
@@ -122,6 +135,9 @@ def main() -> None:
     ap.add_argument("--ema", type=float, default=0.0, help="grid25: score G's EMA (this decay)")
     ap.add_argument("--lr-decay", default="none", choices=["none", "linear", "cosine"],
                     help="grid25: the rate falls to 0 by the steps or the time limit")  # fmt: skip
+    ap.add_argument("--r1", type=float, default=0.0, help="grid25: D's R1 weight γ (lazy)")
+    ap.add_argument("--seed", type=int, default=0, help="grid25: the run's seed")
+    ap.add_argument("--trace", action="store_true", help="grid25: print the run's course")
     ap.add_argument("--grid-batch", type=int, default=256)
     ap.add_argument("--grid-width", type=int, default=128)
     ap.add_argument("--grid-minutes", type=float, default=0.0, help="grid25: a time limit")

@@ -185,3 +185,16 @@ def test_synthetic_training_returns_the_ema_and_stops_at_its_time_limit():
     # A time limit ends the run early, with a last history entry at the step it stopped.
     _, history = train_synthetic(source, "nonsaturating", steps=10**6, z_dim=2, seconds=0.5)
     assert history[-1]["step"] < 10**6 and 0.5 <= history[-1]["seconds"] < 5
+
+
+def test_synthetic_training_carries_r1_on_every_16th_step_and_counts_both_rules():
+    source = SOURCES["ring8"]
+    kwargs = {"steps": 32, "z_dim": 2, "log_every": 1}
+    _, plain = train_synthetic(source, "nonsaturating", **kwargs)
+    _, with_r1 = train_synthetic(source, "nonsaturating", r1_gamma=0.1, **kwargs)
+    assert [h["step"] for h in with_r1 if "r1" in h] == [1, 17]  # lazy: steps 0 and 16 of 32
+    assert not any("r1" in h for h in plain)
+    # R1 changed D's update, so the two runs part after the first step that carried it.
+    assert with_r1[1]["d_loss"] != plain[1]["d_loss"]
+    # The literature's rule (one high-quality sample) never counts fewer modes than the strict.
+    assert all(h["modes_literature"] >= h["modes"] for h in with_r1)

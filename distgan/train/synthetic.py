@@ -14,6 +14,7 @@ The mode-coverage benchmark (``benchmarks/modes.py``) and its test use it; the s
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -21,7 +22,7 @@ from distgan.ema import EMA
 from distgan.losses import get_loss
 from distgan.metrics.modes import SyntheticModes, score_modes
 from distgan.models import ModelOptions, build_models
-from distgan.schedule import decay_factor
+from distgan.schedule import Horizon, decay_factor, set_rates
 from distgan.step import Nets, train_step
 
 
@@ -65,6 +66,7 @@ def train_synthetic(
     ema_decay: float = 0.0,
     seconds: float = 0.0,
     lr_decay: str = "none",
+    r1_gamma: float = 0.0,
 ) -> tuple[torch.nn.Module, list[dict[str, float]]]:
     """Trains the mlp GAN on ``source`` for ``steps`` G steps, on this process, without Ray.
     ``options``: the mlp's options, e.g. ``ModelOptions(output="linear", pack=2)``; ``batch``
@@ -72,40 +74,51 @@ def train_synthetic(
     the G returned (and scored in the history) is the EMA of G's weights with that decay
     (``ema.EMA``, warmed up). ``seconds`` > 0: stop after that much training time even before
     ``steps``. ``lr_decay`` (``optim.lr_decay``'s linear or cosine): the rate falls to 0 by
-    ``steps`` or by ``seconds``, whichever comes first.
+    ``steps`` or by ``seconds``, whichever comes first. ``r1_gamma`` > 0: D carries the lazy R1
+    penalty (``loss.r1_gamma``), every 16th step with its weight × 16.
 
     Each G step follows ``n_critic(loss_kind)`` D steps, each on a fresh real batch of ``batch``.
     Returns (G in eval mode, history): one dict per ``log_every`` steps and one at the end, with
-    "step", "seconds", the step's metrics, and "modes" / "high_quality" of 2,500 samples.
+    "step", "seconds", the step's metrics, and "modes" / "high_quality" of 2,500 samples
+    ("modes_literature": the modes with at least one high-quality sample).
     """
     torch.manual_seed(seed)  # G's and D's initial weights
     gen = torch.Generator().manual_seed(seed)  # real batches and latents
     nets = make_nets("mlp", (2, 1, 1), loss_kind, z_dim, width, options, lr)
+    nets.r1_gamma = r1_gamma
     ema = EMA(nets.G, ema_decay) if ema_decay > 0 else None
     k = n_critic(loss_kind)
     history: list[dict[str, float]] = []
-    t0 = time.perf_counter()
+
+    def latents(b: int) -> torch.Tensor:
+        return torch.randn(b, z_dim, generator=gen)
+
+    # optim.lr_decay as the loop has it: towards the end of ``steps`` or of ``seconds``
+    horizon = Horizon(SimpleNamespace(steps=steps, max_minutes=seconds / 60))
+    optim = SimpleNamespace(lr_g=lr, lr_d=lr, beta1=0.5, beta2=0.9)  # make_nets' Adam
+    t0 = last = time.perf_counter()
     for step in range(1, steps + 1):
         if lr_decay != "none":
-            progress = (step - 1) / steps
-            if seconds > 0:
-                progress = max(progress, (time.perf_counter() - t0) / seconds)
-            for opt in (nets.opt_g, nets.opt_d):
-                for group in opt.param_groups:
-                    group["lr"] = lr * decay_factor(lr_decay, 0.0, progress)
+            set_rates(nets, optim, decay_factor(lr_decay, 0.0, horizon.progress(step - 1)))
         reals = [source.sample(batch, gen) for _ in range(k)]  # k × (B, 2, 1, 1)
-        metrics = train_step(nets, reals, lambda b: torch.randn(b, z_dim, generator=gen))
+        metrics = train_step(nets, reals, latents, step=step - 1)
         if ema is not None:
             ema.update(nets.G, step)
-        out_of_time = seconds > 0 and time.perf_counter() - t0 >= seconds
+        now = time.perf_counter()
+        out_of_time = seconds > 0 and now - t0 >= seconds
+        if step % 100 == 0:
+            horizon.update(step, now - t0, 100 / (now - last))
+            last = now
         if step % log_every == 0 or step == steps or out_of_time:
             G = nets.G if ema is None else ema.model
             with torch.no_grad():
-                score = score_modes(G(torch.randn(2500, z_dim, generator=gen)), source)
+                x = G(torch.randn(2500, z_dim, generator=gen))
+            score, loose = score_modes(x, source), score_modes(x, source, min_count=1)
             history.append(
                 {"step": step, "seconds": time.perf_counter() - t0}
                 | {name: float(v) for name, v in metrics.items()}
                 | {"modes": score["modes"], "high_quality": score["high_quality"]}
+                | {"modes_literature": loose["modes"]}
             )
         if out_of_time:
             break
