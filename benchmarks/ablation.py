@@ -47,6 +47,8 @@ VARIANTS = {
     "ema_fixed": ["train.ema_kimg=0", "train.ema_decay=0.999"],
     "ema_off": ["train.ema=false"],
     "conditional": ["model.conditional=true"],
+    "acgan": ["model.conditional=true", "loss.ac_weight=0.1"],
+    "ac_off": ["loss.ac_weight=0"],  # on a base with AC-GAN (jobs/fashion_conditional.yaml)
     "channels_last": ["train.channels_last=true"],
     "compile": ["train.compile=true"],
 }
