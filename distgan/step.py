@@ -81,14 +81,14 @@ def _plain(model: nn.Module) -> nn.Module:
 
 def judge(
     D: nn.Module, nets: Nets, x: Tensor, labels: Tensor | None, classes: bool = False
-) -> Tensor | tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor | None]:
     """D's logits (B / pack,) for ``x`` (B, C, H, W), through DiffAugment, with labels when
-    conditional; with ``classes`` also the class logits (B, K) of AC-GAN's head."""
+    conditional, and the class logits (B, K) of AC-GAN's head when ``classes`` (else None)."""
     if nets.augment:
         x = diff_augment(x, nets.augment)
     if labels is None:
-        return D(x)
-    return D(x, labels, classes=True) if classes else D(x, labels)
+        return D(x), None
+    return D(x, labels, classes=True) if classes else (D(x, labels), None)
 
 
 def set_requires_grad(model: nn.Module, flag: bool) -> None:
@@ -151,8 +151,7 @@ def d_step(
     labels = None if real_labels is None else torch.cat([real_labels, fake_labels])  # (2B,)
     ac = bool(nets.ac_weight) and labels is not None
     with nets.autocast(real):
-        judged = judge(nets.D, nets, torch.cat([real, fake.detach()]), labels, classes=ac)
-        logits, classes = judged if ac else (judged, None)
+        logits, classes = judge(nets.D, nets, torch.cat([real, fake.detach()]), labels, ac)
         r, f = logits.float().chunk(2)  # (B/m,) each
         d_loss = nets.loss.d(r, f).mean()
     metrics = {"d_loss": d_loss.detach()}
@@ -162,7 +161,7 @@ def d_step(
         metrics["d_ac"] = d_ac.detach()
 
     def critic(x: Tensor) -> Tensor:  # D as the penalties see it, with the reals' labels
-        return judge(nets.D, nets, x, real_labels)
+        return judge(nets.D, nets, x, real_labels)[0]
 
     # The penalties' double backward stays in fp32: autocast gains little there and fp16
     # second-order gradients underflow.
@@ -203,8 +202,7 @@ def g_step(
     ac = bool(nets.ac_weight) and labels is not None
     try:
         with nets.autocast(fake):
-            judged = judge(D, nets, fake, labels, classes=ac)
-            logits, classes = judged if ac else (judged, None)
+            logits, classes = judge(D, nets, fake, labels, ac)
             g_loss = nets.loss.g(logits.float()).mean()
         metrics = {"g_loss": g_loss.detach()}
         if ac:

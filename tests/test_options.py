@@ -369,7 +369,7 @@ def test_diffaugment_changes_what_d_judges_in_both_steps():
         fake, d = d_step(nets, real, z, keep_graph=True)
         nets.opt_d.zero_grad(set_to_none=True)
         with torch.no_grad():
-            fake_logits = distgan.step.judge(D, nets, fake, None)
+            fake_logits, _ = distgan.step.judge(D, nets, fake, None)
         return d["d_real"], d["d_fake"], fake_logits
 
     plain, translated = losses(()), losses(("translation",))
