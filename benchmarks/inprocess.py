@@ -17,7 +17,7 @@ import torch
 from distgan.data.imbalance import sample_weights
 from distgan.data.reader import InMemoryBatches
 from distgan.ema import make_ema
-from distgan.schedule import Horizon, decay_factor, set_rates
+from distgan.schedule import RateSchedule
 from distgan.step import train_step
 from distgan.train.worker import build_nets
 
@@ -63,11 +63,10 @@ def train(
     stream = batches()
     step = 0
     # optim.lr_decay as the loop has it: towards the end of ``steps`` or of ``seconds``
-    horizon = Horizon(SimpleNamespace(steps=steps or 10**12, max_minutes=seconds / 60))
+    rates = RateSchedule(o, SimpleNamespace(steps=steps or 10**12, max_minutes=seconds / 60))
     start = last = time.perf_counter()
     while True:
-        if o.lr_decay != "none":
-            set_rates(nets, o, decay_factor(o.lr_decay, o.lr_final, horizon.progress(step)))
+        rates.apply(nets, step)
         got = [next(stream) for _ in range(k)]  # one real batch per D step
         xs = [b[0] if num_classes else b for b in got]
         ys = [b[1] for b in got] if num_classes else None
@@ -80,7 +79,7 @@ def train(
         if (steps and step >= steps) or (seconds and now - start >= seconds):
             break
         if step % 100 == 0:
-            horizon.update(step, now - start, 100 / (now - last))
+            rates.update(step, now - start, 100 / (now - last))
             last = now
     elapsed = time.perf_counter() - start
     G = ema.model if ema is not None else nets.G

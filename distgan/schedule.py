@@ -1,10 +1,9 @@
 """Learning rates over a run: the job's rates, the divergence guard's factor, and the decay of
 ``optim.lr_decay`` towards ``optim.lr_final`` × the rates by the end of the run.
 
-    horizon = Horizon(spec.train, step=state.step, seconds=state.train_seconds)
-    factor = decay_factor(spec.optim.lr_decay, spec.optim.lr_final, horizon.progress(step))
-    set_rates(nets, spec.optim, state.lr_scale * factor)
-    horizon.update(step, seconds, steps_per_s)   # at log steps, on every rank alike
+    rates = RateSchedule(spec.optim, spec.train, step=state.step, seconds=state.train_seconds)
+    rates.apply(nets, step, scale=state.lr_scale)   # before each step: lr × scale × decay
+    rates.update(step, seconds, steps_per_s)        # at log steps, on every rank alike
 
 A run ends at ``train.steps`` or, with ``train.max_minutes``, when its time is up, whichever
 comes first. The step at which time runs out is not known in advance, so ``Horizon`` estimates
@@ -63,3 +62,25 @@ class Horizon:
 
     def progress(self, step: int) -> float:
         return step / max(self.end, 1.0)
+
+
+class RateSchedule:
+    """``optim.lr_decay`` over a run: the rates set before each step, and the expected end
+    (``Horizon``) followed from the speed. Does nothing when the job does not decay."""
+
+    def __init__(self, optim, train, step: int = 0, seconds: float = 0.0):
+        self.optim = optim
+        self.decays = optim.lr_decay != "none"
+        self.horizon = Horizon(train, step, seconds)
+
+    def apply(self, nets, step: int, scale: float = 1.0) -> None:
+        """The job's rates × ``scale`` (the guard's factor) × the decay at ``step``."""
+        if self.decays:
+            o = self.optim
+            factor = decay_factor(o.lr_decay, o.lr_final, self.horizon.progress(step))
+            set_rates(nets, o, scale * factor)
+
+    def update(self, step: int, seconds: float, steps_per_s: float, device=None) -> None:
+        """``Horizon.update`` (a collective under a time limit: every rank calls it alike)."""
+        if self.decays:
+            self.horizon.update(step, seconds, steps_per_s, device)

@@ -29,7 +29,7 @@ from distgan import dist
 from distgan.config import JobSpec
 from distgan.images import to_uint8
 from distgan.models import unwrap
-from distgan.schedule import Horizon, decay_factor, set_rates
+from distgan.schedule import RateSchedule
 from distgan.step import train_step
 from distgan.train.checkpoint import TrainState, rng_state, snapshot
 from distgan.train.guard import ROLLED_BACK, STOP, Guard
@@ -171,14 +171,10 @@ def run(
     resumed_from = state.step or None
     group_started = time.time()  # tells two restarts from the same checkpoint apart
     # optim.lr_decay: the rates fall with the run's progress towards its expected end.
-    horizon = Horizon(t, state.step, earlier)
-    o = spec.optim
-    decays = o.lr_decay != "none"
+    rates = RateSchedule(spec.optim, t, state.step, earlier)
     last_step = state.step
     while state.step < t.steps:
-        if decays:
-            factor = decay_factor(o.lr_decay, o.lr_final, horizon.progress(state.step))
-            set_rates(state.nets, o, state.lr_scale * factor)
+        rates.apply(state.nets, state.step, state.lr_scale)
         before = time.perf_counter()
         reals = [next(batches) for _ in range(spec.optim.n_critic)]
         waited += time.perf_counter() - before
@@ -216,9 +212,9 @@ def run(
         # with a final checkpoint (Ray gives the job a few seconds before it kills it).
         stop = log_now and outputs is not None and outputs.stop_requested()
         final = step == t.steps or dist.any_rank(time_up or stop, device)
-        if decays:  # the expected end from the recent speed (a collective under a time limit)
-            speed = (step - last_step) / max(now - last_time, 1e-9)
-            horizon.update(step, earlier + now - started, speed, device)
+        # optim.lr_decay's expected end from the recent speed (a collective under a time limit)
+        speed = (step - last_step) / max(now - last_time, 1e-9)
+        rates.update(step, earlier + now - started, speed, device)
         metrics = meter.reduce()
         metrics.update(
             step=step,

@@ -22,7 +22,7 @@ from distgan.ema import EMA
 from distgan.losses import get_loss
 from distgan.metrics.modes import SyntheticModes, score_modes
 from distgan.models import ModelOptions, build_models
-from distgan.schedule import Horizon, decay_factor, set_rates
+from distgan.schedule import RateSchedule
 from distgan.step import Nets, train_step
 
 
@@ -94,12 +94,13 @@ def train_synthetic(
         return torch.randn(b, z_dim, generator=gen)
 
     # optim.lr_decay as the loop has it: towards the end of ``steps`` or of ``seconds``
-    horizon = Horizon(SimpleNamespace(steps=steps, max_minutes=seconds / 60))
-    optim = SimpleNamespace(lr_g=lr, lr_d=lr, beta1=0.5, beta2=0.9)  # make_nets' Adam
+    optim = SimpleNamespace(  # make_nets' Adam, falling to 0
+        lr_g=lr, lr_d=lr, beta1=0.5, beta2=0.9, lr_decay=lr_decay, lr_final=0.0
+    )
+    rates = RateSchedule(optim, SimpleNamespace(steps=steps, max_minutes=seconds / 60))
     t0 = last = time.perf_counter()
     for step in range(1, steps + 1):
-        if lr_decay != "none":
-            set_rates(nets, optim, decay_factor(lr_decay, 0.0, horizon.progress(step - 1)))
+        rates.apply(nets, step - 1)
         reals = [source.sample(batch, gen) for _ in range(k)]  # k × (B, 2, 1, 1)
         metrics = train_step(nets, reals, latents, step=step - 1)
         if ema is not None:
@@ -107,7 +108,7 @@ def train_synthetic(
         now = time.perf_counter()
         out_of_time = seconds > 0 and now - t0 >= seconds
         if step % 100 == 0:
-            horizon.update(step, now - t0, 100 / (now - last))
+            rates.update(step, now - t0, 100 / (now - last))
             last = now
         if step % log_every == 0 or step == steps or out_of_time:
             G = nets.G if ema is None else ema.model
