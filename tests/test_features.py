@@ -257,3 +257,52 @@ def test_fid_and_kid_grow_with_noise_and_blur(shipped, t10k):
         fids, kids = zip(*levels, strict=True)
         assert all(lo < hi for lo, hi in zip(fids, fids[1:])), fids
         assert all(lo < hi for lo, hi in zip(kids, kids[1:])), kids
+
+
+class Marker(nn.Module):
+    """A TorchScript feature network that overwrites ``path`` (8 bytes) each time it runs:
+    ``torch.from_file(..., shared=True)`` maps the file, so a planted archive can write files."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.features = nn.Linear(784, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        written = torch.from_file(self.path, True, 8, dtype=torch.uint8)
+        written.fill_(33)
+        return self.features(x.flatten(1)) + written.sum().float()  # used: never optimised out
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_torchscript_features_pt_found_beside_the_data_never_runs(tmp_path, capsys):
+    """A dataset folder's features.pt that is code: `auto` (train --dry-run, eval) refuses it in
+    one line and it writes nothing; named in the job, the same file runs (the user asked)."""
+    from distgan.cli import main
+    from tests.tiny_runs import train_run
+
+    marker = tmp_path / "marker"
+    marker.write_bytes(bytes(8))
+    data = tmp_path / "data"
+    write_shards(np.zeros((64, 1, 28, 28), np.uint8), None, data, source="zeros")
+    planted = data / "features.pt"
+    torch.jit.script(Marker(str(marker))).save(str(planted))
+
+    with pytest.raises(CheckpointError, match="TorchScript module, which is code"):
+        load_feature_extractor("auto", data)
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"data: {{source: {data}}}\nmodel: {{arch: mlp}}\neval: {{every: 10, features: auto}}\n"
+    )
+    assert main(["train", str(job), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "eval.features" in err[0] and "features.pt" in err[0], err
+    run_dir = train_run(tmp_path, arch="mlp")
+    assert main(["eval", str(run_dir), "--n", "64"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "TorchScript" in err[0], err
+    assert marker.read_bytes() == bytes(8)  # nothing ran
+
+    named = load_feature_extractor(planted)  # the user's own choice: it runs
+    named.extract(torch.zeros(2, 1, 28, 28))
+    assert marker.read_bytes() == b"!" * 8

@@ -152,14 +152,19 @@ class FeatureExtractor:
 
 
 def load_feature_extractor(
-    ref: str | Path, dataset_dir: str | Path | None = None, device: str = "cpu"
+    ref: str | Path,
+    dataset_dir: str | Path | None = None,
+    device: str = "cpu",
+    allow_code: bool = True,
 ) -> FeatureExtractor:
     """Loads the feature network named by ``ref`` onto ``device``.
 
     ``ref`` is "auto" (``<dataset_dir>/features.pt`` if it exists, else the shipped
     Fashion-MNIST weights if the dataset is 1×28×28), "fashion-mnist" (the shipped weights),
     or the path of a ``features.pt`` written by ``fit_features`` or of a TorchScript module.
-    Our format is read with ``weights_only=True``, so no file can run code while loading.
+    Our format is read with ``weights_only=True``, so no file can run code while loading. A
+    TorchScript module is code: it runs only when the user named its file (``ref`` a path or URI
+    and ``allow_code``), never when "auto" finds it beside a dataset (DESIGN.md, Security).
     DataError if "auto" finds nothing for the dataset; CheckpointError for a missing or
     unusable file.
     """
@@ -170,11 +175,11 @@ def load_feature_extractor(
         if is_uri(str(dataset_dir)):  # a dataset in object storage: its features.pt, if any
             own_uri = join(str(dataset_dir), "features.pt")
             if open_location(own_uri, field="eval.features").is_file():
-                return _from_uri(own_uri, device)
+                return _from_uri(own_uri, device, allow_code=False)
         else:
             own = Path(dataset_dir) / "features.pt"
             if own.is_file():
-                return _load_file(own, own.name, device)
+                return _load_file(own, own.name, device, allow_code=False)
         shape = read_manifest(dataset_dir).shape
         if shape != (1, 28, 28):
             raise DataError(
@@ -183,15 +188,16 @@ def load_feature_extractor(
             )
         ref = "fashion-mnist"
     if ref in SHIPPED:
-        return _load_file(SHIPPED[ref], ref, device)
+        return _load_file(SHIPPED[ref], ref, device, allow_code=False)
     if is_uri(ref):
-        return _from_uri(ref, device)
-    return _load_file(Path(ref), Path(ref).name, device)
+        return _from_uri(ref, device, allow_code)
+    return _load_file(Path(ref), Path(ref).name, device, allow_code)
 
 
-def _from_uri(uri: str, device: str) -> FeatureExtractor:
+def _from_uri(uri: str, device: str, allow_code: bool) -> FeatureExtractor:
     """A feature network in object storage; its ``origin`` is the URI, which any node reads."""
-    extractor = _load_file(_fetched(uri), posixpath.basename(split_query(uri)[0]), device)
+    name = posixpath.basename(split_query(uri)[0])
+    extractor = _load_file(_fetched(uri), name, device, allow_code, shown=uri)
     extractor.origin = uri
     return extractor
 
@@ -224,13 +230,22 @@ def _fetched(uri: str) -> Path:
     return path
 
 
-def _load_file(path: Path, name: str, device: str) -> FeatureExtractor:
-    """Reads our format or a TorchScript module from ``path``; CheckpointError if neither."""
+def _load_file(
+    path: Path, name: str, device: str, allow_code: bool, shown: str | None = None
+) -> FeatureExtractor:
+    """Reads our format, or with ``allow_code`` a TorchScript module, from ``path``;
+    CheckpointError if neither. ``shown``: how the message names the file (its URI)."""
     fix = "pass a features.pt from `distgan eval fit-features` or a TorchScript module"
     if not path.is_file():
         raise CheckpointError(f"{path}: no such feature network file; {fix}")
     digest = file_sha256(path)
     if _is_torchscript(path):
+        if not allow_code:
+            raise CheckpointError(
+                f"{display(shown or str(path))}: a TorchScript module, which is code: distgan "
+                "runs one only when you name it (eval.features: PATH, or eval --features PATH); "
+                "name it if you trust it, or replace it with `distgan eval fit-features`"
+            )
         try:
             module = torch.jit.load(str(path), map_location="cpu")
         except RuntimeError as e:

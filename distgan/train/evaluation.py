@@ -20,7 +20,7 @@ from distgan.errors import DataError, JobError, UserError
 from distgan.metrics import FeatureSet, compute_metrics, get_metric
 from distgan.metrics.classes import RECALL_K
 from distgan.metrics.evaluate import real_reference
-from distgan.metrics.features import FeatureExtractor, load_feature_extractor
+from distgan.metrics.features import SHIPPED, FeatureExtractor, load_feature_extractor
 from distgan.models import class_labels, generate
 from distgan.train.checkpoint import TrainState
 from distgan.train.loop import sampling_generator
@@ -98,6 +98,9 @@ def prepare_evaluation(spec: JobSpec, manifest: ShardManifest, job_source: str) 
         # The shipped network by name (each node has its own copy, at its own path), one in
         # storage by its URI (each node fetches it), else its path.
         "features_path": extractor.origin,
+        # Code runs only from a file the user named; one "auto" found is weights-only here and
+        # on the workers too, should it be replaced between the two loads.
+        "features_code": e.features not in ("auto", *SHIPPED),
         "higher_is_better": get_metric(e.metric).higher_is_better,
         "real_features": reference.features.features,
         "real_probs": reference.features.probs,
@@ -126,7 +129,9 @@ class InTrainingEvaluator:
         # Fixed latents, different on each rank: every evaluation scores the same draw.
         self.seed = spec.eval.seed * 100_003 + dist.rank()
         self.device = device
-        self.extractor = load_feature_extractor(config["features_path"], device=device)
+        self.extractor = load_feature_extractor(
+            config["features_path"], device=device, allow_code=config["features_code"]
+        )
         self.reference = FeatureSet(
             config["real_features"],
             config["real_probs"],
