@@ -3,8 +3,9 @@ run's ratings.jsonl, and back out as HYPE∞ error rates with bootstrap interval
 
 The run is a real tiny one (tests/tiny_runs.py) with a shard folder at its ``data.source``. The
 server runs as the real command in a subprocess on 127.0.0.1 at ray_port_base() + 700; the tests
-that bind in this process take +701 to +703. Every test that serves checks that nothing listens
-there once it is done.
+that bind in this process take +701 to +703; the tests that send it raw requests (a wrong Host, a
+bad Content-Length, 120 MB, 200 at once) run a second one at +704. Every test that serves checks
+that nothing listens there once it is done.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -359,3 +361,219 @@ def test_a_dataset_changed_since_training_is_refused(tmp_path, capsys):
     assert "holds 1×30×30 images but the generator makes 1×28×28" in err
     assert "restore the one the run was trained on" in err and len(err.splitlines()) == 1
     assert not (run / RATINGS).exists() and refused(PORT + 3)
+
+
+# --- the real server, from outside: raw requests ---------------------------------------------
+
+RAW_PORT = PORT + 4
+HOST = f"127.0.0.1:{RAW_PORT}"
+ANSWER = b'{"rater": "eve", "index": 0, "answer": "real", "ms": 800}'
+
+
+@pytest.fixture(scope="module")
+def rate_server(run_dir, tmp_path_factory):
+    """``distgan rate`` on a copy of the run at RAW_PORT, in a subprocess, for the module; yields
+    (process, run copy, its stderr file). Stopped with Ctrl-C at the end, cleanly."""
+    root = tmp_path_factory.mktemp("raw")
+    run = shutil.copytree(run_dir, root / "run")  # answers that get through land here
+    errors = root / "stderr.txt"
+    assert refused(RAW_PORT)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with open(errors, "w") as err:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "distgan.cli", "rate", str(run), "--n", str(N),
+             "--port", str(RAW_PORT)],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+        )  # fmt: skip
+    try:
+        server.stdout.readline()
+        assert f"open http://{HOST}/" in server.stdout.readline(), errors.read_text()
+        yield server, run, errors
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=30)
+    assert server.returncode == 0, errors.read_text()
+    assert refused(RAW_PORT)
+
+
+def http(method: str, path: str, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
+    """The bytes of an HTTP/1.1 request, the headers exactly as given (none added)."""
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers)
+    return f"{method} {path} HTTP/1.1\r\n{head}\r\n".encode() + body
+
+
+def read_reply(s: socket.socket) -> tuple[int, bytes, bytes]:
+    """(status, head, body) of what the server sends until it closes the connection."""
+    chunks = []
+    while chunk := s.recv(65536):
+        chunks.append(chunk)
+    reply = b"".join(chunks)
+    assert reply, "the server closed the connection without an answer"
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), head, body
+
+
+def exchange(request: bytes) -> tuple[int, dict | bytes]:
+    """Sends ``request`` on a new connection; (status, the JSON body, or the bytes of a page)."""
+    with socket.create_connection(("127.0.0.1", RAW_PORT), timeout=10) as s:
+        s.sendall(request)
+        status, head, body = read_reply(s)
+    return status, json.loads(body) if b"application/json" in head else body
+
+
+def json_post(body: bytes, host: str = HOST, length: str | None = None) -> bytes:
+    length = str(len(body)) if length is None else length
+    headers = [("Host", host), ("Content-Type", "application/json"), ("Content-Length", length)]
+    return http("POST", "/api/answer", headers, body)
+
+
+def answers_in(run: Path) -> bytes:
+    return (run / RATINGS).read_bytes() if (run / RATINGS).exists() else b""
+
+
+def no_traceback(errors: Path, since: int) -> None:
+    """Nothing went wrong in the server since its stderr was ``since`` characters long."""
+    text = errors.read_text()[since:]
+    assert "Traceback" not in text and "Exception" not in text, text
+
+
+def test_only_a_host_naming_this_server_is_answered(rate_server):
+    # A page of another site that rebinds its name to 127.0.0.1 sends its own name as the Host.
+    _, run, errors = rate_server
+    since = len(errors.read_text())
+    before = answers_in(run)
+    for host in (f"localhost:{RAW_PORT}", f"LocalHost:{RAW_PORT}", f"[::1]:{RAW_PORT}", HOST):
+        status, page = exchange(http("GET", "/", [("Host", host)]))
+        assert status == 200 and b"Real or generated?" in page, host
+    for host in (f"evil.example:{RAW_PORT}", "evil.example", f"127.0.0.1:{RAW_PORT + 1}",
+                 f"127.0.0.1.evil.example:{RAW_PORT}", "127.0.0.1"):  # fmt: skip
+        for request in (
+            http("GET", "/", [("Host", host)]),
+            http("GET", "/api/next?rater=eve", [("Host", host)]),
+            json_post(ANSWER, host=host),
+        ):
+            status, body = exchange(request)
+            assert status == 421 and "Host" in body["error"], (host, request)
+    status, body = exchange(http("GET", "/api/next?rater=eve", []))
+    assert status == 400 and "Host" in body["error"]
+    assert answers_in(run) == before  # the post with a foreign Host wrote nothing
+    assert exchange(http("GET", "/api/next?rater=eve", [("Host", HOST)]))[0] == 200
+    no_traceback(errors, since)
+
+
+def case(name: str, body: bytes, status: int = 400, lengths: list[str] | None = None):
+    """A bad answer: its body, the status it must get, its Content-Length headers (default: one,
+    the body's length)."""
+    return pytest.param(body, [str(len(body))] if lengths is None else lengths, status, id=name)
+
+
+@pytest.mark.parametrize(
+    ("body", "lengths", "status"),
+    [
+        case("ms-Infinity", ANSWER.replace(b"800", b"Infinity")),
+        case("ms--Infinity", ANSWER.replace(b"800", b"-Infinity")),
+        case("ms-NaN", ANSWER.replace(b"800", b"NaN")),
+        case("ms-1e400", ANSWER.replace(b"800", b"1e400")),  # a float too large: inf
+        case("ms-true", ANSWER.replace(b"800", b"true")),  # bool is an int to Python
+        case("2000-deep", b"[" * 2000 + b"]" * 2000),
+        case("1000-deep-ms", ANSWER.replace(b"800", b"[" * 1000 + b"]" * 1000)),
+        case("length-abc", ANSWER, lengths=["abc"]),
+        case("length--1", ANSWER, lengths=["-1"]),
+        case("length-+N", ANSWER, lengths=[f"+{len(ANSWER)}"]),  # int() takes this
+        case("length-N_N", ANSWER, lengths=["_".join(str(len(ANSWER)))]),  # and this
+        case("two-lengths", ANSWER, lengths=[str(len(ANSWER)), "4"]),
+        case("no-length", ANSWER, 411, lengths=[]),
+        case("length-5000-digits", ANSWER, 413, lengths=["9" * 5000]),  # too long for int()
+    ],
+)
+def test_an_answer_the_server_cannot_take_gets_a_json_error_and_no_traceback(
+    rate_server, body, lengths, status
+):
+    _, run, errors = rate_server
+    since = len(errors.read_text())
+    before = answers_in(run)
+    headers = [("Host", HOST), ("Content-Type", "application/json")]
+    got, reply = exchange(
+        http("POST", "/api/answer", headers + [("Content-Length", n) for n in lengths], body)
+    )
+    assert got == status and isinstance(reply["error"], str), reply
+    assert answers_in(run) == before
+    no_traceback(errors, since)
+
+
+def peak_rss(pid: int) -> int:
+    """The highest resident memory of process ``pid`` since the last reset_peak, in bytes."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024
+
+
+def reset_peak(pid: int) -> int:
+    """Starts peak_rss anew (Linux's clear_refs 5); returns the resident memory now, in bytes."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return peak_rss(pid)
+
+
+@pytest.mark.parametrize(
+    ("host", "length", "status"),
+    [(HOST, "-1", 400), (f"evil.example:{RAW_PORT}", "-1", 421), (HOST, "120000000", 413)],
+)
+def test_a_120_mb_body_is_refused_before_it_is_read(rate_server, host, length, status):
+    server, _, errors = rate_server
+    since = len(errors.read_text())
+    before = reset_peak(server.pid)
+    chunk = b"x" * (1 << 20)
+    with socket.create_connection(("127.0.0.1", RAW_PORT), timeout=10) as s:
+        s.sendall(json_post(b"", host=host, length=length))
+        for _ in range(120):  # 120 MB, until the server answers
+            if select.select([s], [], [], 0)[0]:
+                break
+            try:
+                s.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        else:
+            s.shutdown(socket.SHUT_WR)  # all of it sent: the server has read it all, or waits
+        got, _, body = read_reply(s)
+    grown = peak_rss(server.pid) - before
+    assert got == status and json.loads(body)["error"]
+    assert grown < 30e6, f"the server's memory grew by {grown / 1e6:.0f} MB"
+    no_traceback(errors, since)
+
+
+def test_a_client_that_sends_all_of_a_refused_body_still_gets_the_refusal(rate_server):
+    # Closing a connection with unread bytes resets it: the server reads and drops the rest.
+    _, _, errors = rate_server
+    since = len(errors.read_text())
+    chunk = b"x" * (1 << 20)
+    with socket.create_connection(("127.0.0.1", RAW_PORT), timeout=10) as s:
+        s.sendall(json_post(b"", host=f"evil.example:{RAW_PORT}", length="-1"))
+        for _ in range(120):  # a reset here fails the test
+            s.sendall(chunk)
+        s.shutdown(socket.SHUT_WR)
+        status, _, body = read_reply(s)
+    assert status == 421 and "Host" in json.loads(body)["error"]
+    no_traceback(errors, since)
+
+
+def test_200_concurrent_requests_are_all_answered(rate_server):
+    _, _, errors = rate_server
+    since = len(errors.read_text())
+    request = http("GET", "/api/next?rater=eve", [("Host", HOST)])
+    sockets = []
+    for _ in range(200):  # all opened at once, before any request is sent
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", RAW_PORT))
+        sockets.append(s)
+    try:
+        for s in sockets:
+            select.select([], [s], [], 10)
+            s.setblocking(True)
+            s.settimeout(20)
+            s.sendall(request)
+        statuses = [read_reply(s)[0] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+    assert statuses == [200] * 200
+    no_traceback(errors, since)

@@ -13,18 +13,27 @@ POST /api/answer       {rater, index, answer, ms} -> the line is in ratings.json
 
 Each rater goes through the deck in its order and picks up where they stopped: the answers
 already in ratings.jsonl for this step and protocol count as given.
+
+Every request must name this server in its Host header (127.0.0.1, localhost or ::1 at its port,
+or the address it is bound to): a page of another site whose name is re-pointed at 127.0.0.1
+(DNS rebinding) counts as same-origin to the browser, but still sends its own name, and gets 421.
+A body is read only when its Content-Length is one count of at most MAX_BODY bytes.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
+import ipaddress
 import json
 import math
+import re
 import socket
 import socketserver
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -35,6 +44,12 @@ from distgan.rate.ratings import RatingsFile, check_rater, rating_record
 
 MIN_SIDE = 256  # CSS pixels: small images are scaled up by a whole factor to at least this
 MAX_BODY = 4096  # bytes of an answer
+MAX_MS = 2**53  # the largest time of an answer: the largest whole number JSON readers keep exact
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # names of this machine that no DNS can re-point
+# A refused body is read and dropped, so that the client gets the refusal: while it comes, for
+# up to LINGER_S seconds in all.
+LINGER_S, LINGER_IDLE_S = 10.0, 1.0
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[^:\[\]]+))(?::(?P<port>[0-9]{1,5}))?")
 
 
 class RatingSession:
@@ -66,7 +81,10 @@ class RatingSession:
             return 400, {"error": problem}
         if answer not in (REAL, GENERATED):
             return 400, {"error": f"answer must be '{REAL}' or '{GENERATED}'"}
-        if not isinstance(index, int) or not isinstance(ms, (int, float)) or ms < 0:
+        # bool is an int to Python; NaN, infinity and huge numbers fail the comparison.
+        whole = isinstance(index, int) and not isinstance(index, bool)
+        number = isinstance(ms, (int, float)) and not isinstance(ms, bool)
+        if not (whole and number and 0 <= ms < MAX_MS):
             return 400, {"error": "index must be an integer and ms a time in milliseconds"}
         with self._lock:
             state = self._state(rater)
@@ -140,6 +158,8 @@ class RatingServer:
             raise
         self.httpd.session = session
         self.httpd.page = html.encode()
+        self.httpd.names = {*LOOPBACK, host.lower(), self.httpd.server_address[0]}
+        self.httpd.url = self.url
 
     @property
     def port(self) -> int:
@@ -170,8 +190,42 @@ def _not_here(host: str) -> str:
     )
 
 
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _not_a_number(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")  # Python's json reads NaN and Infinity by default
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = socket.SOMAXCONN  # a page's burst of requests waits instead of a reset
+    session: RatingSession
+    page: bytes
+    names: set[str]  # what the Host header may name (lower case, IPv6 without brackets)
+    url: str
+
+    def names_this_server(self, host: str) -> bool:
+        """Whether a Host header value names this server: one of ``names`` at its port, or, when
+        it listens on every interface, any IP address at its port (an address, unlike a DNS
+        name, cannot be re-pointed)."""
+        m = _HOST.fullmatch(host.strip().lower())
+        if m is None or int(m["port"] or 80) != self.server_address[1]:
+            return False
+        name = m["v6"] or m["name"]
+        if name in self.names:
+            return True
+        return self.server_address[0] in ("0.0.0.0", "::") and _is_address(name)
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that goes away mid-request (a closed tab) is not a fault of this server.
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind asks DNS for the host's full name, which can hang offline.
@@ -182,8 +236,12 @@ class _HTTPServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server_version = "distgan-rate"
     server: _HTTPServer
+    timeout = 30  # seconds a client may take to send its request: a stalled one frees its thread
+    _linger = False  # a refused body may still be on its way: read and drop it before closing
 
     def do_GET(self) -> None:
+        if not self._names_this_server():
+            return
         url = urlsplit(self.path)
         if url.path == "/":
             self._send(200, self.server.page, "text/html; charset=utf-8")
@@ -191,27 +249,72 @@ class _Handler(BaseHTTPRequestHandler):
             rater = parse_qs(url.query).get("rater", [""])[0]
             self._json(*self.server.session.next(rater))
         else:
-            self._json(404, {"error": f"no such page: {url.path}"})
+            self._refuse(404, f"no such page: {url.path}")
 
     def do_POST(self) -> None:
+        if not self._names_this_server():
+            return
         if urlsplit(self.path).path != "/api/answer":
-            return self._json(404, {"error": "no such endpoint"})
+            return self._refuse(404, "no such endpoint")
         # JSON only: a page on another site cannot send that without the browser asking first
         # (a CORS preflight, which this server never grants).
         if self.headers.get_content_type() != "application/json":
-            return self._json(415, {"error": "expected application/json"})
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            return self._json(413, {"error": "answer too large"})
+            return self._refuse(415, "expected application/json")
+        data = self._read_body()
+        if data is None:
+            return
         try:
-            body = json.loads(self.rfile.read(length))
-        except (ValueError, UnicodeDecodeError):
+            body = json.loads(data, parse_constant=_not_a_number)
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested deep
             return self._json(400, {"error": "invalid JSON"})
         try:
             self._json(*self.server.session.answer(body))
         except UserError as e:  # the storage refused the write: the rater and the operator see it
             sys.stderr.write(f"error: {e}\n")
             self._json(500, {"error": str(e)})
+
+    def _names_this_server(self) -> bool:
+        """True when the Host header names this server; else the request is refused (400, 421)."""
+        hosts = self.headers.get_all("Host", [])
+        if len(hosts) != 1:
+            self._refuse(400, f"expected one Host header; open {self.server.url}")
+            return False
+        if not self.server.names_this_server(hosts[0]):
+            self._refuse(421, f"the Host header names another server; open {self.server.url}")
+            return False
+        return True
+
+    def _read_body(self) -> bytes | None:
+        """The request's body; None when its length was refused (411, 400, 413) unread."""
+        lengths = self.headers.get_all("Content-Length", [])
+        if not lengths:
+            return self._refuse(411, "Content-Length is required")
+        # One count of bytes, digits only: int() would also take "-1", "+5" and "5_0".
+        if len(lengths) > 1 or not re.fullmatch(r"[0-9]+", lengths[0].strip(" \t")):
+            return self._refuse(400, "Content-Length must be one count of bytes")
+        digits = lengths[0].strip(" \t").lstrip("0") or "0"
+        if len(digits) > len(str(MAX_BODY)) or int(digits) > MAX_BODY:
+            return self._refuse(413, f"an answer is at most {MAX_BODY} bytes")
+        return self.rfile.read(int(digits))
+
+    def _refuse(self, status: int, error: str) -> None:
+        """Answers with an error before the body is read; the connection closes after it."""
+        self._linger = True
+        self.close_connection = True
+        self._json(status, {"error": error})
+
+    def finish(self) -> None:
+        super().finish()
+        if not self._linger:
+            return
+        # Closing a socket with unread bytes resets the connection, which can destroy the
+        # refusal before the client reads it: end the answer, then drop what still comes.
+        deadline = time.monotonic() + LINGER_S
+        with contextlib.suppress(OSError):  # TimeoutError included
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(LINGER_IDLE_S)
+            while time.monotonic() < deadline and self.connection.recv(65536):
+                pass
 
     def _json(self, status: int, body: dict) -> None:
         self._send(status, json.dumps(body).encode(), "application/json")
