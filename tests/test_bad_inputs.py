@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import shutil
 import struct
@@ -107,6 +108,19 @@ def root(tmp_path_factory) -> Path:
     (root / "missing_shard" / "shard-00000.parquet").unlink()
     shard = root / "modified" / "shard-00000.parquet"  # the same rows, other bytes
     pq.write_table(pq.read_table(shard), shard, compression="snappy")
+    # Manifests that lie about their shards (1×28×28 images labelled 0..3, 16 of each).
+    lies = {
+        "lie_shape": {"shape": [1, 32, 32]},
+        "lie_label_set": {
+            "labels": [0, 1, 2, 3, 4],
+            "label_counts": {"0": 16, "1": 16, "2": 16, "3": 8, "4": 8},
+        },
+        "lie_label_outside": {"labels": [0, 1, 2], "label_counts": {"0": 22, "1": 21, "2": 21}},
+    }
+    for name, fields in lies.items():
+        shutil.copytree(root / "data", root / name)
+        manifest = json.loads((root / name / "manifest.json").read_text())
+        (root / name / "manifest.json").write_text(json.dumps({**manifest, **fields}))
 
     (root / "images" / "a").mkdir(parents=True)
     Image.fromarray(_images(1, 12)[0, 0]).save(root / "images" / "a" / "good.png")

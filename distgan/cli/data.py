@@ -72,7 +72,9 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     )
     imp.set_defaults(run=run_import)
 
-    ver = sub.add_parser("verify", help="check a shard folder's hashes, schemas and row counts")
+    ver = sub.add_parser(
+        "verify", help="check a shard folder against its manifest: hashes, schemas, shapes, labels"
+    )
     ver.add_argument("folder", help="shard folder holding manifest.json")
     ver.set_defaults(run=run_verify)
 
@@ -162,7 +164,7 @@ def run_verify(args: argparse.Namespace) -> int:
     c, h, w = manifest.shape
     print(
         f"OK {args.folder}: {manifest.count} images of {c}×{h}×{w} in {len(manifest.shards)} "
-        f"shard(s); hashes, schemas and row counts match"
+        f"shard(s); hashes, schemas, row counts, image size and labels match"
     )
     return 0
 

@@ -16,22 +16,56 @@ worker whose shard fits in memory reads it once (``load_shard``) and reshuffles 
 epoch; a larger shard is streamed again every epoch (``StreamingBatches``). Pixels stay uint8
 until they reach the worker's device; scaling to [-1, 1] happens there on whole batches.
 
+The rows themselves come from ``verified_shard_rows``, which Ray Data maps over whole shard files
+(``ray.data.read_binary_files``): every byte a worker trains on has passed its shard's sha256.
+
 This module never imports Ray: it is handed Ray's DataIterator by ``train/worker.py``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
 from collections.abc import Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
+from distgan.data.shards import FIX
 from distgan.errors import DataError
 
 ROWS_PER_READ = 1024  # rows per Ray Data batch when loading a shard into memory
 Batch = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # images, or (images, labels)
+
+
+def verified_shard_rows(
+    batch: dict[str, np.ndarray], sha256: dict[str, str], columns: list[str]
+) -> Iterator[pa.Table]:
+    """Whole shard files -> their rows, each file's bytes checked against its sha256 first.
+
+    ``batch``: rows of ``ray.data.read_binary_files(paths, include_paths=True)`` (``bytes``: a
+    file's content, ``path``: where it was read); ``sha256``: shard file name -> the manifest's
+    hex digest. Yields a table of ``columns`` per Parquet row group (at most ~64 MiB each, as
+    written); DataError naming the shard when its bytes are not the ones the manifest hashed
+    (flipped on disk or in transit: the Parquet checks pass such bytes silently)::
+
+        ray.data.read_binary_files(paths, include_paths=True).map_batches(
+            verified_shard_rows, batch_size=1, fn_kwargs={"sha256": ..., "columns": ["image"]})
+    """
+    for raw, path in zip(batch["bytes"], batch["path"], strict=True):
+        name = str(path).rsplit("/", 1)[-1]
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest != sha256[name]:
+            raise DataError(
+                f"{path}: sha256 is {digest}, manifest says {sha256[name]}; the file was "
+                f"modified or damaged since it was imported; {FIX}"
+            )
+        parquet = pq.ParquetFile(pa.BufferReader(raw))
+        for group in range(parquet.num_row_groups):
+            yield parquet.read_row_group(group, columns=columns)
 
 
 def decode_images(batch: dict[str, np.ndarray], shape: tuple[int, int, int]) -> torch.Tensor:

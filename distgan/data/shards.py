@@ -219,6 +219,8 @@ def read_manifest(folder: str | Path) -> ShardManifest:
     )
     if (labels is None) != (label_counts is None):
         raise DataError(f"{path}: 'labels' and 'label_counts' must both be null or both set; {FIX}")
+    if labels is not None:
+        _check_label_fields(path, count, labels, label_counts, class_names)
     if sum(s["count"] for s in shards) != count:
         raise DataError(
             f"{path}: shard counts add up to {sum(s['count'] for s in shards)}, "
@@ -239,6 +241,48 @@ def read_manifest(folder: str | Path) -> ShardManifest:
         class_names=None if class_names is None else {int(k): n for k, n in class_names.items()},
         long_tail=long_tail,
     )
+
+
+def _check_label_fields(
+    path: str, count: int, labels: list, label_counts: dict, class_names: dict | None
+) -> None:
+    """The label fields agree with each other: ``labels`` sorted and distinct, ``label_counts``
+    counting exactly those labels and adding up to ``count``, a name for each label."""
+    if labels != sorted(set(labels)):
+        raise DataError(f"{path}: field 'labels' must be sorted and distinct, got {labels}; {FIX}")
+    counted = sorted(int(k) for k in label_counts)
+    if counted != labels:
+        raise DataError(
+            f"{path}: field 'label_counts' counts labels {label_text(counted)}, but 'labels' is "
+            f"{label_text(labels)}; {FIX}"
+        )
+    empty = [k for k, n in label_counts.items() if n < 1]
+    if empty:
+        raise DataError(
+            f"{path}: field 'label_counts' gives label {empty[0]} {label_counts[empty[0]]} "
+            f"images; a listed label has at least 1; {FIX}"
+        )
+    if sum(label_counts.values()) != count:
+        raise DataError(
+            f"{path}: field 'label_counts' adds up to {sum(label_counts.values())}, but 'count' "
+            f"is {count}; {FIX}"
+        )
+    unnamed = sorted(set(labels) - {int(k) for k in class_names or {}})
+    if class_names is not None and unnamed:
+        raise DataError(
+            f"{path}: field 'class_names' names {len(class_names)} classes but not labels "
+            f"{label_text(unnamed)} of 'labels'; {FIX}"
+        )
+
+
+def label_text(labels) -> str:
+    """Labels for a message: ``0..9`` when consecutive, else the list (shortened past 8)."""
+    labels = [int(v) for v in labels]
+    if len(labels) > 2 and labels == list(range(labels[0], labels[-1] + 1)):
+        return f"{labels[0]}..{labels[-1]}"
+    if len(labels) > 8:
+        return "[" + ", ".join(map(str, labels[:8])) + f", ... ({len(labels)} labels)]"
+    return str(labels)
 
 
 def class_name(manifest: ShardManifest, label: int) -> str:
