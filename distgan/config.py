@@ -20,7 +20,7 @@ import yaml
 
 from distgan.errors import JobError
 from distgan.fields import check_value, close_hint
-from distgan.job_rules import check_cross_fields
+from distgan.job_rules import check_cross_fields, check_run_name, run_name_from
 from distgan.search_space import parse_space
 
 ARCHS = ("mlp", "dcgan", "resnet")
@@ -232,7 +232,11 @@ class TuneSpec:
 
 @dataclass(frozen=True)
 class RunSpec:
-    name: str = _f("", "run name; empty = the job file's stem")
+    name: str = _f(
+        "",
+        "run name: letters, digits, '.', '_' and '-'; empty = the job file's stem (other "
+        "characters as '-')",
+    )
     root: str = _f("runs", "folder that holds run directories")
     storage: str = _f(
         "",
@@ -303,7 +307,10 @@ def parse_job(
         sources.setdefault(dotted.split(".")[0], f"--set {item}")
     spec = from_dict(raw, source=path, field_sources=sources)
     if not spec.run.name:
-        spec = dataclasses.replace(spec, run=dataclasses.replace(spec.run, name=default_name))
+        name = run_name_from(default_name)
+        spec = dataclasses.replace(spec, run=dataclasses.replace(spec.run, name=name))
+    # Here, not in from_dict: load_resolved still reads a run named before this rule.
+    check_run_name(spec.run.name, sources.get("run.name", path))
     return spec
 
 

@@ -18,9 +18,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -77,23 +80,49 @@ def export_generator(
     G, spec, folder, ckpt = load_generator(source)
     inputs = generator_inputs(spec)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")  # torch.export wants its suffix
-    with torch.no_grad(), _quiet():
+    with torch.no_grad(), _quiet(), _replacing(out) as f:
         if fmt == "pt2":
-            torch.export.save(_program(G, inputs), tmp)
+            torch.export.save(_program(G, inputs), f)
         elif fmt == "onnx":
-            _onnx(G, inputs, tmp)
+            f.write(_onnx(G, inputs))
         else:
-            from safetensors.torch import save_file
+            from safetensors.torch import save
 
             state = {k: v.detach().contiguous() for k, v in G.state_dict().items()}
-            save_file(state, str(tmp), metadata={"format": SIDECAR_FORMAT})
-    tmp.replace(out)
+            f.write(save(state, metadata={"format": SIDECAR_FORMAT}))
     sidecar = out.with_name(out.name + ".json")
     ema = ckpt["G_ema"] is not None
     info = describe(G, spec, inputs, fmt, out.name, folder, int(ckpt["step"]), ema)
-    sidecar.write_text(json.dumps(info, indent=2) + "\n")
+    with _replacing(sidecar) as f:
+        f.write((json.dumps(info, indent=2) + "\n").encode())
     return out, sidecar
+
+
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[BinaryIO]:
+    """An open file that replaces ``path`` once the block ends without an error.
+
+    It is written under a fresh random name in ``path``'s folder, created exclusively
+    (``mkstemp``), so a symlink planted there beforehand is never followed, and a reader of
+    ``path`` sees the old file or the whole new one. Its mode is 0666 less the umask, what
+    ``open()`` would give (``mkstemp`` creates 0600).
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # Python reads the umask only by setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def describe(
@@ -149,7 +178,8 @@ def _program(G: torch.nn.Module, inputs: dict[str, torch.Tensor]):
     return torch.export.export(G, (), kwargs=inputs, dynamic_shapes=_dynamic_batch(inputs))
 
 
-def _onnx(G: torch.nn.Module, inputs: dict[str, torch.Tensor], path: Path) -> None:
+def _onnx(G: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> bytes:
+    """The ONNX model as bytes: one file, whatever its size (a generator's weights are small)."""
     try:
         import onnxscript  # noqa: F401 - torch's ONNX exporter needs it
     except ImportError:
@@ -157,18 +187,18 @@ def _onnx(G: torch.nn.Module, inputs: dict[str, torch.Tensor], path: Path) -> No
             "--format onnx: the onnx and onnxscript packages are not installed; "
             "pip install 'distgan[export]'"
         ) from None
-    torch.onnx.export(
+    program = torch.onnx.export(
         G,
         (),
-        str(path),
+        None,  # written by the caller, through the file it opened
         kwargs=inputs,
         input_names=list(inputs),
         output_names=[OUTPUT],
         dynamic_shapes=_dynamic_batch(inputs),
         dynamo=True,
-        external_data=False,  # one file, whatever its size (a generator's weights are small)
         verbose=False,
     )
+    return program.model_proto.SerializeToString()
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from distgan.fields import close_hint
 
 CONDITIONAL_ARCHS = ("dcgan", "resnet")
 AUGMENTATIONS = ("color", "translation", "cutout")  # distgan.augment's (kept in sync by a test)
+RUN_NAME_CHARS = r"A-Za-z0-9._-"  # run.name ends a folder's name (runs/00003-NAME) and a URI
 
 
 def check_cross_fields(spec, source: str, field_sources: dict[str, str]) -> None:
@@ -115,3 +116,20 @@ def _check_model_options(spec, src) -> None:
             f"{src('train.compile')}: train.compile: a compiled D cannot be differentiated twice, "
             f"as the gradient penalty of {penalty} needs; set train.compile: false"
         )
+
+
+def run_name_from(stem: str) -> str:
+    """A job file's stem as a run name: every run of other characters becomes one '-'."""
+    return re.sub(f"[^{RUN_NAME_CHARS}]+", "-", stem).strip("-") or "job"
+
+
+def check_run_name(name: str, where: str) -> None:
+    """Raises JobError unless ``name`` is empty or one path component of safe characters: it
+    becomes part of the run's folder, locally and in object storage, and of Ray's run names."""
+    if not name or (re.fullmatch(f"[{RUN_NAME_CHARS}]+", name) and name not in (".", "..")):
+        return
+    hint = run_name_from(name).strip(".") or "job"
+    raise JobError(
+        f"{where}: run.name: {name!r} is not a single folder name; use letters, digits, '.', "
+        f"'_' and '-' only (no '/', no spaces), e.g. run.name: {hint}"
+    )

@@ -8,7 +8,14 @@
 The token comes from ``RAY_AUTH_TOKEN``, then ``RAY_AUTH_TOKEN_PATH``, then
 ``~/.ray/auth_token``, and goes in the ``Authorization`` header: Ray 2.60's client sends it on its
 own only when ``RAY_AUTH_MODE=token`` is set in the client. The token is never printed, logged or
-put in the job's runtime environment.
+put in the job's runtime environment, and goes over plain http only to a loopback address (an
+SSH tunnel) unless the user says ``--insecure-http``.
+
+No secret travels with the job: Ray 2.60 writes a job's runtime env (its ``env_vars`` too) into
+``runtime_env_agent.log`` on the nodes and returns it, with the entrypoint, from its Jobs API to
+every token holder, and has no channel for secrets. Credentials (S3, W&B) live on the cluster's
+nodes: an instance role, a Kubernetes secret as environment of the Ray pods, or ``ray start`` run
+with the variable set (cluster/README.md).
 
 What travels to the cluster: the project folder as the job's ``working_dir`` (without ``.git``,
 virtual environments, ``runs/``, ``data/`` or caches). Ray runs the driver in that folder and puts
@@ -24,7 +31,6 @@ import dataclasses
 import ipaddress
 import logging
 import os
-import re
 import secrets
 import shlex
 import time
@@ -222,12 +228,21 @@ class Jobs:
             time.sleep(poll)
 
 
-def connect(address_flag: str | None = None) -> Jobs:
-    """Resolves the address and the token, refuses to send a job in the clear without a token,
-    and returns a connected ``Jobs`` (the connection and the token are checked here)."""
+def connect(address_flag: str | None = None, insecure_http: bool = False) -> Jobs:
+    """Resolves the address and the token and returns a connected ``Jobs`` (the connection and
+    the token are checked here). Over plain http to a host that is not loopback it refuses to
+    send a job without a token, and to send the token unless ``insecure_http``."""
     address = resolve_address(address_flag)
     token, source = resolve_token()
-    if token is None and urlparse(address).scheme == "http" and not is_loopback(address):
+    in_the_clear = urlparse(address).scheme == "http" and not is_loopback(address)
+    if in_the_clear and token is not None and not insecure_http:
+        raise ClusterError(
+            f"{address}: refusing to send the cluster's token (from {source}) over plain http to "
+            "a host that is not loopback: anyone on the way could read it and run code on the "
+            "cluster; use https://, or an SSH tunnel (ssh -L 8265:127.0.0.1:8265 HEAD, then "
+            "--address http://127.0.0.1:8265), or pass --insecure-http on a network you trust"
+        )
+    if in_the_clear and token is None:
         raise ClusterError(
             f"{address}: refusing to send a job over plain http to a non-loopback address "
             "without a token (anyone could run code there); set RAY_AUTH_TOKEN, or reach the "
@@ -254,6 +269,13 @@ def check_cluster_paths(spec: JobSpec, job_file: str) -> None:
     from distgan.storage import is_uri, open_location
 
     for field, value in (("data.source", spec.data.source), ("run.storage", spec.run.storage)):
+        if is_uri(value) and "@" in urlparse(value).netloc:
+            raise JobError(
+                f"{job_file}: {field}: the URI holds credentials (USER:SECRET@), which would "
+                "travel in the job's entrypoint and files, where Ray's logs and Jobs API show "
+                "them; drop them and give the cluster's nodes their credentials (an instance "
+                "role, or a Kubernetes secret as environment of the Ray pods)"
+            )
         if is_uri(value):
             try:
                 open_location(value, field)
@@ -275,22 +297,6 @@ def check_cluster_paths(spec: JobSpec, job_file: str) -> None:
         )
 
 
-def check_env_names(names: list[str]) -> dict[str, str]:
-    """``--env NAME``: each variable's value from this shell, for the job's runtime env."""
-    from distgan.train.launch import RAY_ENV
-
-    env = {}
-    for name in names:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise JobError(f"--env {name}: expected a variable name such as AWS_ACCESS_KEY_ID")
-        if name in RAY_ENV:
-            raise JobError(f"--env {name}: distgan sets this one itself on the cluster; drop it")
-        if name not in os.environ:
-            raise JobError(f"--env {name}: not set in this shell; export it first")
-        env[name] = os.environ[name]
-    return env
-
-
 def entrypoint(verb: str, job_rel: str | None, overrides: list[str], resume: str = "") -> str:
     """The shell command the cluster runs: ``distgan train`` (or ``tune`` for a job with a
     ``tune:`` section) on the shipped job file, or ``train --resume RUN`` (``tune --resume`` for
@@ -303,15 +309,12 @@ def entrypoint(verb: str, job_rel: str | None, overrides: list[str], resume: str
     return " ".join(shlex.quote(a) for a in args)
 
 
-def runtime_env(root: Path | None, job_dir: Path, env: dict[str, str] | None = None) -> dict:
-    """The project, distgan's source with it (or, for an installed distgan, the job's folder),
-    and the variables of ``--env``. None of distgan's own: `distgan train` sets those through
-    ray.init, and Ray refuses a job whose runtime env and its driver's ray.init name the same
-    variable."""
-    out = {"working_dir": str(root or job_dir), "excludes": list(EXCLUDES)}
-    if env:
-        out["env_vars"] = dict(env)
-    return out
+def runtime_env(root: Path | None, job_dir: Path) -> dict:
+    """The project, distgan's source with it (or, for an installed distgan, the job's folder).
+    No ``env_vars``: Ray logs them and its Jobs API returns them, so no secret may go there, and
+    `distgan train` sets distgan's own through ray.init (Ray refuses a job whose runtime env and
+    its driver's ray.init name the same variable)."""
+    return {"working_dir": str(root or job_dir), "excludes": list(EXCLUDES)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,17 +328,12 @@ class Submission:
     metadata: dict
 
 
-def prepare(
-    job_file: str | None,
-    overrides: list[str],
-    env_names: list[str] = (),
-    resume: str = "",
-) -> Submission:
-    """Validates the job here (no cluster needed) and builds what the Jobs API is sent.
+def prepare(job_file: str | None, overrides: list[str], resume: str = "") -> Submission:
+    """Validates the job here (no cluster needed) and builds what the Jobs API is sent, all of
+    which Ray shows to every token holder: no value of this shell's environment goes in it.
 
     ``resume``: a run or a search in shared storage to continue (its own job, with
     ``overrides``)."""
-    env = check_env_names(list(env_names))
     root = project_root()
     if resume:
         spec, job_rel, base, verb = _resume_job(resume, job_file, overrides, root)
@@ -353,7 +351,7 @@ def prepare(
         spec=spec,
         submission_id=f"distgan-{_slug(spec.run.name)}-{stamp}-{secrets.token_hex(2)}",
         entrypoint=entrypoint(verb, job_rel, overrides, resume),
-        runtime_env=runtime_env(root, base, env),
+        runtime_env=runtime_env(root, base),
         metadata={"distgan_job": job_rel or resume, "distgan_run": spec.run.name},
     )
 

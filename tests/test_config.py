@@ -379,3 +379,45 @@ def test_cli_without_a_verb_exits_2(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("distgan: ")
+
+
+# --- run.name: one folder name -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["a/b", "../up", "..", ".", "/abs", "a\\b", "my run", "x\ty"])
+def test_run_name_must_be_one_folder_name(tmp_path, name):
+    path = write_job(tmp_path, yaml.safe_dump({"run": {"name": name}}))
+    message = job_error(path)
+    assert message.startswith(f"{path}: run.name: {name!r} is not a single folder name")
+    assert "letters, digits, '.', '_' and '-'" in message and "\n" not in message
+
+
+def test_run_name_from_an_override_names_the_override(tmp_path):
+    path = write_job(tmp_path, "run: {name: fine}\n")
+    message = job_error(path, ("run.name=a/b",))
+    assert message.startswith("--set run.name=a/b: run.name: 'a/b' ")
+    assert message.endswith("e.g. run.name: a-b")
+
+
+def test_safe_run_names_load_and_a_stem_is_made_one(tmp_path):
+    for name in ("run-1.a_B", "x..y", ".hidden"):
+        assert load_job(write_job(tmp_path, f"run: {{name: '{name}'}}\n")).run.name == name
+    path = write_job(tmp_path, "data: {source: embedded}\n", name="my job (copy).yaml")
+    assert load_job(path).run.name == "my-job-copy"
+
+
+def test_a_resolved_run_of_an_older_name_still_loads(tmp_path):
+    text = dump_yaml(dataclasses.replace(JobSpec(), run=RunSpec(name="old run")))
+    assert load_resolved(text, "job.resolved.yaml").run.name == "old run"
+
+
+def test_cli_train_refuses_a_run_name_with_a_slash_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = write_job(tmp_path, "data: {source: embedded}\nrun: {name: a/b}\n")
+    assert main(["train", str(path), "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [
+        f"error: {path}: run.name: 'a/b' is not a single folder name; use letters, digits, "
+        "'.', '_' and '-' only (no '/', no spaces), e.g. run.name: a-b"
+    ]
+    assert not (tmp_path / "runs").exists()

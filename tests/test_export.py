@@ -9,6 +9,8 @@ are moved off their initial values first, so that a format that dropped a buffer
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +124,38 @@ def test_safetensors_hold_g_ema_and_the_json_says_how_to_rebuild_it(run_dir, tmp
     with torch.no_grad():
         assert torch.equal(rebuilt.eval()(z), G(z))
     assert from_dict(info["job"]).model.arch == "dcgan"
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "safetensors"])
+def test_export_follows_no_symlink_planted_at_the_temporary_or_the_sidecar_name(
+    fmt, run_dir, tmp_path
+):
+    out = tmp_path / f"g.{fmt}"
+    victims = {name: tmp_path / f"victim-{name}" for name in ("tmp", "json")}
+    for victim in victims.values():
+        victim.write_text("precious\n")
+    (tmp_path / f".g.tmp.{fmt}").symlink_to(victims["tmp"])  # the name export used to write
+    (tmp_path / f"g.{fmt}.json").symlink_to(victims["json"])
+    assert main(["export", str(run_dir), "--format", fmt, "--out", str(out)]) == 0
+    for victim in victims.values():
+        assert victim.read_bytes() == b"precious\n"
+    assert out.is_file() and not out.is_symlink() and out.stat().st_size > 1000
+    sidecar = tmp_path / f"g.{fmt}.json"
+    assert not sidecar.is_symlink() and json.loads(sidecar.read_text())["export"] == fmt
+    # Nothing is left behind under a temporary name.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [out.name, sidecar.name, f".g.tmp.{fmt}", "victim-tmp", "victim-json"]
+    )
+
+
+def test_every_export_and_its_json_get_the_mode_the_umask_allows(run_dir, tmp_path):
+    old = os.umask(0o027)
+    try:
+        for fmt in ("pt2", "onnx", "safetensors"):
+            out = tmp_path / f"g.{fmt}"
+            assert main(["export", str(run_dir), "--format", fmt, "--out", str(out)]) == 0
+            for path in (out, tmp_path / f"g.{fmt}.json"):
+                assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
+        assert os.umask(0o027) == 0o027  # export read the umask and left it as it was
+    finally:
+        os.umask(old)

@@ -1,11 +1,14 @@
-"""``distgan submit JOB [--address URL] [--set a.b=c ...] [--env NAME ...] [--wait]``.
+"""``distgan submit JOB [--address URL] [--set a.b=c ...] [--resume RUN] [--wait]``.
 
 Validates the job here, ships it with the project to a Ray cluster through the Jobs API (the
 entrypoint runs ``distgan train`` there, or ``distgan tune`` for a job with a ``tune:`` section)
-and prints the job id and the dashboard address. ``--env NAME`` passes a variable of this shell
-(credentials, endpoints) to the job; ``--resume RUN`` continues a run (or a search) kept in
-shared storage. ``--wait`` follows the job's log until it ends; a job that fails is one error line
-with its status and exit reason (its last log lines are printed just above it).
+and prints the job id and the dashboard address. ``--resume RUN`` continues a run (or a search)
+kept in shared storage. ``--wait`` follows the job's log until it ends; a job that fails is one
+error line with its status and exit reason (its last log lines are printed just above it).
+
+``--env NAME`` is refused: Ray 2.60 logs a job's environment variables and its Jobs API returns
+them, so credentials belong on the cluster's nodes (cluster/README.md). ``--insecure-http`` lets
+the token go over plain http to a host that is not loopback.
 """
 
 from __future__ import annotations
@@ -14,7 +17,14 @@ import argparse
 import sys
 
 from distgan.cli.flags import add_overrides_flag
-from distgan.errors import ClusterError
+from distgan.errors import ClusterError, JobError
+
+ENV_REFUSED = (
+    "--env {name}: refused: Ray writes a job's environment variables into its nodes' "
+    "runtime_env_agent.log and returns them from the Jobs API to every token holder; give the "
+    "cluster's nodes the variable instead: an instance role (IAM) for S3, a Kubernetes secret as "
+    "environment of the Ray pods, or `ray start` run with it set (cluster/README.md)"
+)
 
 
 def add_address_flag(p: argparse.ArgumentParser) -> None:
@@ -23,6 +33,12 @@ def add_address_flag(p: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="the cluster's Jobs API (dashboard) URL; default RAY_ADDRESS, then "
         "http://127.0.0.1:8265",
+    )
+    p.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="send the token over plain http to a host that is not loopback (anyone on the way "
+        "can read it); prefer https:// or an SSH tunnel to 127.0.0.1",
     )
 
 
@@ -33,14 +49,8 @@ def add_parser(verbs) -> None:
     p.add_argument("job", nargs="?", help="job file, e.g. jobs/quickstart.yaml")
     add_address_flag(p)
     add_overrides_flag(p, "run.storage=s3://bucket/runs")
-    p.add_argument(
-        "--env",
-        metavar="NAME",
-        action="append",
-        default=[],
-        help="pass this shell's variable NAME to the job (AWS_*, WANDB_*, NCCL_*; repeatable); "
-        "its value is never printed or written into the run",
-    )
+    # Kept so that its users read why it is refused (ENV_REFUSED), not "unrecognized arguments".
+    p.add_argument("--env", metavar="NAME", action="append", default=[], help=argparse.SUPPRESS)
     p.add_argument(
         "--resume",
         metavar="RUN",
@@ -55,9 +65,11 @@ def run(args: argparse.Namespace) -> int:
     from distgan.submit import connect, describe_failure, prepare
     from distgan.train.cluster import check_shared_storage
 
+    if args.env:
+        raise JobError(ENV_REFUSED.format(name=args.env[0]))
     # Before any connection: a bad job is never sent.
-    job = prepare(args.job, args.overrides, args.env, args.resume)
-    jobs = connect(args.address)
+    job = prepare(args.job, args.overrides, args.resume)
+    jobs = connect(args.address, args.insecure_http)
     nodes = jobs.alive_nodes()  # None when the State API does not answer: train checks again
     if nodes is not None:
         check_shared_storage(job.spec, args.job or args.resume, nodes)
