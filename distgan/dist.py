@@ -49,6 +49,15 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+    """The elementwise maximum of ``x`` over all ranks (``x`` itself in one process)."""
+    if not _active():
+        return x
+    x = x.clone()
+    dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return x
+
+
 def all_gather_object(obj):
     """``[obj of rank 0, obj of rank 1, ...]``."""
     if not _active():

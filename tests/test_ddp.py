@@ -13,6 +13,7 @@ in this process read and compare them.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import traceback
@@ -30,6 +31,7 @@ from distgan.losses import get_loss
 from distgan.models import ModelOptions, build_models
 from distgan.schedule import Horizon
 from distgan.step import Nets, train_step
+from distgan.train.stopping import TIME_UP, StopCheck
 
 WORLD = 2
 JOIN_TIMEOUT_S = 120
@@ -148,6 +150,27 @@ def expected_end(rank: int) -> torch.Tensor:
     return torch.tensor([horizon.end, horizon.progress(100)], dtype=torch.float64)
 
 
+def time_limit_stop(rank: int) -> torch.Tensor:
+    """Where StopCheck ends a run with a 30 s limit when the ranks' clocks disagree: rank 0's
+    steps take 10 ms, rank 1's 12 ms, and rank 1's clock started 0.5 s later (another machine).
+    Returns (the stop step, the probes made, the step each rank's own clock passed the limit)."""
+    per_step, offset = (0.010, 0.0) if rank == 0 else (0.012, -0.5)
+    now = [offset]
+    stops = StopCheck(30.0, 0.0, 0, clock=lambda: now[0])
+    probes, own, step = 0, None, 0
+    while True:
+        step += 1
+        now[0] += per_step
+        if own is None and stops.elapsed() >= 30.0:
+            own = step
+        probing = step >= stops.next_probe
+        reason = stops.after_step(step)
+        probes += probing
+        if reason is not None:
+            own = math.inf if own is None else own  # this rank's clock had not passed it yet
+            return torch.tensor([step, probes, own, reason == TIME_UP], dtype=torch.float64)
+
+
 def worker(rank: int, port: int, out_dir: str) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
@@ -159,6 +182,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
             for name, spec in SCENARIOS.items()
         }
         results["horizon"] = expected_end(rank)
+        results["time_limit"] = time_limit_stop(rank)
         dist.barrier()
         dist.destroy_process_group()
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
@@ -241,6 +265,18 @@ def expected_unchanged(name: str, result: dict, net: str) -> list[str]:
     if net == "D" and SCENARIOS[name][2] in ("wgan", "wgan-gp"):
         return [result["names"]["D"][-1][0]]
     return []
+
+
+def test_the_ranks_stop_at_one_step_within_a_step_of_the_time_limit(ddp_results):
+    """train.max_minutes on two ranks whose clocks and speeds differ: both stop at the same
+    step, no later than a step after the first rank's clock passed the limit, after a few dozen
+    collectives rather than one a step (about 3,000 steps)."""
+    (step0, probes0, own0, time0), (step1, probes1, own1, _) = (
+        r["time_limit"].tolist() for r in ddp_results
+    )
+    assert step0 == step1 and probes0 == probes1 and time0 == 1
+    assert min(own0, own1) <= step0 <= min(own0, own1) + 1
+    assert probes0 < 80, probes0
 
 
 @pytest.mark.parametrize("name", CONTROLS)

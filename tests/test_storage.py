@@ -17,6 +17,7 @@ from distgan.data import load_arrays, read_manifest, read_rows, write_shards
 from distgan.errors import StorageError
 from distgan.storage import display, is_uri, join, open_location, split_query
 from distgan.train import checkpoint as ckpts
+from distgan.train import stopping
 from distgan.train.outputs import (
     RunOutputs,
     new_run_dir,
@@ -126,14 +127,20 @@ class StopAfter17(RunOutputs):
             request_stop(self.run)
 
 
-def test_a_stop_request_ends_the_run_at_the_next_log_step_with_a_final_checkpoint(tmp_path):
+def test_a_stop_request_ends_the_run_at_the_next_probe_with_a_final_checkpoint(
+    tmp_path, monkeypatch
+):
+    """The request is seen at StopCheck's next probe (about a second later; here every step), not
+    at a log, sample or checkpoint step."""
     from tiny_runs import train_run
+
+    monkeypatch.setattr(stopping, "PROBE_SECONDS", 0.0)
 
     run_dir = train_run(tmp_path, arch="mlp", outputs=StopAfter17, train={"log_every": 1,
                         "checkpoint_every": 100, "steps": 40, "sample_every": 100},
                         guard={"inject_nan": ""})  # fmt: skip
     steps = [m["step"] for m in read_metrics(run_dir)]
-    assert steps[-1] == 18  # the next log step after the request: not the job's 40
+    assert steps[-1] == 18  # the next probe after the request: not the job's 40
     finals = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert finals[-1] == "step_0000018" and ckpts.load(run_dir / "checkpoints" / finals[-1])
     request_stop(open_location(str(run_dir), "run"), clear=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 import signal
 import sys
@@ -19,6 +20,7 @@ from distgan.cli.flags import add_overrides_flag
 from distgan.config import RESOLVED_JOB, dump_yaml, load_job, parse_job
 from distgan.errors import CheckpointError, JobError
 from distgan.storage import join
+from distgan.train.follow import Stopped
 
 
 def add_parser(verbs) -> None:
@@ -83,13 +85,47 @@ def _write_report(run) -> None:
 
 
 def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+    raise Stopped(signum)
+
+
+def _stopped(e: KeyboardInterrupt, run_dir) -> int:
+    """The lines a stopped run ends with, and its exit code (130 for SIGINT, 143 for SIGTERM)."""
+    from distgan.train.outputs import read_status
+
+    code = getattr(e, "exit_code", 130)
+    if run_dir is None:
+        sys.stderr.write("distgan: stopped before the run started; nothing was written\n")
+        return code
+    status = read_status(run_dir)
+    saved = status.get("checkpoint_step")
+    step = status.get("step", 0)
+    if getattr(e, "at_once", False) and saved is not None:
+        sys.stderr.write(f"distgan: stopped at once at step {step}: the steps after the "
+                         f"checkpoint at step {saved} are lost\n")  # fmt: skip
+    elif saved is not None:
+        sys.stderr.write(f"distgan: stopped at step {saved} with a final checkpoint\n")
+    else:
+        sys.stderr.write(f"distgan: stopped at step {step}, before the first checkpoint: "
+                         "nothing to resume\n")  # fmt: skip
+        return code
+    sys.stderr.write(f"continue with: distgan train --resume {shlex.quote(_shown(run_dir))}\n")
+    return code
+
+
+def _shown(run_dir) -> str:
+    return str(run_dir) if run_dir.is_local else run_dir.uri  # with its query, if any
 
 
 def run(args: argparse.Namespace) -> int:
     from distgan.train import checkpoint as ckpts
     from distgan.train.follow import wait_seconds
-    from distgan.train.launch import check_job, launch, preflight, ray_session
+    from distgan.train.launch import (
+        check_job,
+        end_local_ray_now,
+        launch,
+        preflight,
+        ray_session,
+    )  # fmt: skip
     from distgan.train.outputs import new_run_dir, sample_grids, storage_home, write_resolved
 
     if args.resume:
@@ -126,19 +162,24 @@ def run(args: argparse.Namespace) -> int:
                 if m["step"] % every == 0 or m["step"] == spec.train.steps:
                     _write_report(run_dir)
 
-            metrics = launch(
-                spec, run_dir, manifest, plan, job_source, resume_from=resume_from,
-                on_record=report_at_checkpoints,
-            )  # fmt: skip
+            try:
+                metrics = launch(
+                    spec, run_dir, manifest, plan, job_source, resume_from=resume_from,
+                    on_record=report_at_checkpoints,
+                )  # fmt: skip
+            except Stopped as e:
+                if e.at_once:
+                    # The fit thread is still inside Ray, which cannot shut down under it:
+                    # end the local Ray's processes and this one here.
+                    code = _stopped(e, run_dir)
+                    end_local_ray_now()
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+                raise
             _write_report(run_dir)  # the last records (a run stopped by train.max_minutes)
-    except KeyboardInterrupt:
-        if run_dir is None:
-            raise
-        sys.stderr.write(
-            f"stopped; continue from the last checkpoint with: "
-            f"distgan train --resume {shlex.quote(run_dir.uri)}\n"
-        )
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, distgan stop (follow.Stopped)
+        return _stopped(e, run_dir)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if metrics.get("stopped"):  # the divergence guard gave up (train/guard.py)
@@ -154,6 +195,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"report: {run_dir.child('report.html')}")
     if grids:
         print(f"samples: {run_dir.child('samples', grids[-1])}")
-    again = str(run_dir) if run_dir.is_local else run_dir.uri  # with its query, if any
-    print(f"more samples: distgan sample {shlex.quote(again)} --n 64 --out grid.png")
+    print(f"more samples: distgan sample {shlex.quote(_shown(run_dir))} --n 64 --out grid.png")
     return 0

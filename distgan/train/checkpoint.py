@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from distgan.ema import EMA
 from distgan.errors import CheckpointError
 from distgan.models import models_for_job, unwrap
 from distgan.step import Nets
-from distgan.storage import is_uri, join, open_location
+from distgan.storage import Location, is_uri, join, open_location, split_query
 
 FORMAT = "distgan-checkpoint/1"
 STATE_FILE = "state.pt"
@@ -234,6 +235,15 @@ def checkpoints(run_dir: str | Path) -> list[Path] | list[str]:
         if m and (d / STATE_FILE).is_file():
             found.append((int(m.group(1)), d))
     return [d for _, d in sorted(found)]
+
+
+def checkpoint_step(run: Location | str | Path) -> int | None:
+    """The step of the run's newest checkpoint that loads, or None."""
+    folder = latest(run.uri if isinstance(run, Location) else run)
+    if folder is None:
+        return None
+    name = posixpath.basename(split_query(str(folder))[0].rstrip("/"))
+    return int(_STEP_DIR.match(name).group(1))
 
 
 def latest(run_dir: str | Path) -> Path | str | None:

@@ -12,6 +12,7 @@ workers for a final checkpoint.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 
@@ -101,73 +102,124 @@ def last_step(run: Location, default: int) -> int:
     return int(logged[-1]["step"]) if logged else default
 
 
+POLL_S = 0.25  # how soon a signal is answered
+
+
+class Stopped(KeyboardInterrupt):
+    """The run was stopped by ``signum`` (SIGINT: Ctrl-C; SIGTERM: ``distgan stop``, Ray's job
+    stop, a scheduler). ``at_once``: a second signal ended it without its final checkpoint.
+    The process exits with ``exit_code`` (130 or 143, the shell's 128 + the signal)."""
+
+    def __init__(self, signum: int, at_once: bool = False):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.at_once = signum, at_once
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class Interrupts:
+    """SIGINT and SIGTERM while the driver follows a run: the first is recorded (the run is
+    asked to stop with a final checkpoint), a second raises ``Stopped(at_once=True)``.
+
+    Installed after ``ray.init``, which puts its own SIGTERM handler (and a C++ stack dump) in
+    place of any installed before it. Outside the main thread (a Tune trial) signals are not this
+    code's to handle, and nothing is installed.
+    """
+
+    def __enter__(self) -> Interrupts:
+        self.signum: int | None = None
+        self.previous: dict = {}
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            raise Stopped(self.signum, at_once=True)
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
 def fit_with_progress(trainer, run: Location, t, out, on_record=None) -> dict:
     """Runs ``trainer.fit()`` in a thread; prints rank 0's new metrics lines as they land in the
     run's storage (the driver may be on another machine than rank 0: it reads no local file).
-    ``t``: the job's train section (steps, max_minutes)."""
+    ``t``: the job's train section (steps, max_minutes).
+
+    A first SIGINT or SIGTERM asks the workers to stop: they agree on a step within about a
+    second (``stopping.StopCheck``), write a final checkpoint there and end; then ``Stopped`` is
+    raised. A second signal raises ``Stopped(at_once=True)`` without waiting for them.
+    """
     outcome: dict = {}
+    done = threading.Event()
 
     def fit() -> None:
         try:
             outcome["result"] = trainer.fit()
         except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
             outcome["error"] = e
+        finally:
+            done.set()
 
+    # An Event, not Thread.join: a signal handler raising inside join() can leave the thread
+    # marked as ended while it still runs (CPython's lock-based join).
     thread = threading.Thread(target=fit, name="distgan-fit", daemon=True)
     thread.start()
     shown = [json.loads(line) for line in _metrics_lines(run)]  # earlier parts: not shown
-    last_step = int(shown[-1]["step"]) if shown else -1
+    shown_step = int(shown[-1]["step"]) if shown else -1
     groups = {m["started_at"] for m in shown if "started_at" in m}  # worker groups seen
     anchor = None  # the first record of this session: the ETA's speed is measured from it
 
     def show_new_lines() -> None:
-        nonlocal last_step, anchor
+        nonlocal shown_step, anchor
         for line in _metrics_lines(run):
             m = json.loads(line)
             if m.get("started_at") is not None and m["started_at"] not in groups:
                 groups.add(m["started_at"])
-                if m["resumed_from"] < last_step:
+                if m["resumed_from"] < shown_step:
                     # Ray Train restarted the worker group: its lines go on from the checkpoint.
                     print(
-                        f"distgan: a training worker died after step {last_step}; the workers "
+                        f"distgan: a training worker died after step {shown_step}; the workers "
                         f"go on from the checkpoint at step {m['resumed_from']} in {run}",
                         file=out,
                         flush=True,
                     )
-                    last_step, anchor = m["resumed_from"], None
-            if m["step"] > last_step:
+                    shown_step, anchor = m["resumed_from"], None
+            if m["step"] > shown_step:
                 anchor = anchor or m
                 print(progress_line(m, t.steps, t.max_minutes, anchor), file=out, flush=True)
-                last_step = m["step"]
+                shown_step = m["step"]
                 if on_record is not None:
                     on_record(m)
 
     polls, asked = 0, False
-    while thread.is_alive():
-        try:
-            thread.join(timeout=1.0)
-        except KeyboardInterrupt:  # distgan stop (SIGTERM) or Ctrl-C: ask for a last checkpoint
-            if asked:
-                raise
-            asked = True
-            request_stop(run)
-            # Marked now: Ray kills the job a few seconds after its SIGTERM, maybe before the
-            # final checkpoint; the run is whole up to its last checkpoint either way.
-            write_status(run, "stopped", last_step(run, 0), error="KeyboardInterrupt")
-            print(
-                "distgan: stopping: the workers write a final checkpoint at their next log "
-                "step (press Ctrl-C again to stop at once)",
-                file=out,
-                flush=True,
-            )
-        polls += 1
-        if thread.is_alive() and (run.is_local or polls % 2 == 0):  # object storage: every 2 s
-            show_new_lines()
-    show_new_lines()  # the lines written since the last poll
-    if asked and "error" not in outcome:
-        raise KeyboardInterrupt  # stopped, with the final checkpoint written
+    with Interrupts() as interrupts:
+        while not done.wait(timeout=POLL_S):
+            if interrupts.signum is not None and not asked:
+                asked = True
+                request_stop(run)
+                # Marked now, in case the process is killed before the final checkpoint lands:
+                # the run is whole up to its last checkpoint either way.
+                write_status(run, "stopped", last_step(run, 0))
+                print(
+                    "distgan: stopping: the workers write a final checkpoint at the step they "
+                    "reach (a second Ctrl-C stops at once, losing the steps since the last one)",
+                    file=out,
+                    flush=True,
+                )
+            polls += 1
+            if polls % (4 if run.is_local else 8) == 0:  # every second; object storage: 2 s
+                show_new_lines()
+        show_new_lines()  # the lines written since the last poll
     if "error" in outcome:
         raise outcome["error"]
+    if asked:
+        raise Stopped(interrupts.signum)  # with the final checkpoint written
     return outcome["result"].return_value or {}
 
 

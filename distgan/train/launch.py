@@ -10,10 +10,13 @@ interval from the run's ``metrics.jsonl`` while ``fit()`` runs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +26,8 @@ from distgan.data import ShardManifest, data_location, read_manifest, verify_sha
 from distgan.errors import ClusterError, DataError, JobError, StorageError
 from distgan.models import models_for_job
 from distgan.storage import Location, check_reachable, display, is_uri, open_location
-from distgan.train.checkpoint import CHECKPOINTS
-from distgan.train.follow import fit_with_progress, last_step, quiet_worker_deaths
+from distgan.train.checkpoint import CHECKPOINTS, checkpoint_step
+from distgan.train.follow import Stopped, fit_with_progress, last_step, quiet_worker_deaths
 from distgan.train.outputs import read_status, request_stop, write_status
 
 # Quiet Ray's internals so the user sees distgan's progress (see DESIGN.md, "Log noise").
@@ -154,26 +157,58 @@ def ray_session():
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
             logging.ERROR
         )
+        _loopback_only()
     kwargs = dict(
         log_to_driver=False,
         logging_level=logging.WARNING,
         runtime_env={"env_vars": dict(RAY_ENV)},
     )
     quiet_worker_deaths()
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(_node_ip_address="127.0.0.1", include_dashboard=True, **kwargs)
+            ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
     except ConnectionError as e:
         raise ClusterError(
             f"RAY_ADDRESS={address}: cannot reach a Ray cluster there ({e}); start one with "
             "`ray start --head` or unset RAY_ADDRESS to run locally"
         ) from None
+    if threading.current_thread() is threading.main_thread():
+        # ray.init replaced the caller's SIGTERM handler with one that exits with a C++ dump.
+        signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+# Ray takes a local node's address from this switch, not from ray.init's _node_ip_address:
+# with it off (as on a laptop OS) every process of the local instance binds 127.0.0.1.
+LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _loopback_only() -> None:
+    """Makes the local Ray instance about to start listen on loopback only: its GCS, raylet,
+    workers, dashboard and agents (Ray 2.60 binds them to the machine's own address otherwise,
+    and its metrics on 0.0.0.0). The variable reaches the processes Ray starts; the constant
+    is this process's copy, read when ray was imported."""
+    from ray._private import ray_constants
+
+    os.environ[LOCAL_ONLY] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def end_local_ray_now() -> None:
+    """Kills every process this one started, which on a local run are its Ray's (GCS, raylet,
+    agents, workers): a second Ctrl-C leaves no time for ``ray.shutdown``, which cannot run
+    while a thread is blocked in Ray anyway. A cluster's processes are not this one's children."""
+    import psutil
+
+    for p in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 
 
 def check_job(spec: JobSpec, job_source: str) -> ShardManifest:
@@ -240,8 +275,9 @@ def launch(
     """
     import ray
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
+    from distgan.train.process_group import BoundStoreTorchConfig
     from distgan.train.worker import train_loop_per_worker
 
     if not isinstance(run, Location):  # workers run in other working directories
@@ -268,7 +304,7 @@ def launch(
             "resume_from": resume_from,
             "eval": p.evaluation,
         },
-        torch_config=TorchConfig(backend="nccl" if p.use_gpu else "gloo"),
+        torch_config=BoundStoreTorchConfig(backend="nccl" if p.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=p.workers,
             use_gpu=p.use_gpu,
@@ -302,6 +338,10 @@ def launch(
     write_status(run, "running", step)
     try:
         metrics = fit_with_progress(trainer, run, spec.train, out, on_record)
+    except Stopped as e:  # Ctrl-C, SIGTERM, distgan stop: what was saved, and by what
+        write_status(run, "stopped", last_step(run, step), signal=str(e), at_once=e.at_once,
+                     checkpoint_step=checkpoint_step(run))  # fmt: skip
+        raise
     except BaseException as e:
         status = "stopped" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed"
         write_status(run, status, last_step(run, step), error=type(e).__name__)

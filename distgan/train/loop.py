@@ -11,8 +11,9 @@ drains it every 2 s, so a report every log step blocked a fast worker (measured 
 quickstart ran at 6k img/s with a report every 100 steps, against 23k with one every 500).
 
 The run stops at ``train.steps`` or after ``train.max_minutes`` of training (a resumed run's
-earlier parts count), whichever comes first; the time limit is checked at log steps and agreed by
-all ranks, so they stop at the same step. With ``optim.lr_decay`` the learning rates fall with
+earlier parts count), whichever comes first, or when the driver asks (``distgan stop``, Ctrl-C);
+``stopping.StopCheck`` keeps the time limit to within a step and has every rank stop at the same
+step, with a final checkpoint. With ``optim.lr_decay`` the learning rates fall with
 the run's progress towards that end (``schedule.py``); the rates in use go into the metrics.
 """
 
@@ -34,6 +35,7 @@ from distgan.step import train_step
 from distgan.train.checkpoint import TrainState, rng_state, snapshot
 from distgan.train.guard import ROLLED_BACK, STOP, Guard
 from distgan.train.outputs import RunOutputs
+from distgan.train.stopping import StopCheck
 
 GRID_SIZE = 64  # samples in each grid (8×8)
 GRID_COLUMNS = 8
@@ -162,6 +164,12 @@ def run(
     meter = _Meter()
     started = time.monotonic()
     earlier = state.train_seconds  # a resumed run's clock goes on from its checkpoint
+    # train.max_minutes and the driver's stop request (distgan stop, Ctrl-C), agreed by every
+    # rank after any step: a clock check each step, a collective about once a second.
+    stops = StopCheck(
+        60 * t.max_minutes, earlier, state.step,
+        outputs.stop_requested if outputs is not None else None, device,
+    )  # fmt: skip
     last_time, last_images = started, state.images_seen
     metrics: dict[str, float] = {}
     waited = 0.0  # seconds spent waiting for real batches since the last log step
@@ -204,14 +212,12 @@ def run(
         eval_now = evaluate is not None and step % spec.eval.every == 0
         checkpoint_now = step % t.checkpoint_every == 0 or eval_now
         sample_now = step % t.sample_every == 0
-        if not (log_now or checkpoint_now or sample_now):
+        ending = stops.after_step(step)  # the same on every rank
+        if not (log_now or checkpoint_now or sample_now or ending):
             continue
         now = time.monotonic()
-        time_up = t.max_minutes > 0 and earlier + now - started >= 60 * t.max_minutes
-        # distgan stop: the driver's request, seen by rank 0 at log steps, ends every rank here
-        # with a final checkpoint (Ray gives the job a few seconds before it kills it).
-        stop = log_now and outputs is not None and outputs.stop_requested()
-        final = step == t.steps or dist.any_rank(time_up or stop, device)
+        # The last step: its metrics, samples and checkpoint are written, whatever the cadence.
+        final = step == t.steps or ending is not None
         # optim.lr_decay's expected end from the recent speed (a collective under a time limit)
         speed = (step - last_step) / max(now - last_time, 1e-9)
         rates.update(step, earlier + now - started, speed, device)

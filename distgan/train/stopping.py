@@ -1,0 +1,78 @@
+"""When every rank stops: ``train.max_minutes`` has run out, or the driver asked (``distgan
+stop``, Ctrl-C, SIGTERM). No Ray here.
+
+    stops = StopCheck(limit_s=120, earlier_s=0, step=0, stop_requested=outputs.stop_requested)
+    ...after each step:  reason = stops.after_step(state.step)   # None, "time" or "stop"
+
+Each rank reads its own clock after every step, which costs nothing. The ranks agree through
+one small all-reduce at *probe* steps only (a collective each step would cost more than a small
+model's step): probes come about every ``PROBE_SECONDS`` and closer together as the time limit
+nears (half the steps left each time), so the run ends within a step of its limit, and a stop
+request is seen within about a second. The probe steps follow from reduced figures, so every
+rank probes at the same steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+
+from distgan import dist
+
+PROBE_SECONDS = 1.0  # the most time between two probes
+TIME_UP, REQUESTED = "time", "stop"
+
+
+class StopCheck:
+    """Whether the ranks stop after a step; see the module's docstring.
+
+    ``limit_s``: the run's time limit in seconds (0: none), counted over the whole run like
+    ``elapsed_s``; ``earlier_s``: the seconds trained by earlier parts of the run; ``step``: the
+    step this part starts from; ``stop_requested``: rank 0's look at the driver's request (None
+    on the other ranks), called at probe steps only.
+    """
+
+    def __init__(
+        self,
+        limit_s: float,
+        earlier_s: float,
+        step: int,
+        stop_requested: Callable[[], bool] | None = None,
+        device: torch.device | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.limit, self.earlier = limit_s, earlier_s
+        self.clock = clock
+        self.started = clock()
+        self.first_step, self.next_probe = step, step + 1
+        self.stop_requested = stop_requested
+        self.device = device
+
+    def elapsed(self) -> float:
+        """Seconds of training over the whole run."""
+        return self.earlier + self.clock() - self.started
+
+    def after_step(self, step: int) -> str | None:
+        """``"time"`` or ``"stop"`` when every rank ends after ``step``, else None; the same on
+        every rank (a collective at probe steps, so every rank calls it after every step)."""
+        if step < self.next_probe:
+            return None
+        now = self.clock()
+        elapsed = self.earlier + now - self.started
+        time_up = self.limit > 0 and elapsed >= self.limit
+        asked = self.stop_requested is not None and self.stop_requested()
+        steps_per_s = (step - self.first_step) / max(now - self.started, 1e-9)
+        gap = PROBE_SECONDS * steps_per_s
+        if self.limit > 0:  # halve the steps left at each probe: the end is met within a step
+            gap = min(gap, (self.limit - elapsed) * steps_per_s / 2)
+        # One all-reduce: any rank's time-up or stop, and the smallest gap (max of its negative).
+        agreed = dist.all_reduce_max(
+            torch.tensor([float(time_up), float(asked), -gap], dtype=torch.float64,
+                         device=self.device)
+        )  # fmt: skip
+        time_up, asked, gap = agreed[0].item() > 0, agreed[1].item() > 0, -agreed[2].item()
+        self.next_probe = step + max(1, int(gap) if math.isfinite(gap) else 1)
+        return TIME_UP if time_up else REQUESTED if asked else None

@@ -1,0 +1,144 @@
+"""Ctrl-C and SIGTERM to a real ``distgan train`` on a local Ray instance (no RAY_ADDRESS), as a
+user's terminal, ``distgan stop`` or a scheduler sends them; and what a local run listens on.
+
+A first signal stops the run at the step the workers reach, with a final checkpoint there, a
+"stopped" status.json, the resume command and the shell's exit code (130, 143); a second one stops
+at once and says what is lost. No traceback, no Ray stack dump, and no process of the run is left.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from distgan.storage import open_location
+from distgan.train import checkpoint as ckpts
+from distgan.train.outputs import read_status
+
+pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray-a")]  # conftest.py
+
+DISTGAN = Path(sys.executable).with_name("distgan")
+
+
+def start_local_run(tmp_path: Path, **train) -> tuple[subprocess.Popen, Path, Path]:
+    """``distgan train`` of a small 2-worker job on a Ray instance of its own: (process, runs
+    folder, log folder). Ray's temp dir is short and the test's own (socket paths are limited)."""
+    job = {
+        "data": {"source": "embedded"},
+        "model": {"arch": "dcgan", "width": 8, "z_dim": 16},
+        "train": {"steps": 100_000, "batch_size": 32, "log_every": 20, "sample_every": 100_000,
+                  "checkpoint_every": 100_000, "max_minutes": 5.0, **train},
+        "scale": {"workers": 2},
+        "run": {"storage": str(tmp_path / "runs")},
+    }  # fmt: skip
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="dgsig-", dir="/tmp")
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    proc = subprocess.Popen(
+        [str(DISTGAN), "train", str(path)], stdout=out.open("w"), stderr=err.open("w"), env=env
+    )
+    return proc, tmp_path / "runs", tmp_path
+
+
+def wait_for_progress(proc: subprocess.Popen, logs: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if re.search(r"^step ", (logs / "out.txt").read_text(), re.M):
+            return
+        assert proc.poll() is None, (logs / "err.txt").read_text()[-3000:]
+        time.sleep(0.2)
+    raise AssertionError("no progress line in time: " + (logs / "err.txt").read_text()[-3000:])
+
+
+def tree(proc: subprocess.Popen) -> list[psutil.Process]:
+    root = psutil.Process(proc.pid)
+    return [root, *root.children(recursive=True)]
+
+
+def listening(procs: list[psutil.Process]) -> list[tuple[str, str]]:
+    """(address, process name) of every listening TCP socket of ``procs``."""
+    pids = {p.pid: p.name() for p in procs if p.is_running()}
+    return [
+        (c.laddr.ip, pids[c.pid])
+        for c in psutil.net_connections("tcp")
+        if c.status == psutil.CONN_LISTEN and c.pid in pids
+    ]
+
+
+def is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def finish(proc: subprocess.Popen, procs: list[psutil.Process], timeout: float) -> int:
+    """The exit code; then every process of the run must be gone (the test kills what is left)."""
+    try:
+        code = proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for p in alive:
+        p.kill()
+    assert not alive, f"processes of the run left behind: {[p.pid for p in alive]}"
+    return code
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_stops_the_run_with_a_final_checkpoint_and_listens_on_loopback(tmp_path, sig):
+    proc, runs, logs = start_local_run(tmp_path)
+    wait_for_progress(proc, logs)
+    procs = tree(proc)
+    sockets = listening(procs)
+    assert sockets and all(is_loopback(ip) for ip, _ in sockets), sockets
+    proc.send_signal(sig)
+    code = finish(proc, procs, timeout=90)
+    out, err = (logs / "out.txt").read_text(), (logs / "err.txt").read_text()
+    assert code == 128 + sig, err[-3000:]
+    assert "distgan: stopping: the workers write a final checkpoint" in out
+    (run_dir,) = runs.iterdir()
+    status = read_status(open_location(str(run_dir), "run"))
+    step = status["checkpoint_step"]
+    assert status["status"] == "stopped" and status["signal"] == sig.name, status
+    assert step == status["step"] and step > 0, status  # the step reached, not an interval's
+    assert ckpts.load(ckpts.latest(run_dir))["step"] == step
+    assert err.splitlines() == [
+        f"distgan: stopped at step {step} with a final checkpoint",
+        f"continue with: distgan train --resume {run_dir}",
+    ], err
+
+
+def test_a_second_ctrl_c_stops_at_once_and_says_what_is_lost(tmp_path):
+    proc, runs, logs = start_local_run(tmp_path, checkpoint_every=20)
+    wait_for_progress(proc, logs)
+    procs = tree(proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    code = finish(proc, procs, timeout=30)
+    err = (logs / "err.txt").read_text()
+    assert code == 130, err[-3000:]
+    (run_dir,) = runs.iterdir()
+    status = read_status(open_location(str(run_dir), "run"))
+    assert status["status"] == "stopped" and status["at_once"] is True, status
+    saved = status["checkpoint_step"]
+    assert saved == ckpts.load(ckpts.latest(run_dir))["step"]
+    assert err.splitlines()[0] == (
+        f"distgan: stopped at once at step {status['step']}: the steps after the checkpoint at "
+        f"step {saved} are lost"
+    ), err
+    assert "Traceback" not in err and "***" not in err
