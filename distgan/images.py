@@ -38,7 +38,7 @@ def label_rows(g: np.ndarray, names: list[str], cell: int, pad: int = 2) -> np.n
     """A grid image from ``grid`` (rows of ``cell``-pixel images) with a margin on its left that
     names each row: ``names[i]`` beside row i (a conditional grid has one row per class).
     Returns (H, margin + W, C) uint8."""
-    font = ImageFont.load_default()
+    font = label_font()
     width = max(int(font.getlength(name)) for name in names) + 2 * pad
     out = np.zeros((g.shape[0], width + g.shape[1], g.shape[2]), np.uint8)
     out[:, width:] = g
@@ -83,3 +83,12 @@ def save_grid(
     tmp.write_bytes(grid_png(images, nrow, row_names))
     tmp.replace(path)
     return path
+
+
+def label_font(size: int = 11) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """DejaVu Sans, which matplotlib ships: it has the accented letters and many symbols of
+    class names (``étoiles rouges ★``) that Pillow's default font draws as boxes."""
+    import matplotlib
+
+    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    return ImageFont.truetype(str(path), size)

@@ -263,7 +263,9 @@ def storage_error(location: str, field: str, error: OSError) -> StorageError:
     if any(k in lower for k in refused):
         return StorageError(
             f"{where}: the storage refused the credentials; set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY (distgan submit --env passes them to a cluster)"
+            "AWS_SECRET_ACCESS_KEY here, and give a cluster's nodes their own: an instance role, "
+            "a Kubernetes secret as environment of the Ray pods, or `ray start` run with them "
+            "set (cluster/README.md)"
         )
     if "nosuchbucket" in lower or "bucket does not exist" in lower:
         return StorageError(f"{where}: the bucket does not exist; create it first or fix the name")

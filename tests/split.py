@@ -10,8 +10,9 @@ head's (``ROOT/h``), so the two nodes' sockets and session dirs never share a na
 
 Token auth is on, with a token of the cluster's own (never ~/.ray/auth_token). Both nodes get the
 S3 server's variables (dummy credentials, region) in their environment, so that the job's driver
-(on the head) and its workers reach the storage: on a real cluster they come with the job
-(``distgan submit --env``), not with the node.
+(on the head) and its workers reach the storage: as on a real cluster, credentials live on the
+nodes (an instance role, a Kubernetes secret as the pods' environment, ``ray start`` run with
+them set), never with the job (cluster/README.md).
 
 Ports: ``base`` is the GCS, +1 the dashboard, +2 the Ray Client server, +3..+8 the head's own,
 +10..+15 the worker node's; worker processes take +20..+69 on the head, +70..+149 on the worker

@@ -152,3 +152,22 @@ def test_per_class_figures_show_names_or_numbers(tmp_path):
         FeatureSet(np.zeros((2, 2)), np.eye(2)), read_manifest(tmp_path / "d")
     )
     assert [line.split()[0] for line in numbered] == ["0", "1"]
+
+
+def test_row_names_draw_accents_and_symbols_not_boxes():
+    """Issue 26: ``étoiles rouges ★`` came out as ``□toiles rouges□`` in explore's classes.png.
+    U+E000 (private use) is in no font: it draws as the font's box, which é and ★ must not."""
+    from distgan.images import label_rows
+
+    def drawn(name: str) -> np.ndarray:
+        image = label_rows(grid(np.zeros((1, 1, 28, 28), np.uint8)), [name], 28)
+        margin = image[:, : image.shape[1] - 32, 0]
+        cols = np.nonzero(margin.any(axis=0))[0]
+        return margin[:, cols.min() : cols.max() + 1]  # the ink, (H, w)
+
+    box = drawn("\ue000")
+    for text in ("é", "★"):
+        ink = drawn(text)
+        assert ink.shape != box.shape or not np.array_equal(ink, box), text
+    assert not np.array_equal(drawn("é"), drawn("e"))  # the accent is there
+    assert drawn("étoiles rouges ★").shape[1] > drawn("toiles rouges").shape[1]

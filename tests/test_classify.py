@@ -140,3 +140,28 @@ def test_eval_writes_each_figure_with_its_own_protocol(toy, tmp_path, monkeypatc
     assert 0 <= results["cas"]["value"] <= 1
     out = capsys.readouterr().out
     assert "cas_real" in out and "classifiers: 1 epochs on 60 images each" in out
+
+
+def test_a_real_test_split_of_other_classes_is_refused(toy, tmp_path):
+    """Issue 26: a 2-class test split was taken for a run of more classes (its labels lie
+    within G's, so the label range alone let it through); so are other names for the classes."""
+    root, spec, G, _, _ = toy  # the run's data and G: 4 classes
+    fewer = np.arange(60) % (CLASSES - 1)
+    write_shards(toy_images(fewer, 3), fewer, tmp_path / "fewer", source="fewer")
+    with pytest.raises(DataError) as info:
+        plan_classification(G, spec, "run", str(tmp_path / "fewer"), 100, 1, 0)
+    (line,) = str(info.value).splitlines()
+    assert line.startswith(f"--real-test {tmp_path / 'fewer'}: 3 classes (0, 1, 2), the run's ")
+    assert "data 4 classes (0, 1, 2, 3); pass the test split of the run's dataset" in line
+
+    labels = np.arange(80) % CLASSES
+    names = dict(enumerate(["stripes", "columns", "checks", "plain"]))
+    write_shards(toy_images(labels, 4), labels, tmp_path / "named", source="t", class_names=names)
+    renamed = {**names, 2: "dots"}
+    write_shards(
+        toy_images(labels, 5), labels, tmp_path / "renamed", source="t", class_names=renamed
+    )
+    named = from_dict({"data": {"source": str(tmp_path / "named")}, "model": {"conditional": True}})
+    with pytest.raises(DataError, match="class 2 is 'dots' there, 'checks' in the run's data"):
+        plan_classification(G, named, "run", str(tmp_path / "renamed"), 100, 1, 0)
+    assert plan_classification(G, named, "run", str(tmp_path / "named"), 100, 1, 0).num_classes == 4

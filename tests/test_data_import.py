@@ -323,3 +323,37 @@ def test_cli_missing_source(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(missing) in err and "no such file" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_reimport_over_a_fitted_feature_network_removes_it_with_a_line(tmp_path, capsys):
+    """Issue 26: distgan's own features.pt / features.json (eval fit-features) made a re-import
+    into the folder fail as "not a distgan shard folder"; they describe the images the import
+    replaces, so they go, with a line that says so. A file of the user's is still refused."""
+    out = tmp_path / "ds"
+    for seed in (0, 1):
+        images = np.random.default_rng(seed).integers(0, 256, (12, 28, 28), dtype=np.uint8)
+        np.savez(tmp_path / f"x{seed}.npz", images=images, labels=np.arange(12) % 3)
+    assert main(["data", "import", str(tmp_path / "x0.npz"), "--out", str(out)]) == 0
+    (out / "features.pt").write_bytes(b"weights fitted on x0")
+    (out / "features.json").write_text("{}")
+    capsys.readouterr()
+
+    assert main(["data", "import", str(tmp_path / "x1.npz"), "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("imported 12 images of 1×28×28")
+    assert lines[1] == (
+        f"removed features.pt, features.json from {out}: fitted on the images this import "
+        f"replaced; fit it again: distgan eval fit-features {out}"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard-00000.parquet"]
+    assert read_manifest(out).source == "npz x1.npz"
+
+    (out / "notes.txt").write_text("mine")
+    assert main(["data", "import", str(tmp_path / "x0.npz"), "--out", str(out)]) == 2
+    assert "not a distgan shard folder (it holds notes.txt)" in capsys.readouterr().err
+
+
+def test_verify_takes_the_name_jobs_use_for_the_packaged_data(capsys):
+    """Issue 26: `distgan data verify embedded` said "no such dataset folder"."""
+    assert main(["data", "verify", "embedded"]) == 0
+    assert capsys.readouterr().out.startswith("OK embedded: 10000 images of 1×28×28")

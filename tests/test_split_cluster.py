@@ -141,7 +141,6 @@ def client(split_cluster, in_bucket, s3_env, monkeypatch):
     return secret
 
 
-ENV = ["--env", "AWS_ACCESS_KEY_ID", "--env", "AWS_SECRET_ACCESS_KEY", "--env", "AWS_REGION"]
 TINY = ["train.log_every=20", "train.sample_every=30", "eval.every=0"]
 
 
@@ -149,7 +148,7 @@ def submit(argv: list[str], overrides: list[str], capsys) -> tuple[int, str, str
     """``distgan submit`` in this process: (exit code, job id, stdout, stderr)."""
     from distgan.cli import main
 
-    code = main(["submit", *argv, *ENV] + [a for s in overrides for a in ("--set", s)])
+    code = main(["submit", *argv] + [a for s in overrides for a in ("--set", s)])
     printed = capsys.readouterr()
     found = [line.split()[1] for line in printed.out.splitlines() if line.startswith("submitted:")]
     return code, (found[0] if found else ""), printed.out, printed.err
@@ -163,8 +162,9 @@ def run_prefix(s3, bucket: str, prefix: str) -> str:
 
 def test_submitted_run_lives_in_the_storage(split_cluster, in_bucket, client, capsys, tmp_path):
     """A job submitted to the split cluster reads its data from the bucket and writes every
-    file of its run there, with the bucket's credentials passed by --env; nothing of the run is
-    on the head's disk, and the run is sampled and evaluated through its URI."""
+    file of its run there, with the bucket's credentials from the nodes' own environment (none
+    travel with the job); nothing of the run is on the head's disk, and the run is sampled and
+    evaluated through its URI."""
     from distgan.cli import main
 
     cluster, s3 = split_cluster, in_bucket
@@ -212,7 +212,8 @@ def test_submitted_run_lives_in_the_storage(split_cluster, in_bucket, client, ca
     listed = capsys.readouterr().out
     assert run.split("/")[-1] in listed and "done" in listed and " 60 " in listed
 
-    # The secret passed with --env is in no output and in no file of the run.
+    # The secret in the submitting shell's environment is in no output and in no file of the
+    # run: submit sends no variable of the client's with the job.
     assert client not in out + err + logs + shown + listed
     for key in s3.keys("runs", f"{run}/"):
         assert client.encode() not in s3.read("runs", key), key

@@ -94,6 +94,9 @@ def test_refused_credentials_are_one_line(monkeypatch, tmp_path, capsys):
     assert code == 2
     assert "run.storage: s3://runs/r: the storage refused the credentials" in line
     assert "AWS_ACCESS_KEY_ID" in line and "testing" not in line
+    # Where credentials go on a cluster: its nodes, never the job (submit --env is refused).
+    assert "instance role" in line and "Kubernetes secret" in line and "`ray start`" in line
+    assert "--env" not in line
 
 
 def test_an_existing_run_in_a_bucket_is_never_touched_by_a_bad_resume(s3_env, tmp_path, capsys):

@@ -118,3 +118,22 @@ def test_the_token_goes_over_https_to_loopback_or_when_the_user_says_so(
     assert main(["submit", JOB, "--address", address, *flags]) == 2
     # It got as far as trying the address: nothing listens there.
     assert one_error_line(capsys).startswith(f"{address}: cannot reach the Ray Jobs API there")
+
+
+JOB_VERBS = [["status", "raysubmit_X"], ["logs", "raysubmit_X"], ["stop", "raysubmit_X"], ["jobs"]]
+
+
+@pytest.mark.parametrize("verb", JOB_VERBS, ids=lambda v: v[0])
+def test_the_job_verbs_keep_the_token_off_plain_http_unless_the_user_says_so(shell, capsys, verb):
+    """status, logs, stop and jobs send the token too: the same refusal as submit's, before any
+    connection (10.1.2.3 is never contacted), and the same way past it."""
+    near = "http://10.1.2.3:8265"
+    assert main([*verb, "--address", near]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"{near}: refusing to send the cluster's token (from RAY_AUTH_TOKEN)")
+    assert "--insecure-http" in line
+
+    # With --insecure-http the check lets it through: it tries the address (one that never
+    # resolves, so nothing leaves this machine) and cannot reach it.
+    assert main([*verb, "--address", FAR, "--insecure-http"]) == 2
+    assert one_error_line(capsys).startswith(f"{FAR}: cannot reach the Ray Jobs API there")

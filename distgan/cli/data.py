@@ -14,7 +14,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from distgan.data import class_name, import_source, read_manifest, verify_shards
+from distgan.data import (
+    class_name,
+    data_location,
+    import_source,
+    read_manifest,
+    verify_shards,
+)
+from distgan.data.shards import fitted_files
 from distgan.errors import DataError
 
 
@@ -75,12 +82,16 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     ver = sub.add_parser(
         "verify", help="check a shard folder against its manifest: hashes, schemas, shapes, labels"
     )
-    ver.add_argument("folder", help="shard folder holding manifest.json")
+    ver.add_argument(
+        "folder", help="shard folder holding manifest.json, or embedded (the packaged data)"
+    )
     ver.set_defaults(run=run_verify)
 
 
 def run_import(args: argparse.Namespace) -> int:
-    """Imports ``args.src`` into ``args.out`` and prints one summary line."""
+    """Imports ``args.src`` into ``args.out`` and prints one summary line (and one for the
+    fitted files the import removed: they describe the images it replaced)."""
+    fitted = fitted_files(args.out)
     manifest, skipped = import_source(
         args.src,
         args.out,
@@ -107,6 +118,11 @@ def run_import(args: argparse.Namespace) -> int:
     if skipped:
         line += f"; skipped {skipped} unreadable image" + ("s" if skipped > 1 else "")
     print(line)
+    if fitted:
+        print(
+            f"removed {', '.join(fitted)} from {args.out}: fitted on the images this import "
+            f"replaced; fit it again: distgan eval fit-features {args.out}"
+        )
     if args.resolution is not None and (warning := resolution_warning(manifest.shape)):
         sys.stderr.write(f"warning: --resolution {args.resolution}: {warning}\n")
     return 0
@@ -158,8 +174,9 @@ def parse_class_names(text: str) -> list[str]:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    """Checks every shard in ``args.folder`` against its manifest and prints one OK line."""
-    manifest = read_manifest(args.folder)
+    """Checks every shard in ``args.folder`` (``embedded``, as in a job's data.source, is the
+    package's copy) against its manifest and prints one OK line."""
+    manifest = read_manifest(data_location(args.folder))
     verify_shards(manifest)
     c, h, w = manifest.shape
     print(

@@ -129,9 +129,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(class_note)
     if proto:
         print(
-            f"features {proto['features']} ({proto['features_sha256'][:12]}) · real "
-            f"{proto['real']}: {proto['real_count']:,} images · fake {proto['fake_count']:,} · "
-            f"seed {proto['seed']}"
+            f"features {proto['features']} ({proto['features_sha256'][:12]}, "
+            f"{_accuracy_text(proto['features_accuracy'])}) · real {proto['real']}: "
+            f"{proto['real_count']:,} images · fake {proto['fake_count']:,} · seed {proto['seed']}"
         )
     if plan is not None:
         print(
@@ -141,6 +141,22 @@ def _evaluate(args: argparse.Namespace) -> int:
         )
     print(f"written: {written}")
     return 0
+
+
+def _accuracy_text(recorded: dict | None) -> str:
+    """The feature network's test accuracy as the figures in its features should be read."""
+    from distgan.metrics.fitting import near_chance
+
+    if recorded is None:
+        return "test accuracy not recorded"
+    accuracy, k = recorded["accuracy"], recorded["num_classes"]
+    text = f"test accuracy {accuracy:.4f} over {k} classes"
+    if near_chance(accuracy, k):
+        text += (
+            f", near chance ({1 / k:.4f}): these figures say little; refit it "
+            "(distgan eval fit-features --epochs N)"
+        )
+    return text
 
 
 def _stderr(line: str) -> None:

@@ -2,7 +2,8 @@
 
 The jobs of a Ray cluster, through its Jobs API; the address and the token are found as for
 ``distgan submit`` (``--address``, then ``RAY_ADDRESS``, then http://127.0.0.1:8265; the token
-from ``RAY_AUTH_TOKEN``, then ``~/.ray/auth_token``).
+from ``RAY_AUTH_TOKEN``, then ``~/.ray/auth_token``), and the token goes over plain http only to
+a loopback address unless ``--insecure-http`` is given.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def run_status(args: argparse.Namespace) -> int:
     """Prints the status; for a failed job also its exit reason and last log lines."""
     from distgan.submit import connect, describe_failure, last_lines
 
-    jobs = connect(args.address)
+    jobs = connect(args.address, args.insecure_http)
     status = jobs.status(args.id)
     if status == "FAILED":
         print(describe_failure(jobs, args.id))
@@ -53,7 +54,7 @@ def run_status(args: argparse.Namespace) -> int:
 def run_logs(args: argparse.Namespace) -> int:
     from distgan.submit import connect
 
-    jobs = connect(args.address)
+    jobs = connect(args.address, args.insecure_http)
     if args.follow:
         jobs.follow(args.id, sys.stdout)
     else:
@@ -65,7 +66,7 @@ def run_stop(args: argparse.Namespace) -> int:
     """Asks Ray to stop the job and waits (up to a minute) until it reports an end state."""
     from distgan.submit import connect
 
-    jobs = connect(args.address)
+    jobs = connect(args.address, args.insecure_http)
     if not jobs.stop(args.id):
         print(f"{args.id}: already ended ({jobs.status(args.id)})")
         return 0
@@ -77,7 +78,7 @@ def run_jobs(args: argparse.Namespace) -> int:
     """One row a submitted job, newest last: id, status, start, duration, job file."""
     from distgan.submit import connect
 
-    jobs = connect(args.address)
+    jobs = connect(args.address, args.insecure_http)
     rows = [("ID", "STATUS", "STARTED", "DURATION", "JOB")]
     listed = [j for j in jobs.list() if j.submission_id]
     for j in sorted(listed, key=lambda j: j.start_time or 0):

@@ -41,6 +41,9 @@ MANIFEST_NAME = "manifest.json"
 _SHARD_NAME = re.compile(r"shard-\d{5,}\.parquet")
 # Temporary names used while writing; a crash can leave them behind, and a rerun removes them.
 _TEMP_NAME = re.compile(r"\.(shard-\d{5,}\.parquet|manifest\.json)\.tmp")
+# distgan's files fitted on a dataset's images (``eval fit-features``): kept beside the shards,
+# removed when an import replaces those images (they describe the old ones).
+FITTED = ("features.pt", "features.json")
 # Rows per Parquet row group are capped by bytes: an arrow binary array holds at most 2 GiB,
 # and smaller groups keep a reader's peak memory low for large images.
 _ROW_GROUP_BYTES = 64 * 2**20
@@ -348,6 +351,8 @@ def _prepare_folder(out: Path) -> None:
     # The old manifest goes first: from here until the new one is renamed in, the folder has no
     # manifest, so no reader can pair it with a mix of old and new shards.
     manifest.unlink(missing_ok=True)
+    for name in FITTED:
+        (out / name).unlink(missing_ok=True)
     for e in entries:
         if _TEMP_NAME.fullmatch(e.name):
             e.unlink()
@@ -357,7 +362,13 @@ def _is_ours(entry: Path) -> bool:
     """Whether ``entry`` is a file our writer makes: the manifest, a shard, or a temporary."""
     name = entry.name
     made = name == MANIFEST_NAME or _SHARD_NAME.fullmatch(name) or _TEMP_NAME.fullmatch(name)
-    return entry.is_file() and bool(made)
+    return entry.is_file() and bool(made or name in FITTED)
+
+
+def fitted_files(folder: str | Path) -> list[str]:
+    """The files of FITTED that the dataset folder (or prefix) ``folder`` holds."""
+    loc = open_location(folder, field="--out")
+    return [name for name in FITTED if loc.is_file(name)]
 
 
 @contextmanager
@@ -387,7 +398,8 @@ def _write_remote(
     """``write_shards`` into object storage: written in a local temporary folder, then uploaded
     shard by shard, the manifest last (so no reader pairs a new manifest with missing shards)."""
     out = open_location(uri, field="--out")
-    foreign = [n for n in out.list() if not (n == MANIFEST_NAME or _SHARD_NAME.fullmatch(n))]
+    ours = (MANIFEST_NAME, *FITTED)
+    foreign = [n for n in out.list() if not (n in ours or _SHARD_NAME.fullmatch(n))]
     if foreign:
         raise DataError(
             f"{display(uri)}: holds {', '.join(sorted(foreign)[:3])}, so it is not a distgan "
@@ -398,8 +410,9 @@ def _write_remote(
             images, labels, tmp, shard_size=shard_size, source=source,
             class_names=class_names, long_tail=long_tail,
         )  # fmt: skip
-        if out.is_file(MANIFEST_NAME):  # the old manifest goes first, as locally
-            out.fs.delete_file(out.child(MANIFEST_NAME).path)
+        for name in (MANIFEST_NAME, *FITTED):  # the old manifest goes first, as locally
+            if out.is_file(name):
+                out.fs.delete_file(out.child(name).path)
         for info in local.shards:
             out.upload(Path(tmp, info.file), info.file)
         written = {info.file for info in local.shards}

@@ -26,7 +26,13 @@ import numpy as np
 import torch
 
 from distgan.config import JobSpec
-from distgan.data import ShardManifest, data_location, load_arrays, read_manifest
+from distgan.data import (
+    ShardManifest,
+    class_name,
+    data_location,
+    load_arrays,
+    read_manifest,
+)
 from distgan.errors import CheckpointError, DataError
 from distgan.images import to_uint8
 from distgan.metrics.evaluate import dataset_hash
@@ -113,6 +119,7 @@ def plan_classification(
             f"--real-test {display(test_dir)}: images are {_shape(test.shape)}, the run's "
             f"{_shape(train.shape)}; pass the test split of the run's dataset"
         )
+    _check_same_classes(train, test, test_dir)
     return ClassificationPlan(G, spec.model.z_dim, k, train, test, count, epochs, seed)
 
 
@@ -132,6 +139,27 @@ def _labelled(folder: str, field: str, num_classes: int) -> ShardManifest:
             f"but G knows classes 0..{num_classes - 1}; pass a dataset with G's classes"
         )
     return manifest
+
+
+def _check_same_classes(train: ShardManifest, test: ShardManifest, test_dir: str) -> None:
+    """DataError unless the test split has the run's classes: the same labels and, where both
+    datasets name their classes, the same names."""
+    where = f"--real-test {display(test_dir)}"
+    fix = "pass the test split of the run's dataset"
+    if set(test.labels) != set(train.labels):
+        raise DataError(f"{where}: {_classes(test)}, the run's data {_classes(train)}; {fix}")
+    if train.class_names and test.class_names:
+        for k in sorted(set(train.labels)):
+            if class_name(test, k) != class_name(train, k):
+                raise DataError(
+                    f"{where}: class {k} is {class_name(test, k)!r} there, "
+                    f"{class_name(train, k)!r} in the run's data; {fix}"
+                )
+
+
+def _classes(manifest: ShardManifest) -> str:
+    labels = sorted(set(manifest.labels))
+    return f"{len(labels)} classes ({', '.join(class_name(manifest, k) for k in labels)})"
 
 
 def classification_scores(

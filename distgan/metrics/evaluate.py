@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,10 @@ import torch
 from distgan.data import ShardManifest, class_name, read_rows
 from distgan.data.imbalance import ClassPrior
 from distgan.data.reading import read_labels
+from distgan.errors import DataError
 from distgan.metrics import FeatureSet, stats
 from distgan.metrics.features import FeatureExtractor, user_cache
+from distgan.metrics.fitting import recorded_accuracy
 from distgan.models import class_labels, generate
 from distgan.storage import display, open_location
 
@@ -131,10 +134,16 @@ def per_class_lines(fake: FeatureSet, manifest: ShardManifest) -> list[str]:
 
 
 def protocol(reference: Reference, extractor: FeatureExtractor, fake_count: int, seed: int) -> dict:
-    """What a figure was measured with; two figures compare only when their protocols match."""
+    """What a figure was measured with; two figures compare only when their protocols match.
+    ``features_accuracy``: the feature network's recorded test accuracy and classes (None for a
+    network that records none), so a figure is never read without how well it sees classes."""
+    recorded = recorded_accuracy(extractor.path)
     return {
         "features": extractor.name,
         "features_sha256": extractor.sha256,
+        "features_accuracy": (
+            None if recorded is None else {"accuracy": recorded[0], "num_classes": recorded[1]}
+        ),
         "real": reference.dataset,
         "real_sha256": reference.dataset_sha256,
         "real_count": reference.count,
@@ -160,16 +169,50 @@ def write_eval_json(
     proto: dict,
     own_protocols: dict[str, dict] | None = None,
 ) -> str:
-    """``eval.json`` (a local path or a URI in the run's storage): each figure beside its
-    protocol, ``proto`` or the figure's own in ``own_protocols`` (figure name -> protocol)."""
+    """``eval.json`` (a local path or a URI in the run's storage): this evaluation at the top
+    (``checkpoint``, ``step``, ``time``, ``results``: each figure beside its protocol, ``proto``
+    or the figure's own in ``own_protocols``), and under ``evals`` every evaluation the file
+    held before and this one last, so that no evaluation erases an earlier one's figures."""
     own = own_protocols or {}
-    record = {
+    this = {
         "checkpoint": display(checkpoint),
         "step": step,
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "results": [
             {"metric": k, "value": v, "protocol": own.get(k, proto)} for k, v in figures.items()
         ],
     }
     target = open_location(str(path), field="--out")
-    target.parent().write_text(target.name, json.dumps(record, indent=2) + "\n")
+    folder = target.parent()
+    earlier = []
+    if folder.is_file(target.name):
+        try:
+            earlier = evaluations(json.loads(folder.read_text(target.name)))
+        except (json.JSONDecodeError, AttributeError, TypeError):
+            raise DataError(
+                f"--out: {target}: not an eval.json distgan can add to; move it aside or pass "
+                "--out another path"
+            ) from None
+    record = {**this, "evals": [*earlier, this]}
+    folder.write_text(target.name, json.dumps(record, indent=2) + "\n")
     return str(target)
+
+
+def evaluations(record: dict) -> list[dict]:
+    """Every evaluation an ``eval.json`` record holds, oldest first (one written before
+    eval.json kept them all is its one evaluation, without a time)."""
+    if "evals" in record:
+        return list(record["evals"])
+    if "results" in record:
+        return [{k: v for k, v in record.items() if k != "evals"}]
+    raise TypeError("no results")
+
+
+def latest_results(record: dict) -> list[tuple[dict, dict]]:
+    """(evaluation, result) of the latest figure of each metric in an ``eval.json`` record, in
+    the order the metrics were first evaluated."""
+    latest: dict[str, tuple[dict, dict]] = {}
+    for e in evaluations(record):
+        for r in e.get("results", []):
+            latest[r["metric"]] = (e, r)  # later evaluations replace earlier ones
+    return list(latest.values())

@@ -29,6 +29,9 @@ from distgan.storage import check_reachable, display, is_uri, join, open_locatio
 
 _MAX_SHIFT = 2  # pixels of random translation while training
 _HOLDOUT = 0.1  # share of the dataset kept for testing when no test set is given
+# A network whose test accuracy is under this many times chance (1/K) barely tells the classes
+# apart, so distances in its feature space (FID, KID, ...) say little about the images.
+NEAR_CHANCE = 1.5
 
 
 def fit_features(
@@ -135,7 +138,30 @@ def fit_features(
         loc.parent().upload(sidecar, posixpath.splitext(loc.name)[0] + ".json")
         shutil.rmtree(out.parent, ignore_errors=True)
     log(f"test accuracy {accuracy:.4f} on {test_name}; wrote {display(remote or str(out))}")
+    if near_chance(accuracy, num_classes):
+        log(
+            f"warning: test accuracy {accuracy:.4f} is near chance ({1 / num_classes:.4f} for "
+            f"{num_classes} classes): figures in this network's features (FID, KID, ...) will "
+            f"say little; fit it again with more --epochs (this: {epochs}) or more images"
+        )
     return info
+
+
+def near_chance(accuracy: float, num_classes: int) -> bool:
+    """Whether a classifier's ``accuracy`` over ``num_classes`` is under NEAR_CHANCE × chance."""
+    return accuracy < NEAR_CHANCE / num_classes
+
+
+def recorded_accuracy(path: Path) -> tuple[float, int] | None:
+    """(test accuracy, classes) recorded in a feature network file that ``fit_features`` wrote;
+    None for another kind of file (a TorchScript module records neither)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a TorchScript archive or any file torch.load refuses
+        return None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "accuracy" not in state:
+        return None
+    return float(state["accuracy"]), int(state["num_classes"])
 
 
 def train_classifier(

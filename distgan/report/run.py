@@ -11,6 +11,8 @@ import json
 import re
 
 from distgan.config import METRIC_NAMES, RESOLVED_JOB, JobSpec
+from distgan.metrics.evaluate import evaluations, latest_results
+from distgan.metrics.fitting import near_chance
 from distgan.progress import duration
 from distgan.report.charts import Line, Mark, Point, chart, data_uri
 from distgan.report.page import Section, chart_img, charts, facts, grid_figure, note, pre, table
@@ -205,17 +207,32 @@ def _samples(run: Location) -> str:
 
 
 def _eval_table(run: Location) -> str:
+    """The latest figure of each metric over every ``distgan eval`` of the run, with the
+    checkpoint, the time and the protocol it was measured with."""
     record = json.loads(run.read_text(EVAL_JSON))
     rows = []
-    for r in record.get("results", []):
+    for e, r in latest_results(record):
         p = r.get("protocol", {})
         rows.append([
-            r["metric"], r["value"], f"{p.get('features')} ({str(p.get('features_sha256'))[:12]})",
+            r["metric"], r["value"], e.get("step", 0), e.get("time", "-"),
+            f"{p.get('features')} ({str(p.get('features_sha256'))[:12]}"
+            f"{_accuracy(p.get('features_accuracy'))})",
             f"{p.get('real')}: {p.get('real_count', 0):,} (seed {p.get('real_seed')})",
             p.get("fake_count", 0), p.get("seed"),
         ])  # fmt: skip
-    head = ["metric", "value", "features", "real images", "generated", "seed"]
+    head = ["metric", "value", "step", "evaluated", "features", "real images", "generated", "seed"]
+    count = len(evaluations(record))
     return note(
-        f"Checkpoint {record.get('checkpoint')} (step {record.get('step', 0):,}); figures compare "
-        "only when their protocol (the columns after value) is the same."
+        f"The latest figure of each metric over {count} evaluation(s) (eval.json keeps them "
+        f"all; the latest: checkpoint {record.get('checkpoint')}, step "
+        f"{record.get('step', 0):,}); figures compare only when their protocol (the columns "
+        "after evaluated) is the same."
     ) + table(head, rows)
+
+
+def _accuracy(recorded: dict | None) -> str:
+    """The feature network's test accuracy, as the report shows it beside its figures."""
+    if not recorded:
+        return ""
+    near = " (near chance)" if near_chance(recorded["accuracy"], recorded["num_classes"]) else ""
+    return f", test accuracy {recorded['accuracy']:.4f}{near}"
