@@ -38,7 +38,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from distgan.config import JobSpec, load_job
-from distgan.errors import ClusterError, JobError, UserError
+from distgan.errors import CheckpointError, ClusterError, JobError, UserError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # Ray's dashboard (and Jobs API) port on this machine
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -372,6 +372,7 @@ def _resume_job(resume: str, job_file: str | None, overrides: list[str], root: P
     Returns (the job, the job file to ship or None, the project's folder, the verb)."""
     from distgan.config import RESOLVED_JOB, parse_job
     from distgan.storage import is_uri
+    from distgan.train.lease import holder_text, is_live, read_lease
     from distgan.train.outputs import existing_run_dir
     from distgan.tune.search import EXPERIMENT
 
@@ -381,6 +382,12 @@ def _resume_job(resume: str, job_file: str | None, overrides: list[str], root: P
             "run.storage (or an absolute path on a shared file system)"
         )
     run = existing_run_dir(resume)
+    held = read_lease(run)
+    if is_live(held):  # the cluster's distgan train would refuse it too, after the upload
+        raise CheckpointError(
+            f"--resume {resume}: in use by {holder_text(held)}; one process writes a run at a "
+            "time: wait for it to end or stop it (distgan stop)"
+        )
     resolved = run.child(RESOLVED_JOB)
     base = root or Path.cwd()
     verb = "tune" if run.is_dir(EXPERIMENT) else "train"  # a search keeps Tune's state there

@@ -44,13 +44,23 @@ def start_local_run(tmp_path: Path, **train) -> tuple[subprocess.Popen, Path, Pa
     }  # fmt: skip
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="dgsig-", dir="/tmp")
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     proc = subprocess.Popen(
-        [str(DISTGAN), "train", str(path)], stdout=out.open("w"), stderr=err.open("w"), env=env
-    )
+        [str(DISTGAN), "train", str(path)], stdout=out.open("w"), stderr=err.open("w"),
+        env=env_of(tmp_path),
+    )  # fmt: skip
     return proc, tmp_path / "runs", tmp_path
+
+
+def env_of(tmp_path: Path) -> dict:
+    """No RAY_ADDRESS (each run starts its own local Ray), and a short Ray temp dir of the test's
+    own (socket paths are limited)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    temp = tmp_path / "ray-temp"
+    if not temp.exists():
+        temp.symlink_to(tempfile.mkdtemp(prefix="dgsig-", dir="/tmp"))
+    env["RAY_TMPDIR"] = str(temp.resolve())
+    return env
 
 
 def wait_for_progress(proc: subprocess.Popen, logs: Path, timeout: float = 180) -> None:
@@ -105,12 +115,19 @@ def test_a_signal_stops_the_run_with_a_final_checkpoint_and_listens_on_loopback(
     procs = tree(proc)
     sockets = listening(procs)
     assert sockets and all(is_loopback(ip) for ip, _ in sockets), sockets
+    (run_dir,) = runs.iterdir()
+    # A second writer on the same run is refused, before it starts anything.
+    again = [str(DISTGAN), "train", "--resume", str(run_dir)]
+    second = subprocess.run(again, capture_output=True, text=True, env=env_of(logs), timeout=60)
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.count("\n") == 1 and f"in use by distgan train (pid {proc.pid}" in (
+        second.stderr
+    ), second.stderr
     proc.send_signal(sig)
     code = finish(proc, procs, timeout=90)
     out, err = (logs / "out.txt").read_text(), (logs / "err.txt").read_text()
     assert code == 128 + sig, err[-3000:]
     assert "distgan: stopping: the workers write a final checkpoint" in out
-    (run_dir,) = runs.iterdir()
     status = read_status(open_location(str(run_dir), "run"))
     step = status["checkpoint_step"]
     assert status["status"] == "stopped" and status["signal"] == sig.name, status
@@ -120,6 +137,15 @@ def test_a_signal_stops_the_run_with_a_final_checkpoint_and_listens_on_loopback(
         f"distgan: stopped at step {step} with a final checkpoint",
         f"continue with: distgan train --resume {run_dir}",
     ], err
+    if sig == signal.SIGTERM:  # the resume command goes on from there, and says why it ended
+        more = subprocess.run(
+            [str(DISTGAN), "train", "--resume", str(run_dir), "--set", f"train.steps={step + 40}"],
+            capture_output=True, text=True, env=env_of(logs), timeout=300,
+        )  # fmt: skip
+        assert more.returncode == 0, more.stderr[-3000:]
+        assert f"the run's last part was stopped (SIGTERM) at step {step}" in more.stderr
+        assert "worker died" not in more.stdout, more.stdout
+        assert ckpts.load(ckpts.latest(run_dir))["step"] == step + 40
 
 
 def test_a_second_ctrl_c_stops_at_once_and_says_what_is_lost(tmp_path):

@@ -21,6 +21,7 @@ from distgan.config import RESOLVED_JOB, dump_yaml, load_job, parse_job
 from distgan.errors import CheckpointError, JobError
 from distgan.storage import join
 from distgan.train.follow import Stopped
+from distgan.train.lease import RunLease
 
 
 def add_parser(verbs) -> None:
@@ -112,6 +113,19 @@ def _stopped(e: KeyboardInterrupt, run_dir) -> int:
     return code
 
 
+def _last_part(run_dir) -> str:
+    """One line on how the run's last part ended, from its status.json ("" if it never said)."""
+    from distgan.train.outputs import read_status
+
+    status = read_status(run_dir)
+    how = {"stopped": f"was stopped ({status.get('signal', 'distgan stop')})",
+           "failed": f"failed ({status.get('error', 'an error')})",
+           "done": "ended", "running": "ended without a word (its process was killed)"}  # fmt: skip
+    if status.get("status") not in how:
+        return ""
+    return f"distgan: the run's last part {how[status['status']]} at step {status['step']}\n"
+
+
 def _shown(run_dir) -> str:
     return str(run_dir) if run_dir.is_local else run_dir.uri  # with its query, if any
 
@@ -147,14 +161,19 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         sys.stdout.write(dump_yaml(spec))
         return 0
-    # `distgan stop` (Ray's job stop) sends SIGTERM, then SIGKILL a few seconds later: turning
-    # it into KeyboardInterrupt lets the run record itself as stopped (status.json) in time.
+    lease = None
+    if run_dir is not None:  # one writer per run: refused here if a live process holds it
+        lease = RunLease(run_dir, "distgan train --resume").acquire()
+        sys.stderr.write(_last_part(run_dir))
+    # SIGTERM (distgan stop, Ray's job stop, a scheduler) before the run is followed stops as
+    # Ctrl-C does; once it is, follow.Interrupts takes both.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with ray_session():
             manifest, plan = preflight(spec, job_source, manifest)
             if run_dir is None:
                 run_dir = new_run_dir(storage_home(spec.run), spec.run.name)
+                lease = RunLease(run_dir, "distgan train").acquire()
             write_resolved(spec, run_dir)
             every = spec.train.checkpoint_every
 
@@ -182,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
         return _stopped(e, run_dir)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if lease is not None:
+            lease.release()
     if metrics.get("stopped"):  # the divergence guard gave up (train/guard.py)
         sys.stderr.write(f"error: {metrics['stopped']}\n")
         return 1

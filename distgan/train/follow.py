@@ -173,6 +173,8 @@ def fit_with_progress(trainer, run: Location, t, out, on_record=None) -> dict:
     shown = [json.loads(line) for line in _metrics_lines(run)]  # earlier parts: not shown
     shown_step = int(shown[-1]["step"]) if shown else -1
     groups = {m["started_at"] for m in shown if "started_at" in m}  # worker groups seen
+    # The steps this session's worker groups started from; a new run's first group says nothing.
+    restarts: list[int] = [] if shown else [0]
     anchor = None  # the first record of this session: the ETA's speed is measured from it
 
     def show_new_lines() -> None:
@@ -181,7 +183,10 @@ def fit_with_progress(trainer, run: Location, t, out, on_record=None) -> dict:
             m = json.loads(line)
             if m.get("started_at") is not None and m["started_at"] not in groups:
                 groups.add(m["started_at"])
-                if m["resumed_from"] < shown_step:
+                if not restarts:  # this part's own start (a resume): the lines go on from there
+                    restarts.append(m["resumed_from"])
+                    shown_step = min(shown_step, m["resumed_from"])
+                elif m["resumed_from"] < shown_step:
                     # Ray Train restarted the worker group: its lines go on from the checkpoint.
                     print(
                         f"distgan: a training worker died after step {shown_step}; the workers "
