@@ -38,7 +38,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from distgan.config import JobSpec, load_job
-from distgan.errors import CheckpointError, ClusterError, JobError, UserError
+from distgan.errors import ClusterError, JobError, UserError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # Ray's dashboard (and Jobs API) port on this machine
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -309,12 +309,21 @@ def entrypoint(verb: str, job_rel: str | None, overrides: list[str], resume: str
     return " ".join(shlex.quote(a) for a in args)
 
 
+STOP_GRACE_S = 60  # seconds Ray's job stop waits after its SIGTERM before it kills the job
+
+
 def runtime_env(root: Path | None, job_dir: Path) -> dict:
-    """The project, distgan's source with it (or, for an installed distgan, the job's folder).
-    No ``env_vars``: Ray logs them and its Jobs API returns them, so no secret may go there, and
-    `distgan train` sets distgan's own through ray.init (Ray refuses a job whose runtime env and
-    its driver's ray.init name the same variable)."""
-    return {"working_dir": str(root or job_dir), "excludes": list(EXCLUDES)}
+    """The project, distgan's source with it (or, for an installed distgan, the job's folder),
+    and one setting of Ray's job supervisor: how long ``distgan stop`` (Ray's job stop) lets the
+    job write its final checkpoint after the SIGTERM (Ray's default, 3 s, kills it first). No
+    other ``env_vars``: Ray logs them and its Jobs API returns them, so no secret may go there,
+    and `distgan train` sets distgan's own through ray.init (Ray refuses a job whose runtime env
+    and its driver's ray.init name the same variable)."""
+    return {
+        "working_dir": str(root or job_dir),
+        "excludes": list(EXCLUDES),
+        "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S)},
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,7 +381,7 @@ def _resume_job(resume: str, job_file: str | None, overrides: list[str], root: P
     Returns (the job, the job file to ship or None, the project's folder, the verb)."""
     from distgan.config import RESOLVED_JOB, parse_job
     from distgan.storage import is_uri
-    from distgan.train.lease import holder_text, is_live, read_lease
+    from distgan.train.lease import check_not_held
     from distgan.train.outputs import existing_run_dir
     from distgan.tune.search import EXPERIMENT
 
@@ -382,12 +391,7 @@ def _resume_job(resume: str, job_file: str | None, overrides: list[str], root: P
             "run.storage (or an absolute path on a shared file system)"
         )
     run = existing_run_dir(resume)
-    held = read_lease(run)
-    if is_live(held):  # the cluster's distgan train would refuse it too, after the upload
-        raise CheckpointError(
-            f"--resume {resume}: in use by {holder_text(held)}; one process writes a run at a "
-            "time: wait for it to end or stop it (distgan stop)"
-        )
+    check_not_held(run, f"--resume {resume}")  # the cluster's train would refuse it later
     resolved = run.child(RESOLVED_JOB)
     base = root or Path.cwd()
     verb = "tune" if run.is_dir(EXPERIMENT) else "train"  # a search keeps Tune's state there

@@ -66,7 +66,9 @@ def test_submit_env_is_refused_in_one_line_before_any_cluster(shell, capsys):
 
 def test_what_submit_sends_holds_no_value_of_this_shells_environment(shell):
     job = prepare(JOB, ["train.steps=5", "run.storage=/shared/runs"])
-    assert set(job.runtime_env) == {"working_dir", "excludes"}  # no env_vars at all
+    assert set(job.runtime_env) == {"working_dir", "excludes", "env_vars"}
+    # One setting of Ray's, no value of this shell's environment.
+    assert job.runtime_env["env_vars"] == {"RAY_JOB_STOP_WAIT_TIME_S": "60"}
     sent = json.dumps([job.entrypoint, job.runtime_env, job.metadata, job.submission_id])
     for name, value in SECRETS.items():
         assert value not in sent, name

@@ -21,7 +21,7 @@ from distgan.config import RESOLVED_JOB, dump_yaml, load_job, parse_job
 from distgan.errors import CheckpointError, JobError
 from distgan.storage import join
 from distgan.train.follow import Stopped
-from distgan.train.lease import RunLease
+from distgan.train.lease import RunLease, check_not_held
 
 
 def add_parser(verbs) -> None:
@@ -45,6 +45,7 @@ def _resume_spec(args: argparse.Namespace):
     from distgan.train.outputs import existing_run_dir
 
     run = existing_run_dir(args.resume)
+    check_not_held(run)  # one writer per run: before anything else is said about it
     resolved = run.child(RESOLVED_JOB)
     if args.job:
         job_file = args.job

@@ -63,6 +63,18 @@ def holder_text(lease: dict, now: float | None = None) -> str:
     )
 
 
+def check_not_held(run: Location, shown: str | None = None) -> None:
+    """CheckpointError (one line, naming the holder and its age) if a live process holds
+    ``run``; ``shown``: how the message names the run."""
+    held = read_lease(run)
+    if is_live(held):
+        raise CheckpointError(
+            f"{shown or run}: in use by {holder_text(held)}; one process writes a run at a "
+            f"time: wait for it to end or stop it (Ctrl-C there, or distgan stop); a lease "
+            f"left by a killed process expires {TTL_S:.0f} s after its last renewal"
+        )
+
+
 class RunLease:
     """Takes ``run``'s lease for this process (CheckpointError, one line, if a live process
     holds it), renews it in a thread, and gives it back on exit."""
@@ -79,13 +91,7 @@ class RunLease:
                 "pid": os.getpid(), "taken": self.taken, "renewed": time.time()}  # fmt: skip
 
     def acquire(self) -> RunLease:
-        held = read_lease(self.run)
-        if is_live(held) and held.get("id") != self.id:
-            raise CheckpointError(
-                f"{self.run}: in use by {holder_text(held)}; one process writes a run at a "
-                f"time: wait for it to end or stop it (Ctrl-C there, or distgan stop); a lease "
-                f"left by a killed process expires {TTL_S:.0f} s after its last renewal"
-            )
+        check_not_held(self.run)
         self.run.write_text(LEASE, json.dumps(self._record()) + "\n")
         time.sleep(0.2)  # two takers at once: the last write wins, and the other sees it
         won = read_lease(self.run)
