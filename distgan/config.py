@@ -175,13 +175,19 @@ class ScaleSpec:
     cpus_per_worker: float = _f(
         0.0, "CPUs reserved a worker; 0 = leave one CPU for Ray Data", min=0.0
     )
-    max_failures: int = _f(0, "worker-group restarts from the last checkpoint", min=0)
+    max_failures: int = _f(
+        3,
+        "worker-group restarts from the last checkpoint in storage after a worker or its node "
+        "is lost (preemptions Ray sees coming are counted apart, with the same limit)",
+        min=0,
+    )
     placement: str = _f(
         "PACK", "PACK: fewest nodes; SPREAD: one worker a node where possible", choices=PLACEMENTS
     )
     wait_minutes: float = _f(
         15.0,
-        "on a cluster with an autoscaler, minutes to wait for the nodes the job lacks; "
+        "minutes to wait for the nodes the job lacks: at the start (a cluster with an "
+        "autoscaler) and after a node is lost; then the job ends with the resume command; "
         "0 = fail at once",
         min=0.0,
     )

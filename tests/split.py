@@ -48,6 +48,7 @@ class SplitCluster:
     base: int
     token: str
     hidden: list[Path]  # paths the worker node sees as its own empty tmpfs
+    s3_env: dict[str, str] = field(default_factory=dict)  # in both nodes' environment
     head_node_id: str = ""
     worker_node_id: str = ""
     processes: list[subprocess.Popen] = field(default_factory=list)
@@ -163,7 +164,9 @@ def start_split_cluster(base: int, s3_env: dict[str, str], pytest_temp: Path) ->
     """Starts the head and the worker node (at once: the worker node retries until the GCS
     answers) and returns when both are ALIVE. On failure, stops what it started."""
     root = Path(tempfile.mkdtemp(prefix="dgsp-", dir="/tmp"))  # short: socket paths are limited
-    cluster = SplitCluster(root, base, secrets.token_hex(32), _hidden_paths(root, pytest_temp))
+    cluster = SplitCluster(
+        root, base, secrets.token_hex(32), _hidden_paths(root, pytest_temp), dict(s3_env)
+    )
     cluster.token_path.write_text(cluster.token)
     cluster.token_path.chmod(0o600)
     for p in cluster.hidden:
@@ -191,7 +194,47 @@ def start_split_cluster(base: int, s3_env: dict[str, str], pytest_temp: Path) ->
         raise
 
 
-def _wait_for_nodes(cluster: SplitCluster, timeout: float) -> None:
+def kill_worker_node(cluster: SplitCluster) -> int:
+    """SIGKILLs every process of the worker node at once, as a preemption or a lost machine
+    does (no drain, no goodbye to the GCS); returns how many. The cluster then has the head
+    alone until ``replace_worker_node``."""
+    popen = cluster.processes[-1]
+    mark = f"{cluster.worker_temp_dir}/"
+    doomed: dict[int, psutil.Process] = {}
+    with contextlib.suppress(psutil.NoSuchProcess):
+        root = psutil.Process(popen.pid)
+        doomed.update((p.pid, p) for p in [root, *root.children(recursive=True)])
+    doomed.update((p.pid, p) for p in cluster.our_processes() if _names(p, mark))
+    for p in doomed.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(list(doomed.values()), timeout=10)
+    popen.wait(timeout=10)
+    return len(doomed)
+
+
+def _names(p: psutil.Process, mark: str) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return any(mark in arg for arg in p.cmdline())
+    return False
+
+
+def replace_worker_node(cluster: SplitCluster, timeout: float = 120) -> None:
+    """Starts a fresh worker node (a new machine: empty disk, same ports) in place of one that
+    ``kill_worker_node`` ended, and returns when the cluster has two ALIVE nodes again."""
+    old = cluster.worker_node_id
+    with open(cluster.root / "worker.log", "a") as log:
+        cluster.processes[-1] = subprocess.Popen(
+            _worker_node_command(cluster),
+            env=_node_env(cluster, cluster.s3_env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    _wait_for_nodes(cluster, timeout, not_worker=old)
+
+
+def _wait_for_nodes(cluster: SplitCluster, timeout: float, not_worker: str = "") -> None:
     deadline = time.monotonic() + timeout
     while True:
         for name, p in zip(("head", "worker"), cluster.processes):
@@ -200,7 +243,7 @@ def _wait_for_nodes(cluster: SplitCluster, timeout: float) -> None:
                     f"the {name} node exited ({p.returncode}):\n{_log(cluster, name)}"
                 )
         with contextlib.suppress(requests.RequestException, KeyError, ValueError):
-            nodes = cluster.alive_nodes()
+            nodes = [n for n in cluster.alive_nodes() if n["node_id"] != not_worker]
             if len(nodes) == 2:
                 cluster.head_node_id = next(n["node_id"] for n in nodes if n["is_head_node"])
                 cluster.worker_node_id = next(n["node_id"] for n in nodes if not n["is_head_node"])

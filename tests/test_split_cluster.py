@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -379,3 +380,129 @@ def test_submitted_search_lives_in_the_storage(split_cluster, in_bucket, client,
     head_files = {p.name for p in cluster.head_temp_dir.rglob("*")}
     names = {"job.resolved.yaml", "metrics.jsonl", "results.csv", "best.yaml", "progress.log"}
     assert not head_files & names
+
+
+def _wait_for_checkpoint(s3, prefix: str, step: int, deadline: float) -> str:
+    """The run under ``prefix`` once its metrics are past ``step`` (whose checkpoint the driver
+    has then registered)."""
+    run = ""
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        run = run or next(
+            (
+                k.rsplit("/", 1)[0]
+                for k in s3.keys("runs", prefix)
+                if k.endswith("/job.resolved.yaml")
+            ),
+            "",
+        )
+        rows = _metrics(s3, run) if run else []
+        if rows and rows[-1]["step"] > step:
+            return run
+    raise AssertionError(f"the run under {prefix} did not pass step {step} in time")
+
+
+def test_a_lost_worker_node_is_survived_when_a_new_one_comes(split_cluster, in_bucket, client):
+    """Every process of the worker node SIGKILLed mid-run (a preemption), a fresh node (empty
+    disk) 15 s later: with the default scale.max_failures the job goes on by itself from the
+    last checkpoint in the bucket and succeeds, one metrics line per log step, no traceback."""
+    from split import kill_worker_node, replace_worker_node
+
+    from distgan.submit import connect
+
+    cluster, s3 = split_cluster, in_bucket
+    overrides = [
+        "train.steps=160", "train.checkpoint_every=40", "scale.wait_minutes=2", *TINY,
+        f"run.storage={s3.uri('runs', 'lost')}", f"data.source={s3.uri('data', 'embedded')}",
+    ]  # fmt: skip
+    job_id = _submit_quietly(["jobs/quickstart.yaml"], overrides)
+    run = _wait_for_checkpoint(s3, "lost/", 40, time.monotonic() + 180)
+    killed_after = _metrics(s3, run)[-1]["step"]
+    try:
+        assert kill_worker_node(cluster) > 3
+        time.sleep(15)
+    finally:
+        replace_worker_node(cluster)
+    jobs = connect()
+    assert jobs.wait(job_id, timeout=240) == "SUCCEEDED", jobs.logs(job_id)[-3000:]
+
+    rows = _metrics(s3, run)
+    steps = [r["step"] for r in rows]
+    assert steps == sorted(set(steps)) and steps[-1] == 160  # no step twice, to the end
+    assert {s for s in steps if s % 20 == 0} == set(range(20, 161, 20))  # every log step
+    resumed = [r["resumed_from"] for r in rows if r.get("resumed_from")]
+    assert resumed and resumed[-1] % 40 == 0 and 40 <= resumed[-1] <= killed_after, resumed
+    assert json.loads(s3.read("runs", f"{run}/status.json"))["status"] == "done"
+    logs = jobs.logs(job_id)
+    assert "a training worker died after step" in logs and "Traceback" not in logs, logs[-3000:]
+
+
+def test_a_lost_worker_node_with_no_replacement_ends_with_the_resume_line(
+    split_cluster, in_bucket, client
+):
+    """The worker node SIGKILLed and none comes back within scale.wait_minutes: the job ends
+    with one line naming the lost node, the step and checkpoint reached and the submit --resume
+    line (the run's URI with its endpoint query), status.json says "node lost"; with a node
+    back, that line finishes the run."""
+    from split import kill_worker_node, replace_worker_node
+
+    from distgan.cli import main
+    from distgan.submit import connect
+
+    cluster, s3 = split_cluster, in_bucket
+    overrides = [
+        "train.steps=100000", "train.checkpoint_every=20", "scale.wait_minutes=0.35", *TINY,
+        f"run.storage={s3.uri('runs', 'gone')}", f"data.source={s3.uri('data', 'embedded')}",
+    ]  # fmt: skip
+    job_id = _submit_quietly(["jobs/quickstart.yaml"], overrides)
+    run = _wait_for_checkpoint(s3, "gone/", 20, time.monotonic() + 180)
+    jobs = connect()
+    (node,) = [n for n in cluster.alive_nodes() if n["node_id"] == cluster.worker_node_id]
+    try:
+        assert kill_worker_node(cluster) > 3
+        killed = time.monotonic()
+        assert jobs.wait(job_id, timeout=150) == "FAILED", jobs.logs(job_id)[-3000:]
+        waited = time.monotonic() - killed
+    finally:
+        replace_worker_node(cluster)
+    logs = jobs.logs(job_id)
+    assert "Traceback" not in logs, logs[-3000:]
+    line = logs.rstrip().splitlines()[-1]
+    status = json.loads(s3.read("runs", f"{run}/status.json"))
+    saved = status["checkpoint_step"]
+    uri = s3.uri("runs", run)
+    assert status["status"] == "failed" and status["error"] == "node lost", status
+    lost = f"{node['node_ip']} (2 CPUs)"
+    assert status["lost"] == [lost], status
+    assert line.startswith(f"error: the run lost node {lost}, and no capacity"), line
+    assert "scale.wait_minutes (0.35 min)" in line, line
+    assert f"it reached step {status['step']}, its last checkpoint is at step {saved}." in line
+    assert line.endswith(f"Continue with: distgan submit --resume '{uri}'"), line
+    assert saved >= 20 and saved % 20 == 0 and status["step"] >= saved
+    assert 21 <= waited < 100, waited  # scale.wait_minutes, not Ray's endless retries
+
+    # The line it printed continues the run to its end, on the new node.
+    resume = shlex.split(line.split("Continue with: ", 1)[1])
+    assert resume[:3] == ["distgan", "submit", "--resume"]
+    end = saved + 20
+    assert main([*resume[1:], "--wait", "--set", f"train.steps={end}"]) == 0
+    rows = _metrics(s3, run)
+    steps = [r["step"] for r in rows]
+    assert steps[-1] == end and steps == sorted(set(steps))
+    assert next(r for r in rows if r["step"] > saved)["resumed_from"] == saved
+    assert json.loads(s3.read("runs", f"{run}/status.json"))["status"] == "done"
+
+
+def _submit_quietly(argv: list[str], overrides: list[str]) -> str:
+    """``distgan submit`` without --wait, its output kept from the test's; the job id."""
+    import contextlib
+    import io
+
+    from distgan.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["submit", *argv] + [a for s in overrides for a in ("--set", s)])
+    assert code == 0, out.getvalue()
+    (job_id,) = [ln.split()[1] for ln in out.getvalue().splitlines() if ln.startswith("submitted:")]
+    return job_id

@@ -11,7 +11,9 @@ interrupted search from Tune's saved state.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import signal
 import sys
 import time
 
@@ -94,15 +96,27 @@ def run(args: argparse.Namespace) -> int:
             + (" · resuming" if args.resume else ""),
             flush=True,
         )
+        terminated: list[int] = []
+
+        def on_sigterm(signum, frame) -> None:
+            # Tune stops a search gracefully (its state saved, its trials ended) on its first
+            # SIGINT or on SIGUSR1: SIGTERM (distgan stop, a scheduler) takes that path too.
+            terminated.append(signum)
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
         try:
             grid, interrupted = run_search(spec, search, source, bool(args.resume))
         except KeyboardInterrupt:
             interrupted = True
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         if interrupted:
             sys.stderr.write(
-                f"interrupted; continue with: distgan tune --resume {shlex.quote(search.uri)}\n"
+                "distgan: the search stopped; continue with: "
+                f"distgan tune --resume {shlex.quote(search.uri)}\n"
             )
-            return 130
+            return 143 if terminated else 130
     rows = trial_rows(grid, spec, search)
     best = write_results(rows, spec, search)
     print(format_table(rows, spec))

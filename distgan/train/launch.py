@@ -4,8 +4,9 @@
 
 The driver reads the shard manifest, connects to Ray (``RAY_ADDRESS``, or a new local instance
 on 127.0.0.1), checks that the cluster can place the workers (Ray would otherwise wait forever),
-hands ``ray.data.read_parquet(shards)`` to the trainer, and prints one progress line per log
-interval from the run's ``metrics.jsonl`` while ``fit()`` runs.
+hands the shards to the trainer through Ray Data (each file's sha256 checked as it is read),
+and prints one progress line per log interval from the run's ``metrics.jsonl`` while ``fit()``
+runs.
 """
 
 from __future__ import annotations
@@ -39,10 +40,6 @@ RAY_ENV = {
     # The controller takes each worker's report (and registers its checkpoint) at this period;
     # Ray's default of 2 s would stall every checkpoint step that long (worker.py).
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-    # read_parquet starts 32 footer-reader actors (a process each) by default, built for
-    # thousands of remote files; distgan's shards are local and few, and one actor with its
-    # 128 IO threads reads their footers. On 2 cores the 32 processes cost ~10 s a run.
-    "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
 }
 MEMORY_CACHE_LIMIT = 4 << 30  # bytes of uint8 pixels a worker keeps in memory under cache: auto
 
@@ -213,11 +210,11 @@ def end_local_ray_now() -> None:
 
 def check_job(spec: JobSpec, job_source: str) -> ShardManifest:
     """The checks that need no Ray (``distgan train --dry-run`` runs exactly these): the
-    storage answers, the manifest, each shard's Parquet footer, schema and row count (not its
-    hash: that reads every byte), that the model serves the data's shape (a conditional model's
-    labels belong beside it), and with ``eval.every`` that the feature network loads and takes
-    the data's images. Returns the manifest; DataError, JobError, StorageError or
-    CheckpointError naming the job file and field."""
+    storage answers, the manifest, each shard's Parquet footer, schema and row count (its hash
+    is checked by the workers' reader, which reads every byte anyway), that the model serves
+    the data's shape (a conditional model's labels belong beside it), and with ``eval.every``
+    that the feature network loads and takes the data's images. Returns the manifest;
+    DataError, JobError, StorageError or CheckpointError naming the job file and field."""
     check_storage(spec, job_source)
     manifest = resolve_data(spec, job_source)
     try:
@@ -277,6 +274,8 @@ def launch(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from distgan.data.reader import verified_shard_rows
+    from distgan.train.failures import classify, failure_config_for, lost_message
     from distgan.train.process_group import BoundStoreTorchConfig
     from distgan.train.worker import train_loop_per_worker
 
@@ -287,10 +286,17 @@ def launch(
     data = open_location(manifest.root, field="data.source")
     labelled = spec.model.conditional or spec.train.class_balance != "none"
     columns = ["image", "label"] if labelled else ["image"]
-    dataset = ray.data.read_parquet(
+    # Whole shard files, each checked against the manifest's sha256 as it is read, then cut
+    # into rows by Parquet row group: the workers train on no byte the manifest did not hash.
+    dataset = ray.data.read_binary_files(
         [data.child(s.file).path for s in manifest.shards],
+        include_paths=True,
         filesystem=None if data.is_local else data.fs,
-    ).select_columns(columns)
+    ).map_batches(
+        verified_shard_rows,
+        batch_size=1,
+        fn_kwargs={"sha256": {s.file: s.sha256 for s in manifest.shards}, "columns": columns},
+    )
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -316,7 +322,9 @@ def launch(
             # Ray Train writes the checkpoints into the run's own storage, through pyarrow.
             storage_path=run.path,
             storage_filesystem=None if run.is_local else run.fs,
-            failure_config=ray.train.FailureConfig(max_failures=spec.scale.max_failures),
+            # Restarts from the last checkpoint after a lost worker; ends with a ClusterError
+            # when no capacity comes back within scale.wait_minutes (train/failures.py).
+            failure_config=failure_config_for(spec),
             checkpoint_config=_checkpoint_config(spec, p),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             callbacks=list(callbacks),
@@ -343,6 +351,12 @@ def launch(
                      checkpoint_step=checkpoint_step(run))  # fmt: skip
         raise
     except BaseException as e:
+        lost = classify(e) if isinstance(e, Exception) else None
+        if lost is not None:  # a node lost for good: one line, not Ray's traceback
+            reached, saved = last_step(run, step), checkpoint_step(run)
+            write_status(run, "failed", reached, error=lost.reason, lost=list(lost.nodes),
+                         checkpoint_step=saved)  # fmt: skip
+            raise ClusterError(lost_message(lost, spec, run, reached, saved)) from None
         status = "stopped" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed"
         write_status(run, status, last_step(run, step), error=type(e).__name__)
         raise

@@ -1,0 +1,172 @@
+"""A lost node: how long a run waits for capacity to come back, and the one line it ends with.
+
+    failure_config = failure_config_for(spec)   # in RunConfig, before TorchTrainer.fit()
+    try:
+        trainer.fit()
+    except Exception as e:
+        if (lost := classify(e)) is not None:     # a node or a worker was lost, or never placed
+            raise ClusterError(lost_message(lost, run, step, checkpoint_step, spec))
+
+Ray Train restarts the worker group from the latest checkpoint in the run's storage after a
+worker dies, up to ``scale.max_failures`` times. Each restart waits for its placement group at
+most ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`` (set here from ``scale.wait_minutes``), and with
+``controller_failure_limit=0`` a group that cannot be placed in that time ends the run, where
+Ray's default (-1) would retry forever in silence (DESIGN.md, Ray 2.60 facts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import time
+from dataclasses import dataclass
+
+from distgan.config import JobSpec
+from distgan.storage import Location
+
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # Ray propagates it to its controller
+# Even a cluster with room takes seconds to place a worker group (a loaded head, a node just
+# back), so scale.wait_minutes: 0 still waits this long before a group counts as unplaceable.
+MIN_START_S = 20.0
+NODE_LOST, WORKER_LOST, NOT_PLACED = "node lost", "worker lost", "workers not placed"
+_NODE_ID = re.compile(r"\b[0-9a-f]{56}\b")  # Ray's node ids, as its error texts print them
+
+
+def failure_config_for(spec: JobSpec):
+    """Ray Train's FailureConfig for the job; also sets how long a worker group may wait to be
+    placed (``scale.wait_minutes``) in this process's environment, from which ``fit()`` hands
+    it to Ray Train's controller. A preemption Ray sees coming is counted apart from other
+    failures, with the same limit."""
+    import ray.train
+
+    os.environ[START_TIMEOUT_ENV] = f"{max(60 * spec.scale.wait_minutes, MIN_START_S):g}"
+    n = spec.scale.max_failures
+    return ray.train.FailureConfig(
+        max_failures=n, max_preemption_failures=n, controller_failure_limit=0
+    )
+
+
+@dataclass(frozen=True)
+class Lost:
+    """What a failed ``fit()`` lost: ``reason`` (NODE_LOST, WORKER_LOST or NOT_PLACED), the
+    nodes that died while it ran (``"127.0.0.1 (2 CPUs)"``), and whether it ended because the
+    group could not be placed again (rather than after ``scale.max_failures`` restarts)."""
+
+    reason: str
+    nodes: tuple[str, ...] = ()
+    not_placed: bool = False
+
+
+def _chain(error: BaseException):
+    """The error and every error inside it: causes, Ray Train's wrapped controller and worker
+    failures, a health check's failure."""
+    seen, todo = set(), [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen or not isinstance(e, BaseException):
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        todo += [getattr(e, "controller_failure", None), getattr(e, "health_check_failure", None)]
+        todo += list((getattr(e, "worker_failures", None) or {}).values())
+
+
+def classify(error: BaseException) -> Lost | None:
+    """What a failed ``fit()`` lost, or None for any other failure (a bug, a user's error in a
+    worker), which keeps its traceback."""
+    from ray.exceptions import NodeDiedError, RayActorError
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    errors = list(_chain(error))
+    not_placed = any(isinstance(e, WorkerGroupStartupTimeoutError) for e in errors)
+    died = any(isinstance(e, (RayActorError, NodeDiedError)) for e in errors)
+    if not (not_placed or died):
+        return None
+    nodes = lost_nodes(" ".join(str(e) for e in errors))
+    if nodes:
+        return Lost(NODE_LOST, nodes, not_placed)
+    return Lost(WORKER_LOST if died else NOT_PLACED, (), not_placed)
+
+
+def lost_nodes(error_text: str = "") -> tuple[str, ...]:
+    """The nodes that died while this process ran (those the error names first), each as
+    ``"ADDRESS (RESOURCES)"``; empty when Ray cannot say."""
+    try:
+        import ray
+        from ray.util.state import list_nodes
+
+        named = set(_NODE_ID.findall(error_text))
+        since_ms = _process_start_s() * 1000
+        dead = [
+            n for n in list_nodes(detail=True, limit=1000, raise_on_missing_output=False)
+            if n.state == "DEAD" and (n.node_id in named or (n.end_time_ms or 0) >= since_ms)
+        ]  # fmt: skip
+        if not dead:  # the State API's view lags the GCS's by a moment
+            return tuple(
+                _describe(n["NodeManagerAddress"], n.get("Resources", {}))
+                for n in ray.nodes()
+                if not n.get("Alive") and n.get("NodeID") in named
+            )
+        return tuple(_describe(n.node_ip, n.resources_total or {}) for n in dead)
+    except Exception:  # noqa: BLE001 - the message goes out without the node's name
+        return ()
+
+
+def _process_start_s() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # noqa: BLE001
+        return time.time()
+
+
+def _describe(address: str, resources: dict) -> str:
+    parts = [f"{resources[k]:g} {k}s" for k in ("GPU", "CPU") if resources.get(k)]
+    return f"{address} ({', '.join(parts)})" if parts else address
+
+
+def resume_command(run: Location) -> str:
+    """The command that continues the run, as the user types it: ``distgan submit --resume
+    URI`` (with its ``?endpoint_override=...`` query) for a job submitted to a cluster,
+    ``distgan train --resume RUN`` for a local run."""
+    shown = str(run) if run.is_local else run.uri
+    return f"distgan {'submit' if _submitted() else 'train'} --resume {shlex.quote(shown)}"
+
+
+def _submitted() -> bool:
+    """Whether this process is the driver of a job that ``distgan submit`` sent (Ray hands the
+    job's metadata to its entrypoint)."""
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+    except ValueError:
+        return False
+    return "distgan_job" in (job.get("metadata") or {})
+
+
+def lost_message(lost: Lost, spec: JobSpec, run: Location, step: int, saved: int | None) -> str:
+    """One line: what was lost, why the run ended, the step and checkpoint it reached, and the
+    command that continues it."""
+    s = spec.scale
+    if lost.reason == NODE_LOST:
+        what = f"the run lost node {' and '.join(lost.nodes)}"
+    elif lost.reason == WORKER_LOST:
+        what = "a training worker died (its process or its node was lost)"
+    else:
+        what = "the cluster has no room for the run's workers"
+    if lost.not_placed:
+        why = (
+            f"no capacity for its {s.workers} workers came back within scale.wait_minutes "
+            f"({s.wait_minutes:g} min)"
+        )
+    else:
+        why = f"it had restarted scale.max_failures ({s.max_failures}) times already"
+    if saved is None:
+        return f"{what}, and {why}; it reached step {step}, before its first checkpoint (run {run})"
+    return (
+        f"{what}, and {why}; it reached step {step}, its last checkpoint is at step {saved}. "
+        f"Continue with: {resume_command(run)}"
+    )
