@@ -18,6 +18,7 @@ credentials that are refused) raise ``StorageError`` naming the field and the fi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import uuid
@@ -147,9 +148,14 @@ class Location:
             if self.is_local:
                 os.makedirs(parent, exist_ok=True)
                 tmp = posixpath.join(parent, f".{posixpath.basename(target)}.{uuid.uuid4().hex}")
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, target)
+                try:
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                    os.replace(tmp, target)
+                except BaseException:  # a full disk: no half-written temporary file is left
+                    with contextlib.suppress(OSError):
+                        os.remove(tmp)
+                    raise
                 return
             if not isinstance(self.fs, _OBJECT_STORES):
                 # An object store needs no folders (pyarrow would leave an empty marker object

@@ -122,6 +122,11 @@ def root(tmp_path_factory) -> Path:
         manifest = json.loads((root / name / "manifest.json").read_text())
         (root / name / "manifest.json").write_text(json.dumps({**manifest, **fields}))
 
+    # A dataset folder with a planted TorchScript features.pt: code eval.features: auto must not
+    # run (issue 22).
+    shutil.copytree(root / "data", root / "planted")
+    torch.jit.script(torch.nn.Flatten()).save(str(root / "planted" / "features.pt"))
+
     (root / "images" / "a").mkdir(parents=True)
     Image.fromarray(_images(1, 12)[0, 0]).save(root / "images" / "a" / "good.png")
     (root / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")

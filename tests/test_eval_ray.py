@@ -13,7 +13,7 @@ from distgan.cli import main
 from distgan.train import checkpoint as ckpts
 from distgan.train.outputs import read_best, read_metrics
 
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray-b")]  # conftest.py
+pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray-a")]  # conftest.py
 
 
 @pytest.fixture

@@ -162,7 +162,7 @@ def test_the_reader_refuses_a_shard_with_a_flipped_byte(tmp_path):
 
 
 @pytest.mark.ray
-@pytest.mark.xdist_group("ray-b")
+@pytest.mark.xdist_group("ray-a")
 def test_train_refuses_a_shard_whose_bytes_changed_in_one_line(ray_cluster, tmp_path, capsys):
     """distgan train through Ray Data and two workers: the reader hashes each shard as it reads
     it, and the flipped byte ends the run with the reader's line, not Ray's traceback."""

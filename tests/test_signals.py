@@ -1,5 +1,6 @@
-"""Ctrl-C and SIGTERM to a real ``distgan train`` on a local Ray instance (no RAY_ADDRESS), as a
-user's terminal, ``distgan stop`` or a scheduler sends them; and what a local run listens on.
+"""Ctrl-C and SIGTERM to a real ``distgan train`` (on a local Ray instance of its own, or on the
+session's Ray head), as a user's terminal, ``distgan stop`` or a scheduler sends them; and what a
+local run listens on.
 
 A first signal stops the run at the step the workers reach, with a final checkpoint there, a
 "stopped" status.json, the resume command and the shell's exit code (130, 143); a second one stops
@@ -31,7 +32,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray-a")]  # conftest.py
 DISTGAN = Path(sys.executable).with_name("distgan")
 
 
-def start_local_run(tmp_path: Path, **train) -> tuple[subprocess.Popen, Path, Path]:
+def start_local_run(
+    tmp_path: Path, env: dict | None = None, **train
+) -> tuple[subprocess.Popen, Path, Path]:
     """``distgan train`` of a small 2-worker job on a Ray instance of its own: (process, runs
     folder, log folder). Ray's temp dir is short and the test's own (socket paths are limited)."""
     job = {
@@ -47,7 +50,7 @@ def start_local_run(tmp_path: Path, **train) -> tuple[subprocess.Popen, Path, Pa
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     proc = subprocess.Popen(
         [str(DISTGAN), "train", str(path)], stdout=out.open("w"), stderr=err.open("w"),
-        env=env_of(tmp_path),
+        env=env or env_of(tmp_path),
     )  # fmt: skip
     return proc, tmp_path / "runs", tmp_path
 
@@ -108,8 +111,29 @@ def finish(proc: subprocess.Popen, procs: list[psutil.Process], timeout: float) 
     return code
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_a_signal_stops_the_run_with_a_final_checkpoint_and_listens_on_loopback(tmp_path, sig):
+def check_stopped(proc, procs, runs: Path, logs: Path, sig: signal.Signals) -> tuple[Path, int]:
+    """The signal was sent: the run ends as stopped at the step reached, with its final
+    checkpoint there and the resume command; returns (the run, that step)."""
+    code = finish(proc, procs, timeout=90)
+    out, err = (logs / "out.txt").read_text(), (logs / "err.txt").read_text()
+    assert code == 128 + sig, err[-3000:]
+    assert "distgan: stopping: the workers write a final checkpoint" in out
+    (run_dir,) = runs.iterdir()
+    status = read_status(open_location(str(run_dir), "run"))
+    step = status["checkpoint_step"]
+    assert status["status"] == "stopped" and status["signal"] == sig.name, status
+    assert step == status["step"] and step > 0, status  # the step reached, not an interval's
+    assert ckpts.load(ckpts.latest(run_dir))["step"] == step
+    assert err.splitlines() == [
+        f"distgan: stopped at step {step} with a final checkpoint",
+        f"continue with: distgan train --resume {run_dir}",
+    ], err
+    return run_dir, step
+
+
+def test_ctrl_c_stops_a_local_run_that_listens_on_loopback_only(tmp_path):
+    """A local run (its own Ray): every listening socket of every process of it is on loopback;
+    a second writer is refused; Ctrl-C stops it with a final checkpoint."""
     proc, runs, logs = start_local_run(tmp_path)
     wait_for_progress(proc, logs)
     procs = tree(proc)
@@ -123,29 +147,27 @@ def test_a_signal_stops_the_run_with_a_final_checkpoint_and_listens_on_loopback(
     assert second.stderr.count("\n") == 1 and f"in use by distgan train (pid {proc.pid}" in (
         second.stderr
     ), second.stderr
-    proc.send_signal(sig)
-    code = finish(proc, procs, timeout=90)
-    out, err = (logs / "out.txt").read_text(), (logs / "err.txt").read_text()
-    assert code == 128 + sig, err[-3000:]
-    assert "distgan: stopping: the workers write a final checkpoint" in out
-    status = read_status(open_location(str(run_dir), "run"))
-    step = status["checkpoint_step"]
-    assert status["status"] == "stopped" and status["signal"] == sig.name, status
-    assert step == status["step"] and step > 0, status  # the step reached, not an interval's
-    assert ckpts.load(ckpts.latest(run_dir))["step"] == step
-    assert err.splitlines() == [
-        f"distgan: stopped at step {step} with a final checkpoint",
-        f"continue with: distgan train --resume {run_dir}",
-    ], err
-    if sig == signal.SIGTERM:  # the resume command goes on from there, and says why it ended
-        more = subprocess.run(
-            [str(DISTGAN), "train", "--resume", str(run_dir), "--set", f"train.steps={step + 40}"],
-            capture_output=True, text=True, env=env_of(logs), timeout=300,
-        )  # fmt: skip
-        assert more.returncode == 0, more.stderr[-3000:]
-        assert f"the run's last part was stopped (SIGTERM) at step {step}" in more.stderr
-        assert "worker died" not in more.stdout, more.stdout
-        assert ckpts.load(ckpts.latest(run_dir))["step"] == step + 40
+    proc.send_signal(signal.SIGINT)
+    check_stopped(proc, procs, runs, logs, signal.SIGINT)
+
+
+def test_sigterm_stops_a_run_on_a_cluster_and_its_resume_says_why_it_ended(ray_cluster, tmp_path):
+    """SIGTERM (a scheduler, Ray's job stop) to a run on a Ray cluster (RAY_ADDRESS: ray.init
+    puts its own SIGTERM handler in place there too), then the printed resume command."""
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster}
+    proc, runs, logs = start_local_run(tmp_path, env=env)
+    wait_for_progress(proc, logs)
+    procs = tree(proc)
+    proc.send_signal(signal.SIGTERM)
+    run_dir, step = check_stopped(proc, procs, runs, logs, signal.SIGTERM)
+    more = subprocess.run(
+        [str(DISTGAN), "train", "--resume", str(run_dir), "--set", f"train.steps={step + 40}"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert f"the run's last part was stopped (SIGTERM) at step {step}" in more.stderr
+    assert "worker died" not in more.stdout, more.stdout
+    assert ckpts.load(ckpts.latest(run_dir))["step"] == step + 40
 
 
 def test_a_second_ctrl_c_stops_at_once_and_says_what_is_lost(tmp_path):

@@ -69,13 +69,16 @@ def test_two_workers_write_checkpoints_and_samples_and_stop_on_time(
     assert steps[:-1] == list(range(10, steps[-2] + 1, 10)) and 10 < last < 100000, steps
     assert last - steps[-2] <= 10
     per_step = metrics[-1]["elapsed_s"] / last
-    assert 6.0 <= metrics[-1]["elapsed_s"] <= 6.0 + 3 * per_step + 0.5, metrics[-1]
+    # The ranks stop when the first of them passes 6 s; rank 0's clock (these figures) may have
+    # started a moment after the other's.
+    assert 5.5 <= metrics[-1]["elapsed_s"] <= 6.0 + 3 * per_step + 0.5, metrics[-1]
     assert all(re.search(rf"step +{s}/100000", out) for s in steps)
     for m in metrics:
         assert m["images_seen"] == m["step"] * BATCH  # the global batch, split over 2 workers
         assert all(math.isfinite(m[k]) for k in ("d_loss", "g_loss", "d_real", "d_fake"))
         assert m["images_per_s"] > 0
-    assert "d_grad_norm" in metrics[-1] and "g_grad_norm" in metrics[-1]
+    # Gradient norms are measured at log steps (the time limit's last step need not be one).
+    assert "d_grad_norm" in metrics[-2] and "g_grad_norm" in metrics[-2]
 
     # A checkpoint every train.checkpoint_every steps (the last 3 kept) and a final one.
     folders = ckpts.checkpoints(run_dir)

@@ -32,6 +32,7 @@ from distgan.storage import Location, is_uri, join, open_location, split_query
 
 FORMAT = "distgan-checkpoint/1"
 STATE_FILE = "state.pt"
+MARKER = "registered.json"  # what Ray Train copies into a checkpoint folder (worker.py)
 CHECKPOINTS = "checkpoints"  # inside a run directory; Ray Train's storage folder for the run
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -153,14 +154,35 @@ def check_compatible(
 
 
 def save(ckpt: dict[str, Any], folder: str | Path) -> Path:
-    """Writes ``folder/state.pt`` through a temporary name, so a crash leaves no half file."""
+    """Writes ``folder/state.pt`` through a temporary name, so a crash or a full disk leaves no
+    half file (and no temporary one)."""
     path = Path(folder) / STATE_FILE
     tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
-    torch.save(ckpt, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        # Through a Python file, whose failed write raises OSError with its errno (ENOSPC for a
+        # full disk), where torch.save to a path raises a bare RuntimeError.
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def save_into_run(ckpt: dict[str, Any], run: Location, name: str) -> None:
+    """Writes the checkpoint ``name`` (``step_N``) into the run's storage, whole or not at all:
+    on a disk through a temporary name renamed into place, in a bucket as one PUT. Ray Train's
+    own copy of a checkpoint writes straight under the final name, which a full disk leaves
+    half written."""
+    if run.is_local:
+        folder = Path(run.path) / CHECKPOINTS / name
+        folder.mkdir(parents=True, exist_ok=True)
+        save(ckpt, folder)
+    else:
+        run.write_bytes(f"{CHECKPOINTS}/{name}/{STATE_FILE}", to_bytes(ckpt))
 
 
 def to_bytes(ckpt: dict[str, Any]) -> bytes:

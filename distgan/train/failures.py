@@ -16,6 +16,7 @@ Ray's default (-1) would retry forever in silence (DESIGN.md, Ray 2.60 facts).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -89,6 +90,26 @@ def classify(error: BaseException) -> Lost | None:
     if nodes:
         return Lost(NODE_LOST, nodes, not_placed)
     return Lost(WORKER_LOST if died else NOT_PLACED, (), not_placed)
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether the run failed because its storage was full (ENOSPC, in distgan's writes or in
+    Ray Train's copy of a checkpoint)."""
+    return any(
+        getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e)
+        for e in _chain(error)
+    )
+
+
+def disk_full_message(run: Location, step: int, saved: int | None) -> str:
+    """One line: the storage is full, what is saved, and how to go on once there is room."""
+    where = f"{run}: the run's storage is full (no space left on device) at step {step}"
+    if saved is None:
+        return f"{where}, before its first checkpoint; make room there and start again"
+    return (
+        f"{where}; its last complete checkpoint is at step {saved}. Make room there, then "
+        f"continue with: {resume_command(run)}"
+    )
 
 
 def lost_nodes(error_text: str = "") -> tuple[str, ...]:

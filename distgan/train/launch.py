@@ -275,7 +275,13 @@ def launch(
     from ray.train.torch import TorchTrainer
 
     from distgan.data.reader import verified_shard_rows
-    from distgan.train.failures import classify, failure_config_for, lost_message
+    from distgan.train.failures import (
+        classify,
+        disk_full,
+        disk_full_message,
+        failure_config_for,
+        lost_message,
+    )  # fmt: skip
     from distgan.train.process_group import BoundStoreTorchConfig
     from distgan.train.worker import train_loop_per_worker
 
@@ -351,6 +357,11 @@ def launch(
                      checkpoint_step=checkpoint_step(run))  # fmt: skip
         raise
     except BaseException as e:
+        if isinstance(e, Exception) and disk_full(e):  # what is saved, and how to go on
+            reached, saved = last_step(run, step), checkpoint_step(run)
+            with contextlib.suppress(StorageError):  # status.json may not fit either
+                write_status(run, "failed", reached, error="disk full", checkpoint_step=saved)
+            raise StorageError(disk_full_message(run, reached, saved)) from None
         lost = classify(e) if isinstance(e, Exception) else None
         if lost is not None:  # a node lost for good: one line, not Ray's traceback
             reached, saved = last_step(run, step), checkpoint_step(run)

@@ -7,8 +7,10 @@ shard of the Ray Data set, and hands over to ``train/loop.py``.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import ray.train
@@ -135,8 +137,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         if snapshot is None:
             ray.train.report(metrics, checkpoint_dir_name=name)
         else:
+            # Rank 0 writes state.pt into the run's storage itself, whole or not at all; Ray
+            # Train then registers that folder from a small marker of its own (its copy writes
+            # straight under the final name, which a full disk would leave half written).
+            ckpts.save_into_run(snapshot, outputs.run, name)
             with tempfile.TemporaryDirectory(prefix="distgan-ckpt-") as folder:
-                ckpts.save(snapshot, folder)
+                (Path(folder) / ckpts.MARKER).write_text(json.dumps({"step": snapshot["step"]}))
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
                 ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
         # Ray Train keeps one unconsumed report per worker and registers its checkpoint when the

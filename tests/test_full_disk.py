@@ -1,0 +1,87 @@
+"""A run whose storage fills up: a real tmpfs of a few MiB as ``run.storage``, a real
+``distgan train`` on the session's Ray head.
+
+Nothing already saved is lost: every checkpoint under its final name is whole (or absent), no
+temporary file is left, status.json says "disk full", the last line names the last complete
+checkpoint and the resume command, and once there is room that command finishes the run and says
+why its last part ended.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distgan.storage import open_location
+from distgan.train import checkpoint as ckpts
+from distgan.train.outputs import read_status
+
+pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray-b")]  # conftest.py
+
+DISTGAN = Path(sys.executable).with_name("distgan")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 6 MiB tmpfs (root only: CI runs as root), unmounted at the end."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_loses_nothing_saved_and_the_run_goes_on_once_there_is_room(
+    ray_cluster, small_disk, tmp_path
+):
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({
+        "data": {"source": "embedded"},
+        "model": {"arch": "mlp", "width": 16, "z_dim": 16},  # about 1.5 MB a checkpoint
+        "train": {"steps": 100_000, "batch_size": 32, "log_every": 10, "checkpoint_every": 20,
+                  "sample_every": 100_000, "keep_checkpoints": 10},
+        "scale": {"workers": 2, "max_failures": 0},
+        "run": {"storage": str(small_disk)},
+    }))  # fmt: skip
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster}
+    full = subprocess.run([str(DISTGAN), "train", str(job)], capture_output=True, text=True,
+                          env=env, timeout=300)  # fmt: skip
+    assert full.returncode == 2, full.stderr[-3000:]
+    (run_dir,) = small_disk.iterdir()
+    last = full.stderr.strip().splitlines()[-1]
+    saved = ckpts.checkpoint_step(run_dir)
+    assert saved and re.fullmatch(
+        rf"error: {run_dir}: the run's storage is full \(no space left on device\) at step \d+; "
+        rf"its last complete checkpoint is at step {saved}\. Make room there, then continue "
+        rf"with: distgan train --resume {run_dir}",
+        last,
+    ), full.stderr[-3000:]
+    assert "Traceback" not in full.stderr
+    # Complete or absent: every state.pt under its final name loads; no temporary file is left.
+    states = sorted((run_dir / "checkpoints").glob("step_*/state.pt"))
+    assert states and all(ckpts.load(s)["step"] == int(s.parent.name[5:]) for s in states)
+    ray_marker = ".validate_storage_marker"  # Ray Train's, in every run
+    leftovers = [p for p in run_dir.rglob(".*") if p.is_file() and p.name != ray_marker]
+    assert not leftovers, leftovers
+    status = read_status(open_location(str(run_dir), "run"))
+    assert status["status"] == "failed" and status["error"] == "disk full", status
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    more = subprocess.run(
+        [str(DISTGAN), "train", "--resume", str(run_dir), "--set", f"train.steps={saved + 20}"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert f"the run's last part failed (disk full) at step {status['step']}" in more.stderr
+    assert ckpts.load(ckpts.latest(run_dir))["step"] == saved + 20
