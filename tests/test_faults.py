@@ -327,7 +327,7 @@ def assert_no_token(*places: Path) -> None:
 
 
 @pytest.mark.ray
-@pytest.mark.xdist_group("ray-b")  # conftest.py
+@pytest.mark.xdist_group("ray-a")  # conftest.py
 def test_two_workers_killed_mid_run_lose_at_most_one_interval_each(ray_cluster, tmp_path):
     steps, every, log_every = 300, 50, 10
     job = write_job(

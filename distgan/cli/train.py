@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         spec, run_dir, resume_from = _resume_spec(args)
         job_source = str(args.job or run_dir.child(RESOLVED_JOB))
+        sys.stderr.write(_last_part(run_dir))
     else:
         if not args.job:
             raise JobError("distgan train: a job file is required (or --resume RUN_DIR)")
@@ -165,7 +166,6 @@ def run(args: argparse.Namespace) -> int:
     lease = None
     if run_dir is not None:  # one writer per run: refused here if a live process holds it
         lease = RunLease(run_dir, "distgan train --resume").acquire()
-        sys.stderr.write(_last_part(run_dir))
     # SIGTERM (distgan stop, Ray's job stop, a scheduler) before the run is followed stops as
     # Ctrl-C does; once it is, follow.Interrupts takes both.
     previous = signal.signal(signal.SIGTERM, _interrupt)
