@@ -399,6 +399,21 @@ def test_sample_draws_the_class_asked_for(conditional_run, tmp_path, capsys):
     assert not np.array_equal(np.load(out), other)
 
 
+def test_sample_takes_a_class_by_the_name_the_data_gives_it(conditional_run, tmp_path, capsys):
+    """The run's data is the embedded Fashion-MNIST, whose class 2 is "Pullover"."""
+    run_dir, *_ = conditional_run
+    by_number, by_name = tmp_path / "n.npy", tmp_path / "name.npy"
+    assert main(["sample", str(run_dir), "--n", "5", "--class", "2", "--out", str(by_number)]) == 0
+    argv = ["sample", str(run_dir), "--n", "5", "--class", "pullover", "--out", str(by_name)]
+    assert main(argv) == 0
+    assert "5 samples of class 2" in capsys.readouterr().out
+    assert np.array_equal(np.load(by_name), np.load(by_number))
+    assert main([*argv[:5], "Sandal", "--out", str(tmp_path / "x.npy")]) == 2  # class 5 of 10
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--class Sandal: no class of that name" in line
+    assert "its classes: 0 T-shirt/top, 1 Trouser, 2 Pullover, 3 Dress" in line
+
+
 def test_resuming_a_conditional_run_on_other_classes_is_refused(conditional_run):
     _, _, ckpt, _ = conditional_run
     spec = from_dict(conditional_job(spectral_norm=True))

@@ -1,4 +1,4 @@
-"""``distgan sample RUN_DIR|CHECKPOINT --n 64 --out grid.png|x.npy [--seed S] [--class K]``.
+"""``distgan sample RUN_DIR|CHECKPOINT --n 64 --out grid.png|x.npy [--seed S] [--class K|NAME]``.
 
 Draws from the EMA generator of a run's latest checkpoint (or the given checkpoint folder).
 A ``.png`` output is a grid; a ``.npy`` output is the raw uint8 array, N×C×H×W, for other tools.
@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distgan.errors import CheckpointError, JobError
+from distgan.data import data_location, read_manifest
+from distgan.errors import CheckpointError, JobError, UserError
 from distgan.generate import load_generator
 from distgan.images import save_grid, to_uint8
 from distgan.models import generate
@@ -29,11 +30,33 @@ def add_parser(verbs) -> None:
     p.add_argument(
         "--class",
         dest="label",
-        type=int,
         default=None,
-        help="a class-conditional run: draw this class only (default: every class in turn)",
+        help="a class-conditional run: draw this class only, by number or by the name the data "
+        "gives it (default: every class in turn)",
     )
     p.set_defaults(run=run)
+
+
+def _class_number(asked: str, num_classes: int, spec, folder) -> int | str:
+    """``--class``'s number: as given, or the class the run's data names so (any case)."""
+    if asked.strip().lstrip("-").isdigit() or not num_classes:
+        return int(asked) if asked.strip().lstrip("-").isdigit() else asked
+    try:
+        names = read_manifest(data_location(spec.data.source)).class_names or {}
+    except UserError:
+        names = {}
+    known = {k: v for k, v in sorted(names.items()) if int(k) < num_classes}
+    if not known:
+        raise CheckpointError(
+            f"--class {asked}: the run's data ({spec.data.source}) gives its classes no names "
+            f"here; pass a number from 0 to {num_classes - 1}"
+        )
+    found = [int(k) for k, v in known.items() if v.casefold() == asked.strip().casefold()]
+    if not found:
+        listing = ", ".join(f"{k} {v}" for k, v in known.items())
+        raise CheckpointError(f"--class {asked}: no class of that name in {folder}; its classes: "
+                              f"{listing}")  # fmt: skip
+    return found[0]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     G, spec, folder, _ = load_generator(args.source)
     labels = None
     if args.label is not None:
+        args.label = _class_number(args.label, G.num_classes, spec, folder)
         if not G.num_classes:
             raise CheckpointError(
                 f"--class {args.label}: {folder} is not class-conditional (model.conditional "
