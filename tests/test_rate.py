@@ -122,6 +122,25 @@ def _answers(rater: str, wrong_fakes: int, wrong_reals: int, step: int = 40) -> 
     return lines
 
 
+def test_summary_columns_line_up_whatever_the_raters_names(tmp_path, capsys):
+    """Wide characters (an emoji, CJK) take two terminal columns, a combining accent none."""
+    from distgan.rate.summary import display_width
+
+    raters = ["ana", "🎨 bo", "李雷", "e\u0301lise"]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "job.resolved.yaml").write_text("data: {source: embedded}\n")
+    lines = [r for name in raters for r in _answers(name, wrong_fakes=1, wrong_reals=1)]
+    (run / RATINGS).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert main(["rate", str(run), "--summary"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines()
+            if any(line.startswith(name) for name in raters)]  # fmt: skip
+    assert len(rows) == 4
+    # Every rater answered alike, so each row's error cell ("20% ...") starts at one column.
+    starts = {display_width(row[: row.index("%")]) for row in rows}
+    assert len(starts) == 1, rows
+
+
 def test_summary_gives_the_error_rates_and_intervals_of_known_answers(tmp_path, capsys):
     ana = _answers("ana", wrong_fakes=2, wrong_reals=1)  # 30%: fakes 40% real, reals 20% fake
     bo = _answers("bo", wrong_fakes=3, wrong_reals=2)  # 50%: 60%, 40%

@@ -12,6 +12,7 @@ resampled rater's answers, since one person's answers are not independent of eac
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,6 +147,20 @@ def _deck_size(protocol: str) -> int:
         return 0
 
 
+def display_width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: wide characters (most emoji, CJK) two, combining
+    marks and variation selectors none."""
+    return sum(
+        0 if unicodedata.combining(c) or unicodedata.category(c) in ("Mn", "Me", "Cf")
+        else 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
+        for c in text
+    )  # fmt: skip
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * max(0, width - display_width(text))
+
+
 def summary_text(groups: list[Group], source: str) -> str:
     """The table ``distgan rate RUN --summary`` prints."""
     head = f"{'rater':<18}{'answers':>9}   {'HYPE∞ error':<22}{'fake judged real':<22}"
@@ -157,7 +172,7 @@ def summary_text(groups: list[Group], source: str) -> str:
             of_deck = g.deck_size and not row.overall  # a rater: how far through the deck
             answered = f"{row.answers}/{g.deck_size}" if of_deck else str(row.answers)
             lines.append(
-                f"{row.who:<18}{answered:>9}   {_rate(row.error):<22}"
+                f"{_pad(row.who, 18)}{answered:>9}   {_rate(row.error):<22}"
                 f"{_rate(row.fake_as_real):<22}{_rate(row.real_as_fake):<22}"
                 f"{row.median_ms / 1000:>10.1f}s"
             )
