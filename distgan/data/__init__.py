@@ -12,14 +12,9 @@ Fashion-MNIST training images (1×28×28) with their labels and class names
 from pathlib import Path
 
 from distgan.data.importers import import_source, read_idx, read_image_folder, read_npz
+from distgan.data.manifest import ShardInfo, ShardManifest, class_name, read_manifest
 from distgan.data.reading import load_arrays, read_labels, read_rows, verify_shards
-from distgan.data.shards import (
-    ShardInfo,
-    ShardManifest,
-    class_name,
-    read_manifest,
-    write_shards,
-)
+from distgan.data.shards import write_shards
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
 

@@ -20,7 +20,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from distgan.data.imbalance import long_tail_rows
-from distgan.data.shards import ShardManifest, write_shards
+from distgan.data.manifest import ShardManifest
+from distgan.data.shards import write_shards
 from distgan.errors import DataError
 from distgan.progress import track
 

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from distgan.data.shards import FIX
+from distgan.data.manifest import FIX
 from distgan.errors import DataError
 
 ROWS_PER_READ = 1024  # rows per Ray Data batch when loading a shard into memory

@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from distgan.data.shards import FIX, MANIFEST_NAME, ShardManifest, label_text, shard_schema
+from distgan.data.manifest import FIX, MANIFEST_NAME, ShardManifest, label_text
+from distgan.data.shards import shard_schema
 from distgan.errors import DataError
 from distgan.storage import Location, display, join
 
