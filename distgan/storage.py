@@ -89,6 +89,12 @@ class Location:
             return self.path if relative.startswith("..") else relative
         return display(self.uri)
 
+    @property
+    def typed(self) -> str:
+        """The location as a user types it back into a command: ``str(self)`` on a disk, the
+        URI with its query (endpoint, scheme) in object storage."""
+        return str(self) if self.is_local else self.uri
+
     def child(self, *names: str) -> Location:
         parts = [p.strip("/") for p in names if p and p.strip("/")]
         return Location(join(self.uri, *parts), self.fs, posixpath.join(self.path, *parts))

@@ -110,7 +110,7 @@ def _stopped(e: KeyboardInterrupt, run_dir) -> int:
         sys.stderr.write(f"distgan: stopped at step {step}, before the first checkpoint: "
                          "nothing to resume\n")  # fmt: skip
         return code
-    sys.stderr.write(f"continue with: distgan train --resume {shlex.quote(_shown(run_dir))}\n")
+    sys.stderr.write(f"continue with: distgan train --resume {shlex.quote(run_dir.typed)}\n")
     return code
 
 
@@ -125,10 +125,6 @@ def _last_part(run_dir) -> str:
     if status.get("status") not in how:
         return ""
     return f"distgan: the run's last part {how[status['status']]} at step {status['step']}\n"
-
-
-def _shown(run_dir) -> str:
-    return str(run_dir) if run_dir.is_local else run_dir.uri  # with its query, if any
 
 
 def run(args: argparse.Namespace) -> int:
@@ -217,5 +213,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"report: {run_dir.child('report.html')}")
     if grids:
         print(f"samples: {run_dir.child('samples', grids[-1])}")
-    print(f"more samples: distgan sample {shlex.quote(_shown(run_dir))} --n 64 --out grid.png")
+    print(f"more samples: distgan sample {shlex.quote(run_dir.typed)} --n 64 --out grid.png")
     return 0

@@ -260,11 +260,13 @@ def checkpoints(run_dir: str | Path) -> list[Path] | list[str]:
 
 
 def checkpoint_step(run: Location | str | Path) -> int | None:
-    """The step of the run's newest checkpoint that loads, or None."""
-    folder = latest(run.uri if isinstance(run, Location) else run)
-    if folder is None:
+    """The step of the run's newest checkpoint, or None. Its state.pt is listed, not loaded (a
+    stop or a failure says this, and a checkpoint can be gigabytes in a bucket): distgan writes
+    each one whole or not at all (``save_into_run``)."""
+    written = checkpoints(run.uri if isinstance(run, Location) else run)
+    if not written:
         return None
-    name = posixpath.basename(split_query(str(folder))[0].rstrip("/"))
+    name = posixpath.basename(split_query(str(written[-1]))[0].rstrip("/"))
     return int(_STEP_DIR.match(name).group(1))
 
 

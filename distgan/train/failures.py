@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 from distgan.config import JobSpec
+from distgan.errors import UserError
 from distgan.storage import Location
 
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # Ray propagates it to its controller
@@ -60,9 +61,10 @@ class Lost:
     not_placed: bool = False
 
 
-def _chain(error: BaseException):
-    """The error and every error inside it: causes, Ray Train's wrapped controller and worker
-    failures, a health check's failure."""
+def _chain(error: BaseException, context: bool = True):
+    """The error and every error inside it: causes (and with ``context`` the errors being
+    handled when each was raised), Ray Train's wrapped controller and worker failures, a health
+    check's failure."""
     seen, todo = set(), [error]
     while todo:
         e = todo.pop()
@@ -70,9 +72,24 @@ def _chain(error: BaseException):
             continue
         seen.add(id(e))
         yield e
-        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        todo += [e.__cause__, e.__context__ if context else None, getattr(e, "cause", None)]
         todo += [getattr(e, "controller_failure", None), getattr(e, "health_check_failure", None)]
         todo += list((getattr(e, "worker_failures", None) or {}).values())
+
+
+def user_error_in(error: BaseException) -> UserError | None:
+    """The user's mistake behind a failed ``fit()`` (a shard whose bytes are not the manifest's,
+    raised in a worker's Ray Data task), to be said in one line; None if it was something else.
+
+    Ray wraps it: a ``WorkerGroupError`` maps ranks to their errors, and a ``RayTaskError`` is
+    also an instance of the error it carries, whose text is a traceback: its ``cause`` is the
+    original."""
+    for e in _chain(error, context=False):
+        if isinstance(e, UserError) and not isinstance(getattr(e, "cause", None), UserError):
+            # Ray Data appends its retry advice to the text: the first line is the user's.
+            kind = next(c for c in type(e).__mro__ if c.__module__ == UserError.__module__)
+            return kind(str(e).strip().splitlines()[0])
+    return None
 
 
 def classify(error: BaseException) -> Lost | None:
@@ -154,8 +171,7 @@ def resume_command(run: Location) -> str:
     """The command that continues the run, as the user types it: ``distgan submit --resume
     URI`` (with its ``?endpoint_override=...`` query) for a job submitted to a cluster,
     ``distgan train --resume RUN`` for a local run."""
-    shown = str(run) if run.is_local else run.uri
-    return f"distgan {'submit' if _submitted() else 'train'} --resume {shlex.quote(shown)}"
+    return f"distgan {'submit' if _submitted() else 'train'} --resume {shlex.quote(run.typed)}"
 
 
 def _submitted() -> bool:

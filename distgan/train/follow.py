@@ -20,6 +20,7 @@ from distgan.config import METRIC_NAMES
 from distgan.errors import UserError
 from distgan.progress import duration
 from distgan.storage import Location
+from distgan.train.failures import user_error_in
 from distgan.train.outputs import METRICS, read_metrics, request_stop, write_status
 
 
@@ -226,28 +227,6 @@ def fit_with_progress(trainer, run: Location, t, out, on_record=None) -> dict:
     if asked:
         raise Stopped(interrupts.signum)  # with the final checkpoint written
     return outcome["result"].return_value or {}
-
-
-def user_error_in(error: BaseException) -> UserError | None:
-    """The user's mistake behind a failed ``fit()`` (a shard whose bytes are not the manifest's,
-    raised in a worker's Ray Data task), to be said in one line; None if it was something else.
-
-    Ray wraps it: a ``WorkerGroupError`` maps ranks to their errors, and a ``RayTaskError`` is
-    also an instance of the error it carries, whose text is a traceback: its ``cause`` is the
-    original."""
-    todo, seen = [error], set()
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        cause = getattr(e, "cause", None)
-        if isinstance(e, UserError) and not isinstance(cause, UserError):
-            # Ray Data appends its retry advice to the text: the first line is the user's.
-            kind = next(c for c in type(e).__mro__ if c.__module__ == UserError.__module__)
-            return kind(str(e).strip().splitlines()[0])
-        todo += [cause, e.__cause__, *getattr(e, "worker_failures", {}).values()]
-    return None
 
 
 def _metrics_lines(run: Location) -> list[str]:
