@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from distgan.data import EMBEDDED_DIR, read_idx, read_manifest
-from distgan.generate import load_generator
+from distgan.generators import load_generator
 from distgan.metrics import FeatureSet, compute_metrics
 from distgan.metrics.evaluate import real_reference, real_subset
 from distgan.metrics.features import load_feature_extractor

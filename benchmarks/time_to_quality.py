@@ -126,7 +126,7 @@ def run_distgan(
 ):
     """Runs ``distgan train JOB`` until the last mark; the checkpoint before each mark.
     With ``launched`` (a time.time()), scores the run already in ``out`` instead."""
-    from distgan.generate import load_generator
+    from distgan.generators import load_generator
     from distgan.train import checkpoint as ckpts
 
     minutes = marks[-1] / 60

@@ -1,7 +1,7 @@
 """torch.distributed helpers that also work with no process group (one process, world size 1).
 
-if is_main(): print0("step", step)
-loss = all_reduce_mean(loss)
+loss = all_reduce_mean(loss)          # the mean over the ranks; loss itself in one process
+if is_main(): write(metrics)          # rank 0 alone
 """
 
 from __future__ import annotations
@@ -24,11 +24,6 @@ def world_size() -> int:
 
 def is_main() -> bool:
     return rank() == 0
-
-
-def print0(*args, **kwargs) -> None:
-    if is_main():
-        print(*args, **kwargs, flush=True)
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:

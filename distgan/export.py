@@ -29,7 +29,7 @@ import torch
 
 from distgan.config import JobSpec, to_dict
 from distgan.errors import JobError
-from distgan.generate import load_generator
+from distgan.generators import load_generator
 from distgan.storage import is_uri, open_location
 
 FORMATS = ("pt2", "onnx", "safetensors")

@@ -1,14 +1,17 @@
 """The adversarial step: ``n_critic`` discriminator updates, then one generator update.
 
-    fake, d_metrics = d_step(nets, real, z, keep_graph=True)
-    g_metrics = g_step(nets, fake)
+    fake, d_metrics = d_step(nets, game, real, z, keep_graph=True)
+    g_metrics = g_step(nets, game, fake)
     # class-conditional: real labels for D on the reals, drawn labels for G and D on the fakes
-    fake, d_metrics = d_step(nets, real, z, keep_graph=True, real_labels=y, fake_labels=y_fake)
-    g_metrics = g_step(nets, fake, labels=y_fake)
+    fake, d_metrics = d_step(nets, game, real, z, keep_graph=True, real_labels=y,
+                             fake_labels=y_fake)
+    g_metrics = g_step(nets, game, fake, labels=y_fake)
 
-Plain functions of (G, D, optimizers, batch). They know nothing of Ray or torch.distributed, so
-the same step runs in a Ray Train worker, in a benchmark, or in a notebook; G and D may be DDP
-wrappers, which sync gradients inside ``backward``.
+Plain functions of the players (``Nets``: G, D, their optimizers), the rules of the game
+(``Game``: the loss and its settings, from the job) and a batch. They know nothing of Ray or
+torch.distributed, so the same step runs in a Ray Train worker or in a notebook; G and D may be
+DDP wrappers, which sync gradients inside ``backward``. ``train/build.py`` makes both from a
+job.
 
 Why the generator's output of the last D step is reused by the G step: G's weights do not change
 during a D step, so G(z) is the same tensor a fresh forward would give; reusing it saves one G
@@ -16,12 +19,12 @@ forward per step, as the classic DCGAN loop does. During the D step that output 
 no gradient of G is computed; during the G step D's weights have ``requires_grad=False`` and D
 is called unwrapped, so no gradient of D is computed or synced.
 
-Everything D judges goes through DiffAugment first when ``nets.augment`` names a policy (reals
-and fakes in the D step, fakes in the G step). R1 (``nets.r1_gamma``) is lazy as in StyleGAN2:
+Everything D judges goes through DiffAugment first when ``game.augment`` names a policy (reals
+and fakes in the D step, fakes in the G step). R1 (``game.r1_gamma``) is lazy as in StyleGAN2:
 computed every ``r1_every``-th D step with its weight multiplied by that interval. A packed D
 (``model.pack`` = m) gives one logit per m samples: the D step splits its logits in halves.
 
-AC-GAN (``nets.ac_weight`` > 0, a conditional D with a class head): D also learns to name the
+AC-GAN (``game.ac_weight`` > 0, a conditional D with a class head): D also learns to name the
 class of the real images, and G to make its fakes named as the class they were drawn for; each
 cross-entropy is added to its player's loss with that weight (Odena et al. 2017). D is not
 trained to classify fakes, whose classes are what G is learning to make.
@@ -38,18 +41,33 @@ from torch import nn
 
 from distgan.augment import diff_augment
 from distgan.losses import Loss, gradient_penalty, r1_penalty
+from distgan.models import unwrap
 
 Tensor = torch.Tensor
 
 
 @dataclass
 class Nets:
-    """The two players, their optimizers and the settings of the game."""
+    """The two players and what updates them: G and D (plain, or each in its own DDP wrapper),
+    their optimizers and their AMP grad scalers. Everything here changes as the run trains."""
 
     G: nn.Module
     D: nn.Module
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
+    scaler_g: torch.amp.GradScaler = field(
+        default_factory=lambda: torch.amp.GradScaler(enabled=False)
+    )
+    scaler_d: torch.amp.GradScaler = field(
+        default_factory=lambda: torch.amp.GradScaler(enabled=False)
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class Game:
+    """The rules of the game, set by the job and fixed for a run: the loss, its penalties, what
+    D sees (DiffAugment), the classes a conditional G is asked for and the precision."""
+
     loss: Loss
     gp_weight: float = 10.0
     clip: float = 0.01
@@ -62,12 +80,6 @@ class Nets:
     # prior of the real batches, train.class_balance); None: uniformly.
     label_prior: torch.Tensor | None = None
     autocast_dtype: torch.dtype | None = None  # bf16 / fp16 autocast, None for fp32
-    scaler_g: torch.amp.GradScaler = field(
-        default_factory=lambda: torch.amp.GradScaler(enabled=False)
-    )
-    scaler_d: torch.amp.GradScaler = field(
-        default_factory=lambda: torch.amp.GradScaler(enabled=False)
-    )
 
     def autocast(self, x: Tensor):
         if self.autocast_dtype is None:
@@ -75,17 +87,13 @@ class Nets:
         return torch.autocast(x.device.type, dtype=self.autocast_dtype)
 
 
-def _plain(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
-
-
 def judge(
-    D: nn.Module, nets: Nets, x: Tensor, labels: Tensor | None, classes: bool = False
+    D: nn.Module, game: Game, x: Tensor, labels: Tensor | None, classes: bool = False
 ) -> tuple[Tensor, Tensor | None]:
     """D's logits (B / pack,) for ``x`` (B, C, H, W), through DiffAugment, with labels when
     conditional, and the class logits (B, K) of AC-GAN's head when ``classes`` (else None)."""
-    if nets.augment:
-        x = diff_augment(x, nets.augment)
+    if game.augment:
+        x = diff_augment(x, game.augment)
     if labels is None:
         return D(x), None
     return D(x, labels, classes=True) if classes else (D(x, labels), None)
@@ -130,6 +138,7 @@ def _step_if_finite(model: nn.Module, opt, scaler, norm: Tensor | None) -> Tenso
 
 def d_step(
     nets: Nets,
+    game: Game,
     real: Tensor,
     z: Tensor,
     keep_graph: bool = False,
@@ -144,34 +153,34 @@ def d_step(
     Returns G(z) (with its graph to G when ``keep_graph``, for the G step) and detached metrics:
     d_loss, d_real and d_fake (D's mean output, through σ for the logistic losses), gp, r1 (when
     ``r1``: this step carries the lazy R1 penalty), d_ac (AC-GAN's cross-entropy on the reals,
-    when ``nets.ac_weight``), and d_grad_norm when ``measure``.
+    when ``game.ac_weight``), and d_grad_norm when ``measure``.
     """
-    with nets.autocast(real), nullcontext() if keep_graph else torch.no_grad():
+    with game.autocast(real), nullcontext() if keep_graph else torch.no_grad():
         fake = nets.G(z) if fake_labels is None else nets.G(z, fake_labels)  # (B, C, H, W)
     labels = None if real_labels is None else torch.cat([real_labels, fake_labels])  # (2B,)
-    ac = bool(nets.ac_weight) and labels is not None
-    with nets.autocast(real):
-        logits, classes = judge(nets.D, nets, torch.cat([real, fake.detach()]), labels, ac)
+    ac = bool(game.ac_weight) and labels is not None
+    with game.autocast(real):
+        logits, classes = judge(nets.D, game, torch.cat([real, fake.detach()]), labels, ac)
         r, f = logits.float().chunk(2)  # (B/m,) each
-        d_loss = nets.loss.d(r, f).mean()
+        d_loss = game.loss.d(r, f).mean()
     metrics = {"d_loss": d_loss.detach()}
     if ac:
         d_ac = F.cross_entropy(classes[: real.shape[0]].float(), real_labels)
-        d_loss = d_loss + nets.ac_weight * d_ac
+        d_loss = d_loss + game.ac_weight * d_ac
         metrics["d_ac"] = d_ac.detach()
 
     def critic(x: Tensor) -> Tensor:  # D as the penalties see it, with the reals' labels
-        return judge(nets.D, nets, x, real_labels)[0]
+        return judge(nets.D, game, x, real_labels)[0]
 
     # The penalties' double backward stays in fp32: autocast gains little there and fp16
     # second-order gradients underflow.
-    if nets.loss.gradient_penalty:
+    if game.loss.gradient_penalty:
         gp = gradient_penalty(critic, real.float(), fake.detach().float()).mean()
-        d_loss = d_loss + nets.gp_weight * gp
+        d_loss = d_loss + game.gp_weight * gp
         metrics["gp"] = gp.detach()
     if r1:
         penalty = r1_penalty(critic, real.float()).mean()
-        d_loss = d_loss + (nets.r1_gamma / 2) * nets.r1_every * penalty
+        d_loss = d_loss + (game.r1_gamma / 2) * game.r1_every * penalty
         metrics["r1"] = penalty.detach()
     nets.opt_d.zero_grad(set_to_none=True)
     nets.scaler_d.scale(_poison_if_not_finite(d_loss)).backward()
@@ -180,34 +189,34 @@ def d_step(
         nets.scaler_d.unscale_(nets.opt_d)
         norm = metrics["d_grad_norm"] = grad_norm(nets.D)
     metrics["d_skipped"] = _step_if_finite(nets.D, nets.opt_d, nets.scaler_d, norm)
-    if nets.loss.clip_weights:
+    if game.loss.clip_weights:
         with torch.no_grad():
             for p in nets.D.parameters():
-                p.clamp_(-nets.clip, nets.clip)
+                p.clamp_(-game.clip, game.clip)
     with torch.no_grad():
-        out = torch.sigmoid if nets.loss.probability else (lambda t: t)
+        out = torch.sigmoid if game.loss.probability else (lambda t: t)
         metrics["d_real"] = out(r.detach()).mean()
         metrics["d_fake"] = out(f.detach()).mean()
     return fake, metrics
 
 
 def g_step(
-    nets: Nets, fake: Tensor, measure: bool = False, labels: Tensor | None = None
+    nets: Nets, game: Game, fake: Tensor, measure: bool = False, labels: Tensor | None = None
 ) -> dict[str, Tensor]:
     """One G update through D on ``fake`` = G(z) (G(z, labels) when conditional) with its graph.
-    Returns g_loss, g_ac (AC-GAN's cross-entropy on the fakes, when ``nets.ac_weight``) and
+    Returns g_loss, g_ac (AC-GAN's cross-entropy on the fakes, when ``game.ac_weight``) and
     g_grad_norm when ``measure``."""
-    D = _plain(nets.D)  # no DDP: D's gradients are neither computed nor synced here
+    D = unwrap(nets.D)  # no DDP: D's gradients are neither computed nor synced here
     set_requires_grad(D, False)
-    ac = bool(nets.ac_weight) and labels is not None
+    ac = bool(game.ac_weight) and labels is not None
     try:
-        with nets.autocast(fake):
-            logits, classes = judge(D, nets, fake, labels, ac)
-            g_loss = nets.loss.g(logits.float()).mean()
+        with game.autocast(fake):
+            logits, classes = judge(D, game, fake, labels, ac)
+            g_loss = game.loss.g(logits.float()).mean()
         metrics = {"g_loss": g_loss.detach()}
         if ac:
             g_ac = F.cross_entropy(classes.float(), labels)
-            g_loss = g_loss + nets.ac_weight * g_ac
+            g_loss = g_loss + game.ac_weight * g_ac
             metrics["g_ac"] = g_ac.detach()
         nets.opt_g.zero_grad(set_to_none=True)
         nets.scaler_g.scale(_poison_if_not_finite(g_loss)).backward()
@@ -221,15 +230,16 @@ def g_step(
     return metrics
 
 
-def draw_labels(nets: Nets, n: int, device: torch.device) -> Tensor:
-    """``n`` fake labels (n,) for a conditional G: from ``nets.label_prior``, else uniform."""
-    if nets.label_prior is None:
-        return torch.randint(nets.num_classes, (n,), device=device)
-    return torch.multinomial(nets.label_prior.to(device), n, replacement=True)
+def draw_labels(game: Game, n: int, device: torch.device) -> Tensor:
+    """``n`` fake labels (n,) for a conditional G: from ``game.label_prior``, else uniform."""
+    if game.label_prior is None:
+        return torch.randint(game.num_classes, (n,), device=device)
+    return torch.multinomial(game.label_prior.to(device), n, replacement=True)
 
 
 def train_step(
     nets: Nets,
+    game: Game,
     reals: list[Tensor],
     sample_z,
     measure: bool = False,
@@ -239,9 +249,9 @@ def train_step(
     """``len(reals)`` D steps (one a real batch) then one G step; ``sample_z(B)`` draws latents.
 
     ``real_labels``: the labels (B,) of each real batch, for a conditional G and D (the fakes'
-    labels are drawn from ``nets.label_prior``, or uniformly without one; the same for G and D).
+    labels are drawn from ``game.label_prior``, or uniformly without one; the same for G and D).
     ``step``: G steps done before this one, which places the lazy R1 penalty on every
-    ``nets.r1_every``-th D step of the run.
+    ``game.r1_every``-th D step of the run.
 
     Returns the metrics of the last D step and of the G step, and ``skipped``: the number of
     updates (D and G) skipped because a loss or gradient was not finite. When any was skipped,
@@ -256,11 +266,12 @@ def train_step(
     for i, real in enumerate(reals):
         last = i == len(reals) - 1
         B = real.shape[0]
-        if nets.num_classes:
-            fake_labels = draw_labels(nets, B, real.device)
-        r1 = nets.r1_gamma > 0 and (step * len(reals) + i) % nets.r1_every == 0
+        if game.num_classes:
+            fake_labels = draw_labels(game, B, real.device)
+        r1 = game.r1_gamma > 0 and (step * len(reals) + i) % game.r1_every == 0
         fake, metrics = d_step(
             nets,
+            game,
             real,
             sample_z(B),
             keep_graph=last,
@@ -270,7 +281,7 @@ def train_step(
             r1=r1,
         )
         skipped = skipped + metrics.pop("d_skipped")
-    g_metrics = g_step(nets, fake, measure=measure, labels=fake_labels)
+    g_metrics = g_step(nets, game, fake, measure=measure, labels=fake_labels)
     skipped = skipped + g_metrics.pop("g_skipped")
     metrics.update(g_metrics)
     if skipped:

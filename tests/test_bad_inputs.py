@@ -29,11 +29,8 @@ from PIL import Image
 from distgan.cli import main
 from distgan.config import dump_yaml, from_dict
 from distgan.data import write_shards
-from distgan.ema import EMA
-from distgan.losses import get_loss
-from distgan.models import models_for_job
-from distgan.step import Nets
 from distgan.train import checkpoint as ckpts
+from distgan.train.build import build_state
 
 CASES = yaml.safe_load((Path(__file__).parent / "bad_inputs" / "cases.yaml").read_text())
 
@@ -72,16 +69,8 @@ def _checkpoint(
 ) -> dict:
     """A real checkpoint at step 10 of the models of ``job`` (as rank 0 writes it)."""
     spec = from_dict(job)
-    torch.manual_seed(0)
-    G, D = models_for_job(spec.model, shape, num_classes)
-    nets = Nets(
-        G=G,
-        D=D,
-        opt_g=torch.optim.Adam(G.parameters()),
-        opt_d=torch.optim.Adam(D.parameters()),
-        loss=get_loss(spec.loss.kind),
-    )
-    state = ckpts.TrainState(nets, EMA(G, 0.9), shape, step=10, images_seen=640)
+    state = build_state(spec, shape, torch.device("cpu"), num_classes=num_classes)
+    state.step, state.images_seen = 10, 640
     return ckpts.snapshot(
         state, job_yaml or dump_yaml(spec), [ckpts.rng_state()] * 2, {"step": 10.0}
     )

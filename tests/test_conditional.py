@@ -19,17 +19,16 @@ from distgan.cli import main
 from distgan.config import dump_yaml, from_dict, load_job
 from distgan.data import write_shards
 from distgan.data.reader import InMemoryBatches, StreamingBatches, load_shard
-from distgan.ema import make_ema
-from distgan.generate import load_generator
+from distgan.generators import load_generator
 from distgan.images import to_uint8
 from distgan.models import ModelOptions, build_models, generate
 from distgan.models.layers import ConditionalBatchNorm2d
 from distgan.search_space import parse_space
 from distgan.step import train_step
 from distgan.train import checkpoint as ckpts
+from distgan.train.build import build_state, memory_batches
 from distgan.train.loop import grid_inputs, run
 from distgan.train.outputs import RunOutputs
-from distgan.train.worker import build_nets
 
 Z_DIM = 8
 SHAPE = (1, 28, 28)
@@ -112,22 +111,20 @@ class Recorder(nn.Module):
 
 def test_step_gives_d_the_real_labels_and_g_and_d_the_same_drawn_labels():
     from distgan.losses import get_loss
-    from distgan.step import Nets
+    from distgan.step import Game, Nets
 
     G, D = conditional("dcgan")
     G, D = Recorder(G), Recorder(D)
-    nets = Nets(
-        G,
-        D,
-        torch.optim.Adam(G.parameters()),
-        torch.optim.Adam(D.parameters()),
-        get_loss("nonsaturating"),
-        num_classes=CLASSES,
-    )
+    nets = Nets(G, D, torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters()))
+    game = Game(get_loss("nonsaturating"), num_classes=CLASSES)
     real_labels = torch.tensor([3, 3, 1, 0])
     torch.manual_seed(1)
     train_step(
-        nets, [torch.rand(4, *SHAPE)], lambda n: torch.randn(n, Z_DIM), real_labels=[real_labels]
+        nets,
+        game,
+        [torch.rand(4, *SHAPE)],
+        lambda n: torch.randn(n, Z_DIM),
+        real_labels=[real_labels],
     )
     (drawn,) = G.labels  # one G forward: its output is reused by the G step
     assert drawn.shape == (4,) and drawn.dtype == torch.long
@@ -155,22 +152,22 @@ def test_acgan_head_gives_class_logits_beside_the_projection_logit(arch):
 
 def acgan_nets(ac_weight: float):
     from distgan.losses import get_loss
-    from distgan.step import Nets
+    from distgan.step import Game, Nets
 
     G, D = conditional("dcgan", classifier=True)
     opt = lambda m: torch.optim.SGD(m.parameters(), lr=0.0)  # noqa: E731  (weights stay put)
-    return Nets(G, D, opt(G), opt(D), get_loss("nonsaturating"), num_classes=CLASSES,
-                ac_weight=ac_weight)  # fmt: skip
+    game = Game(get_loss("nonsaturating"), num_classes=CLASSES, ac_weight=ac_weight)
+    return Nets(G, D, opt(G), opt(D)), game
 
 
 def test_acgan_d_loss_adds_the_weighted_cross_entropy_of_the_reals_only():
     from distgan.step import d_step
 
-    nets = acgan_nets(0.5)
+    nets, game = acgan_nets(0.5)
     torch.manual_seed(2)
     real, z = torch.rand(4, *SHAPE) * 2 - 1, torch.randn(4, Z_DIM)
     y_real, y_fake = torch.tensor([0, 1, 2, 3]), torch.tensor([3, 3, 0, 1])
-    _, metrics = d_step(nets, real, z, real_labels=y_real, fake_labels=y_fake)
+    _, metrics = d_step(nets, game, real, z, real_labels=y_real, fake_labels=y_fake)
 
     # By hand: the class head's only gradient is 0.5 × that of its cross-entropy on the reals
     # (the adversarial logit does not read it, and the fakes' classes are not D's to learn).
@@ -185,10 +182,10 @@ def test_acgan_d_loss_adds_the_weighted_cross_entropy_of_the_reals_only():
 def test_acgan_g_loss_adds_the_weighted_cross_entropy_of_the_asked_classes():
     from distgan.step import g_step
 
-    nets = acgan_nets(2.0)
+    nets, game = acgan_nets(2.0)
     torch.manual_seed(3)
     z, y = torch.randn(4, Z_DIM), torch.tensor([1, 0, 3, 2])
-    metrics = g_step(nets, nets.G(z, y), labels=y)
+    metrics = g_step(nets, game, nets.G(z, y), labels=y)
     logits, classes = nets.D(nets.G(z, y), y, classes=True)
     adversarial = nn.functional.softplus(-logits).mean()  # the non-saturating G loss
     ac = nn.functional.cross_entropy(classes, y)
@@ -336,12 +333,11 @@ def conditional_run(tmp_path_factory):
     the real loop on labelled images, written as a run directory with its checkpoint."""
     run_dir = tmp_path_factory.mktemp("conditional_run")
     spec = from_dict(conditional_job(spectral_norm=True))
-    torch.manual_seed(0)
-    nets = build_nets(spec, SHAPE, torch.device("cpu"), lambda m, is_d: m, CLASSES)
-    state = ckpts.TrainState(nets, make_ema(nets.G, spec.train), SHAPE)
     images, labels = labelled_images(32)
-    source = InMemoryBatches(
-        torch.from_numpy(images), 8, 0, 0, torch.device("cpu"), torch.from_numpy(labels)
+    counts = dict(zip(*np.unique(labels, return_counts=True)))
+    state = build_state(spec, SHAPE, torch.device("cpu"), num_classes=CLASSES, class_counts=counts)
+    source = memory_batches(
+        spec, torch.from_numpy(images), torch.from_numpy(labels), counts, torch.device("cpu")
     )
     reported = []
     result = run(
@@ -362,17 +358,16 @@ def conditional_run(tmp_path_factory):
 def test_the_loop_trains_a_conditional_model_with_every_option(conditional_run):
     run_dir, result, ckpt, state = conditional_run
     assert result["step"] == 3 and np.isfinite(result["d_loss"]) and result["skipped"] == 0
-    assert state.nets.num_classes == CLASSES and state.nets.augment == ("color", "translation")
-    assert state.nets.r1_gamma == 1.0 and "r1" in result  # steps 0 and 2 of 3 carry R1
-    assert state.nets.ac_weight == 1.0 and {"d_ac", "g_ac"} <= set(result)
+    assert state.game.num_classes == CLASSES and state.game.augment == ("color", "translation")
+    assert state.game.r1_gamma == 1.0 and "r1" in result  # steps 0 and 2 of 3 carry R1
+    assert state.game.ac_weight == 1.0 and {"d_ac", "g_ac"} <= set(result)
     assert ckpt["num_classes"] == CLASSES
     assert "classify.parametrizations.weight.original" in ckpt["D"]  # AC-GAN's head, with SN
     # A resumed run rebuilds D with the head and takes the checkpoint's weights.
     spec = from_dict(conditional_job(spectral_norm=True))
     ckpts.check_compatible(ckpt, spec, SHAPE, "ckpt", num_classes=CLASSES)
-    fresh = build_nets(spec, SHAPE, torch.device("cpu"), lambda m, is_d: m, CLASSES)
-    ckpts.restore(ckpts.TrainState(fresh, make_ema(fresh.G, spec.train), SHAPE), ckpt, 0, "ckpt")
-    assert torch.equal(fresh.D.classify.parametrizations.weight.original,
+    fresh = build_state(spec, SHAPE, torch.device("cpu"), num_classes=CLASSES, checkpoint=ckpt)
+    assert torch.equal(fresh.nets.D.classify.parametrizations.weight.original,
                        ckpt["D"]["classify.parametrizations.weight.original"])  # fmt: skip
     # The sample grid: one row per class (4), 8 columns of 28 pixels with 2 between.
     grid = Image.open(run_dir / "samples" / "step_000003.png")

@@ -30,7 +30,7 @@ from distgan.config import from_dict
 from distgan.losses import get_loss
 from distgan.models import ModelOptions, build_models
 from distgan.schedule import Horizon
-from distgan.step import Nets, train_step
+from distgan.step import Game, Nets, train_step
 from distgan.train.stopping import TIME_UP, StopCheck
 
 WORLD = 2
@@ -110,14 +110,12 @@ def run_scenario(
         D,
         torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.5, 0.999)),
         torch.optim.Adam(D.parameters(), lr=1e-3, betas=(0.5, 0.999)),
-        get_loss(kind),
-        num_classes=classes,
-        **(settings or {}),
     )
+    game = Game(get_loss(kind), num_classes=classes, **(settings or {}))
     torch.manual_seed(100 + rank)  # each rank its own data, latents and GP interpolation
     reals = [torch.rand(BATCH, *SHAPE) * 2 - 1 for _ in range(n_critic)]
     labels = [torch.randint(classes, (BATCH,)) for _ in reals] if classes else None
-    metrics = train_step(nets, reals, lambda n: torch.randn(n, Z_DIM), real_labels=labels)
+    metrics = train_step(nets, game, reals, lambda n: torch.randn(n, Z_DIM), real_labels=labels)
     plain_g, plain_d = getattr(G, "module", G), getattr(D, "module", D)
     result = {
         "initial": {k: gather(v) for k, v in initial.items()},

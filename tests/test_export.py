@@ -22,7 +22,7 @@ from test_bad_inputs import _checkpoint, _run_dir
 
 from distgan.cli import main
 from distgan.config import from_dict
-from distgan.generate import load_generator
+from distgan.generators import load_generator
 from distgan.models import generate, models_for_job
 
 JOB = {"model": {"arch": "dcgan", "width": 8, "z_dim": 16}, "run": {"name": "r"}}

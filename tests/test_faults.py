@@ -25,12 +25,11 @@ import yaml
 
 from distgan.cli import main
 from distgan.config import from_dict
-from distgan.data.reader import InMemoryBatches
-from distgan.ema import EMA
 from distgan.losses import get_loss
 from distgan.models import build_models
-from distgan.step import Nets, train_step
+from distgan.step import Game, Nets, train_step
 from distgan.train import checkpoint as ckpts
+from distgan.train.build import build_state, memory_batches
 from distgan.train.loop import run
 from distgan.train.outputs import RunOutputs, read_metrics
 
@@ -40,16 +39,11 @@ SHAPE = (1, 8, 8)
 # --- the step skips a non-finite update ----------------------------------------------------
 
 
-def tiny_nets(kind: str = "nonsaturating") -> Nets:
+def tiny_nets(kind: str = "nonsaturating") -> tuple[Nets, Game]:
     torch.manual_seed(0)
     G, D = build_models("dcgan", 8, 8, (1, 28, 28))  # dcgan: G has BatchNorm buffers
-    return Nets(
-        G=G,
-        D=D,
-        opt_g=torch.optim.Adam(G.parameters(), lr=1e-3),
-        opt_d=torch.optim.Adam(D.parameters(), lr=1e-3),
-        loss=get_loss(kind),
-    )
+    opt_g, opt_d = torch.optim.Adam(G.parameters(), 1e-3), torch.optim.Adam(D.parameters(), 1e-3)
+    return Nets(G, D, opt_g, opt_d), Game(get_loss(kind))
 
 
 def flat_state(nets: Nets) -> torch.Tensor:
@@ -58,18 +52,20 @@ def flat_state(nets: Nets) -> torch.Tensor:
 
 
 def test_a_nan_step_changes_no_weight_no_buffer_and_no_optimizer_state():
-    nets = tiny_nets()
+    nets, game = tiny_nets()
     real = torch.rand(4, 1, 28, 28) * 2 - 1
-    train_step(nets, [real], lambda n: torch.randn(n, 8))  # Adam state exists from here on
+    train_step(nets, game, [real], lambda n: torch.randn(n, 8))  # Adam state exists from here on
     before = flat_state(nets)
     adam_steps = int(nets.opt_d.state[next(iter(nets.D.parameters()))]["step"])
 
-    metrics = train_step(nets, [real], lambda n: torch.randn(n, 8) * float("nan"), measure=True)
+    metrics = train_step(
+        nets, game, [real], lambda n: torch.randn(n, 8) * float("nan"), measure=True
+    )
     assert metrics["skipped"] == 2  # the D update and the G update
     assert torch.equal(flat_state(nets), before)  # weights and BatchNorm statistics
     assert int(nets.opt_d.state[next(iter(nets.D.parameters()))]["step"]) == adam_steps
 
-    metrics = train_step(nets, [real], lambda n: torch.randn(n, 8))
+    metrics = train_step(nets, game, [real], lambda n: torch.randn(n, 8))
     assert metrics["skipped"] == 0 and not torch.equal(flat_state(nets), before)
     assert torch.isfinite(flat_state(nets)).all()
 
@@ -80,7 +76,13 @@ def test_a_nan_step_changes_no_weight_no_buffer_and_no_optimizer_state():
 def guard_job(inject: str, **guard) -> dict:
     return {
         "model": {"arch": "mlp", "width": 16, "z_dim": 8},
-        "train": {"steps": 40, "batch_size": 16, "log_every": 5, "checkpoint_every": 10},
+        "train": {
+            "steps": 40,
+            "batch_size": 16,
+            "log_every": 5,
+            "checkpoint_every": 10,
+            "ema_decay": 0.9,
+        },
         "scale": {"workers": 1},
         "guard": {"max_bad_steps": 3, "lr_factor": 0.5, "inject_nan": inject, **guard},
     }
@@ -89,19 +91,9 @@ def guard_job(inject: str, **guard) -> dict:
 def run_loop(job: dict, run_dir: Path) -> tuple[dict, list[dict], ckpts.TrainState]:
     """Trains ``job`` on 256 random 1×8×8 images; returns (result, reported checkpoints, state)."""
     spec = from_dict(job)
-    torch.manual_seed(0)
-    G, D = build_models("mlp", 8, 16, SHAPE)
-    o = spec.optim
-    nets = Nets(
-        G=G,
-        D=D,
-        opt_g=torch.optim.Adam(G.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2)),
-        opt_d=torch.optim.Adam(D.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2)),
-        loss=get_loss(spec.loss.kind),
-    )
-    state = ckpts.TrainState(nets, EMA(G, 0.9), SHAPE)
+    state = build_state(spec, SHAPE, torch.device("cpu"))
     images = torch.randint(0, 256, (256, *SHAPE), dtype=torch.uint8)
-    source = InMemoryBatches(images, 16, seed=0, rank=0, device=torch.device("cpu"))
+    source = memory_batches(spec, images, None, None, torch.device("cpu"))
     reported: list[dict] = []
     result = run(
         state,
@@ -151,7 +143,7 @@ def test_divergence_after_the_last_rollback_stops_and_names_the_last_good_checkp
 def test_a_discriminator_that_wins_outright_is_flagged(tmp_path):
     # A D learning 100× faster than G on random noise: its loss reaches ~0 within 40 steps.
     job = guard_job("", d_win_loss=0.05)
-    job["optim"] = {"lr_d": 0.02, "lr_g": 1e-6}
+    job["optim"] = {"lr_d": 0.01, "lr_g": 1e-6}
     run_loop(job, tmp_path)
     flags = [(m["d_loss"] < 0.05, m["d_wins"]) for m in read_metrics(tmp_path)]
     assert (True, 1.0) in flags and (False, 0.0) in flags
@@ -203,6 +195,7 @@ def only_run(root: Path) -> Path:
 WRITER = """
 import sys, pyarrow.fs, torch
 from distgan.train import checkpoint as ckpts
+from distgan.train.build import build_state, memory_batches
 mode, folder, src = sys.argv[1:4]
 big = {"format": ckpts.FORMAT, "step": 20, "G": {"w": torch.ones(24 * 2**20)}}  # 96 MiB
 if mode == "save":

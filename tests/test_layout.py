@@ -25,7 +25,7 @@ LAYERS = [
     {"models", "losses", "augment", "images", "dist", "progress"},  # plain PyTorch; progress bars
     {"step", "ema", "schedule"},  # the adversarial step, the EMA and the learning rates
     {"storage", "data", "metrics"},  # files of a run, data, scoring
-    {"train", "generate"},  # training, and generators read back from its checkpoints
+    {"train", "generators"},  # training, and generators read back from its checkpoints
     {"tune", "submit", "report", "export", "explore", "rate", "cli"},  # consumers of the above
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -32,7 +32,7 @@ from distgan.metrics.classes import class_kl, class_protocol, per_class_fid
 from distgan.metrics.evaluate import figure_protocols, write_eval_json
 from distgan.models import ModelOptions, build_models
 from distgan.search_space import parse_space
-from distgan.step import Nets, draw_labels, train_step
+from distgan.step import Game, Nets, draw_labels, train_step
 
 # --- the long-tail protocol ------------------------------------------------------------------
 
@@ -193,15 +193,14 @@ def test_the_fake_labels_follow_the_label_prior():
     G, D = build_models("dcgan", 8, 4, (1, 28, 28), ModelOptions(num_classes=3))
     G, D = Recorder(G), Recorder(D)
     prior = torch.tensor([0.7, 0.2, 0.1])
-    nets = Nets(
-        G, D, torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters()),
-        get_loss("nonsaturating"), num_classes=3, label_prior=prior,
-    )  # fmt: skip
-    drawn = draw_labels(nets, 20_000, torch.device("cpu"))
+    nets = Nets(G, D, torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters()))
+    game = Game(get_loss("nonsaturating"), num_classes=3, label_prior=prior)
+    drawn = draw_labels(game, 20_000, torch.device("cpu"))
     assert np.allclose(np.bincount(drawn.numpy(), minlength=3) / 20_000, prior, atol=0.015)
-    nets.label_prior = torch.tensor([0.0, 0.0, 1.0])  # the step draws what the prior says
+    # the step draws what the prior says
+    game = Game(get_loss("nonsaturating"), num_classes=3, label_prior=torch.tensor([0, 0, 1.0]))
     real = torch.rand(8, 1, 28, 28)
-    train_step(nets, [real], lambda n: torch.randn(n, 8), real_labels=[torch.zeros(8).long()])
+    train_step(nets, game, [real], lambda n: torch.randn(n, 8), real_labels=[torch.zeros(8).long()])
     (fake_labels,) = G.labels
     assert torch.equal(fake_labels, torch.full((8,), 2))
     assert torch.equal(D.labels[1], fake_labels)  # the G step judges the same labels
@@ -330,9 +329,8 @@ def _conditional_run(tmp_path, balance: str):
     """A labelled 28×28 dataset (200 images, 4 classes, long-tailed 100/50/30/20), and a run
     directory of a conditional dcgan trained on it (a real checkpoint at step 10)."""
     from distgan.config import dump_yaml
-    from distgan.ema import EMA
-    from distgan.models import models_for_job
     from distgan.train import checkpoint as ckpts
+    from distgan.train.build import build_state
 
     labels = np.repeat(np.arange(4), [100, 50, 30, 20])
     images = np.random.default_rng(0).integers(0, 256, (200, 1, 28, 28), dtype=np.uint8)
@@ -345,13 +343,8 @@ def _conditional_run(tmp_path, balance: str):
         "run": {"name": "r", "root": str(tmp_path / "runs")},
     }
     spec = from_dict(job)
-    torch.manual_seed(0)
-    G, D = models_for_job(spec.model, (1, 28, 28), 4)
-    nets = Nets(
-        G, D, torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters()),
-        get_loss("nonsaturating"), num_classes=4,
-    )  # fmt: skip
-    state = ckpts.TrainState(nets, EMA(G, 0.9), (1, 28, 28), step=10)
+    state = build_state(spec, (1, 28, 28), torch.device("cpu"), num_classes=4)
+    state.step = 10
     run = tmp_path / "run"
     (run / "checkpoints" / "step_0000010").mkdir(parents=True)
     (run / "job.resolved.yaml").write_text(dump_yaml(spec))
@@ -420,9 +413,15 @@ def test_the_worker_draws_balanced_batches_of_a_long_tailed_shard(conditional):
     job = {"train": {"class_balance": "balanced", "batch_size": 40}, "scale": {"workers": 1}}
     job["model"] = {"arch": "dcgan", "conditional": conditional}
     spec = from_dict(job)
-    prior = class_prior({0: 160, 1: 32, 2: 8}, "balanced")
     source = batch_source(
-        spec, FakeShard(images, labels), (1, 1, 1), False, 0, 1, torch.device("cpu"), prior
+        spec,
+        FakeShard(images, labels),
+        (1, 1, 1),
+        False,
+        0,
+        1,
+        torch.device("cpu"),
+        {0: 160, 1: 32, 2: 8},
     )
     assert isinstance(source, InMemoryBatches)  # balanced draws keep the shard in memory
     batches = [b for e in range(10) for b in source.epoch_batches(e)]

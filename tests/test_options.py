@@ -6,6 +6,7 @@ Plain unit tests, one process, small models. Class-conditional models: ``test_co
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -20,15 +21,17 @@ from distgan.job_rules import AUGMENTATIONS
 from distgan.losses import get_loss, r1_penalty
 from distgan.models import ModelOptions, apply_speed_options, build_models
 from distgan.models.layers import MinibatchStd, pack
-from distgan.step import Nets, d_step, g_step, train_step
+from distgan.step import Game, Nets, d_step, g_step, train_step
 
 Z_DIM = 8
 
 
-def nets_of(G: nn.Module, D: nn.Module, kind: str = "nonsaturating", **settings) -> Nets:
+def nets_of(
+    G: nn.Module, D: nn.Module, kind: str = "nonsaturating", **settings
+) -> tuple[Nets, Game]:
     opt_g = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=1e-3, betas=(0.5, 0.999))
-    return Nets(G, D, opt_g, opt_d, get_loss(kind), **settings)
+    return Nets(G, D, opt_g, opt_d), Game(get_loss(kind), **settings)
 
 
 def images(n: int, shape=(1, 28, 28), seed: int = 1) -> torch.Tensor:
@@ -83,9 +86,9 @@ def test_resnet_refuses_unserved_shapes(shape):
 def test_resnet_trains_a_step():
     torch.manual_seed(0)
     G, D = build_models("resnet", Z_DIM, 4, (1, 28, 28), ModelOptions(spectral_norm=True))
-    nets = nets_of(G, D, "hinge")
+    nets, game = nets_of(G, D, "hinge")
     before = [p.detach().clone() for p in [*G.parameters(), *D.parameters()]]
-    metrics = train_step(nets, [images(4)], lambda n: torch.randn(n, Z_DIM))
+    metrics = train_step(nets, game, [images(4)], lambda n: torch.randn(n, Z_DIM))
     assert metrics["skipped"] == 0 and all(torch.isfinite(v) for v in metrics.values())
     after = [*G.parameters(), *D.parameters()]
     assert all(not torch.equal(a, b) for a, b in zip(before, after))
@@ -160,11 +163,11 @@ def test_pack_groups_consecutive_samples():
 def test_packed_d_step_splits_real_and_fake_logits():
     torch.manual_seed(0)
     G, D = build_models("dcgan", Z_DIM, 4, (1, 28, 28), ModelOptions(pack=2))
-    nets = nets_of(G, D)
-    fake, metrics = d_step(nets, images(6), torch.randn(6, Z_DIM), keep_graph=True)
+    nets, game = nets_of(G, D)
+    fake, metrics = d_step(nets, game, images(6), torch.randn(6, Z_DIM), keep_graph=True)
     assert fake.shape == (6, 1, 28, 28) and torch.isfinite(metrics["d_loss"])
     assert 0 < metrics["d_real"] < 1 and 0 < metrics["d_fake"] < 1
-    assert g_step(nets, fake)["g_skipped"] == 0
+    assert g_step(nets, game, fake)["g_skipped"] == 0
 
 
 def test_minibatch_std_appends_each_groups_standard_deviation():
@@ -261,11 +264,13 @@ def test_d_step_adds_lazy_r1_weighted_by_gamma_half_and_the_interval():
             return (z[:, :1] * 0 + self.b).view(-1, 3, 2, 2)
 
     D = LinearCritic(12)
-    nets = nets_of(G(), D, "wgan", r1_gamma=3.0, r1_every=4, clip=1e6)  # clipping: out of reach
+    nets, game = nets_of(
+        G(), D, "wgan", r1_gamma=3.0, r1_every=4, clip=1e6
+    )  # clipping: out of reach
     real = torch.randn(6, 3, 2, 2)
     w = D.w.detach().clone()
     nets.opt_d = torch.optim.SGD(D.parameters(), lr=1.0)
-    _, metrics = d_step(nets, real, torch.randn(6, 1), r1=True)
+    _, metrics = d_step(nets, game, real, torch.randn(6, 1), r1=True)
     assert metrics["r1"] == pytest.approx(w.square().sum().item(), rel=1e-5)
     # wgan: d_loss = mean(f) - mean(r); f = b·w = 0 at b = 0. Its gradient is -mean(real);
     # R1 adds γ/2 · k · ‖w‖², whose gradient is γ · k · w.
@@ -276,16 +281,17 @@ def test_d_step_adds_lazy_r1_weighted_by_gamma_half_and_the_interval():
 def test_train_step_places_r1_on_every_kth_d_step_of_the_run():
     torch.manual_seed(0)
     G, D = build_models("mlp", Z_DIM, 8, (1, 4, 4))
-    nets = nets_of(G, D, r1_gamma=1.0, r1_every=3)
+    nets, game = nets_of(G, D, r1_gamma=1.0, r1_every=3)
     with_r1 = []
     for step in range(7):
         metrics = train_step(
-            nets, [images(4, (1, 4, 4))], lambda n: torch.randn(n, Z_DIM), step=step
+            nets, game, [images(4, (1, 4, 4))], lambda n: torch.randn(n, Z_DIM), step=step
         )
         with_r1.append("r1" in metrics)
     assert with_r1 == [True, False, False, True, False, False, True]
-    nets.r1_gamma = 0.0
-    assert "r1" not in train_step(nets, [images(4, (1, 4, 4))], lambda n: torch.randn(n, Z_DIM))
+    game = dataclasses.replace(game, r1_gamma=0.0)
+    step = train_step(nets, game, [images(4, (1, 4, 4))], lambda n: torch.randn(n, Z_DIM))
+    assert "r1" not in step
 
 
 # --- DiffAugment -----------------------------------------------------------------------------
@@ -343,33 +349,33 @@ def test_diffaugment_sees_reals_and_fakes_in_d_step_and_fakes_in_g_step(monkeypa
     torch.manual_seed(0)
     G, D = build_models("dcgan", Z_DIM, 4, (1, 28, 28))
     policy = ("color", "translation")
-    nets = nets_of(G, D, augment=policy, r1_gamma=1.0)
-    train_step(nets, [images(4)], lambda n: torch.randn(n, Z_DIM))
+    nets, game = nets_of(G, D, augment=policy, r1_gamma=1.0)
+    train_step(nets, game, [images(4)], lambda n: torch.randn(n, Z_DIM))
     # D step: one call on [reals, fakes] (one policy for both), one on the reals for R1;
     # G step: the fakes.
     assert calls == [(8, policy), (4, policy), (4, policy)]
     calls.clear()
-    nets.augment = ()
-    train_step(nets, [images(4)], lambda n: torch.randn(n, Z_DIM))
+    game = dataclasses.replace(game, augment=())
+    train_step(nets, game, [images(4)], lambda n: torch.randn(n, Z_DIM))
     assert calls == []
 
 
 def test_diffaugment_changes_what_d_judges_in_both_steps():
     torch.manual_seed(0)
     G, D = build_models("dcgan", Z_DIM, 4, (1, 28, 28))
-    nets = nets_of(G, D)
+    nets, _ = nets_of(G, D)
     real, z = images(4), torch.randn(4, Z_DIM)
     state = {k: v.clone() for k, v in [*G.state_dict().items(), *D.state_dict().items()]}
 
     def losses(policy):
         G.load_state_dict({k: state[k] for k in G.state_dict()})
         D.load_state_dict({k: state[k] for k in D.state_dict()})
-        nets.augment = policy
+        game = Game(get_loss("nonsaturating"), augment=policy)
         torch.manual_seed(5)
-        fake, d = d_step(nets, real, z, keep_graph=True)
+        fake, d = d_step(nets, game, real, z, keep_graph=True)
         nets.opt_d.zero_grad(set_to_none=True)
         with torch.no_grad():
-            fake_logits, _ = distgan.step.judge(D, nets, fake, None)
+            fake_logits, _ = distgan.step.judge(D, game, fake, None)
         return d["d_real"], d["d_fake"], fake_logits
 
     plain, translated = losses(()), losses(("translation",))
@@ -415,7 +421,7 @@ def test_channels_last_converts_conv_weights_and_trains_a_step():
     conv = [m for m in D.modules() if isinstance(m, nn.Conv2d)][1]  # (8, 4, 4, 4)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert not conv.weight.is_contiguous()
-    metrics = train_step(nets_of(G, D), [images(4)], lambda n: torch.randn(n, Z_DIM))
+    metrics = train_step(*nets_of(G, D), [images(4)], lambda n: torch.randn(n, Z_DIM))
     assert metrics["skipped"] == 0 and math.isfinite(metrics["g_loss"].item())
 
 
@@ -425,9 +431,9 @@ def test_compile_trains_a_step_and_keeps_parameter_names():
     names = list(D.state_dict())
     G, D = (apply_speed_options(m, channels_last=False, compile=True) for m in (G, D))
     assert list(D.state_dict()) == names  # checkpoints keep their keys
-    nets = nets_of(G, D)
+    nets, game = nets_of(G, D)
     before = [p.detach().clone() for p in D.parameters()]
-    metrics = train_step(nets, [images(4, (1, 4, 4))], lambda n: torch.randn(n, Z_DIM))
+    metrics = train_step(nets, game, [images(4, (1, 4, 4))], lambda n: torch.randn(n, Z_DIM))
     assert metrics["skipped"] == 0
     assert all(not torch.equal(a, b) for a, b in zip(before, D.parameters()))
     torch._dynamo.reset()

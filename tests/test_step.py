@@ -16,18 +16,20 @@ from torch import nn
 from distgan.ema import EMA
 from distgan.losses import LOSSES, get_loss
 from distgan.models import build_models
-from distgan.step import Nets, d_step, g_step, train_step
+from distgan.step import Game, Nets, d_step, g_step, train_step
 
 Z_DIM = 8
 ARCH_SHAPES = {"mlp": (1, 4, 4), "dcgan": (1, 28, 28)}
 
 
-def make_nets(arch: str = "mlp", kind: str = "nonsaturating", width: int = 8, **settings) -> Nets:
+def make_nets(
+    arch: str = "mlp", kind: str = "nonsaturating", width: int = 8, **settings
+) -> tuple[Nets, Game]:
     torch.manual_seed(0)
     G, D = build_models(arch, Z_DIM, width, ARCH_SHAPES[arch])
     opt_g = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=1e-3, betas=(0.5, 0.999))
-    return Nets(G, D, opt_g, opt_d, get_loss(kind), **settings)
+    return Nets(G, D, opt_g, opt_d), Game(get_loss(kind), **settings)
 
 
 def batch(arch: str, n: int = 6, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,10 +52,10 @@ CASES = [(arch, kind) for arch in ARCH_SHAPES for kind in sorted(LOSSES)]
 
 @pytest.mark.parametrize("arch, kind", CASES)
 def test_d_step_updates_only_d(arch, kind):
-    nets = make_nets(arch, kind)
+    nets, game = make_nets(arch, kind)
     real, z = batch(arch)
     g_before, d_before = params(nets.G), params(nets.D)
-    fake, metrics = d_step(nets, real, z)
+    fake, metrics = d_step(nets, game, real, z)
     assert changed(nets.G, g_before) == []
     assert all(p.grad is None for p in nets.G.parameters())
     assert sorted(changed(nets.D, d_before)) == sorted(d_before)
@@ -64,21 +66,21 @@ def test_d_step_updates_only_d(arch, kind):
 
 
 def test_d_step_keep_graph_returns_g_output_with_its_graph():
-    nets = make_nets("dcgan")
+    nets, game = make_nets("dcgan")
     real, z = batch("dcgan")
-    fake, _ = d_step(nets, real, z, keep_graph=True)
+    fake, _ = d_step(nets, game, real, z, keep_graph=True)
     assert fake.grad_fn is not None
     assert all(p.grad is None for p in nets.G.parameters())
 
 
 @pytest.mark.parametrize("arch, kind", CASES)
 def test_g_step_updates_only_g(arch, kind):
-    nets = make_nets(arch, kind)
+    nets, game = make_nets(arch, kind)
     real, z = batch(arch)
-    fake, _ = d_step(nets, real, z, keep_graph=True)
+    fake, _ = d_step(nets, game, real, z, keep_graph=True)
     nets.opt_d.zero_grad(set_to_none=True)  # d_step left D's gradients in place
     g_before, d_before = params(nets.G), params(nets.D)
-    metrics = g_step(nets, fake)
+    metrics = g_step(nets, game, fake)
     assert changed(nets.D, d_before) == []
     assert all(p.grad is None for p in nets.D.parameters())
     assert all(p.requires_grad for p in nets.D.parameters())
@@ -88,15 +90,15 @@ def test_g_step_updates_only_g(arch, kind):
 
 
 def test_g_step_restores_requires_grad_when_it_fails():
-    nets = make_nets("mlp")
+    nets, game = make_nets("mlp")
     wrong = torch.randn(3, 5, requires_grad=True)  # not an image D can read
     with pytest.raises(RuntimeError):
-        g_step(nets, wrong)
+        g_step(nets, game, wrong)
     assert all(p.requires_grad for p in nets.D.parameters())
 
 
 def test_train_step_with_n_critic_3_does_three_d_updates_and_one_g_update():
-    nets = make_nets("dcgan", "wgan-gp")
+    nets, game = make_nets("dcgan", "wgan-gp")
     reals = [batch("dcgan", n=4, seed=s)[0] for s in range(3)]
     drawn = []
 
@@ -104,7 +106,7 @@ def test_train_step_with_n_critic_3_does_three_d_updates_and_one_g_update():
         drawn.append(n)
         return torch.randn(n, Z_DIM)
 
-    metrics = train_step(nets, reals, sample_z)
+    metrics = train_step(nets, game, reals, sample_z)
     assert drawn == [4, 4, 4]
     d_steps = {int(nets.opt_d.state[p]["step"]) for p in nets.D.parameters()}
     g_steps = {int(nets.opt_g.state[p]["step"]) for p in nets.G.parameters()}
@@ -116,18 +118,18 @@ def test_train_step_with_n_critic_3_does_three_d_updates_and_one_g_update():
 @pytest.mark.parametrize("arch", sorted(ARCH_SHAPES))
 def test_wgan_clips_d_weights_to_the_configured_bound(arch):
     clip = 0.005
-    nets = make_nets(arch, "wgan", clip=clip)
+    nets, game = make_nets(arch, "wgan", clip=clip)
     real, z = batch(arch)
-    d_step(nets, real, z)
+    d_step(nets, game, real, z)
     weights = torch.cat([p.detach().flatten() for p in nets.D.parameters()])
     assert weights.abs().max() <= clip
     assert (weights.abs() == clip).any()  # the bound was reached, so clipping happened
 
 
 def test_losses_without_clipping_leave_d_weights_alone():
-    nets = make_nets("mlp", "hinge", clip=0.005)
+    nets, game = make_nets("mlp", "hinge", clip=0.005)
     real, z = batch("mlp")
-    d_step(nets, real, z)
+    d_step(nets, game, real, z)
     assert max(p.detach().abs().max() for p in nets.D.parameters()) > 0.1
 
 
@@ -135,9 +137,9 @@ def test_wgan_gp_reports_a_finite_penalty_that_shapes_the_update():
     real, z = batch("dcgan")
     results = []
     for weight in (0.0, 10.0):
-        nets = make_nets("dcgan", "wgan-gp", gp_weight=weight)
+        nets, game = make_nets("dcgan", "wgan-gp", gp_weight=weight)
         torch.manual_seed(5)  # the same interpolation ε in both runs
-        _, metrics = d_step(nets, real, z)
+        _, metrics = d_step(nets, game, real, z)
         assert torch.isfinite(metrics["gp"]) and metrics["gp"] > 0
         results.append(torch.cat([p.detach().flatten() for p in nets.D.parameters()]))
     assert not torch.equal(results[0], results[1])
@@ -149,28 +151,28 @@ def global_norm(grads) -> torch.Tensor:
 
 @pytest.mark.parametrize("arch", sorted(ARCH_SHAPES))
 def test_measure_reports_the_gradient_norms(arch):
-    nets = make_nets(arch, "nonsaturating")
+    nets, game = make_nets(arch, "nonsaturating")
     nets.G.eval()  # the same G(z) in the step and in the check below (no BatchNorm updates)
     real, z = batch(arch)
     G0, D0 = copy.deepcopy(nets.G), copy.deepcopy(nets.D)
 
-    fake, d_metrics = d_step(nets, real, z, keep_graph=True, measure=True)
-    d_loss = nets.loss.d(D0(real), D0(G0(z).detach())).mean()
+    fake, d_metrics = d_step(nets, game, real, z, keep_graph=True, measure=True)
+    d_loss = game.loss.d(D0(real), D0(G0(z).detach())).mean()
     d_expected = global_norm(torch.autograd.grad(d_loss, list(D0.parameters())))
     torch.testing.assert_close(d_metrics["d_grad_norm"].double(), d_expected, rtol=1e-5, atol=0)
 
     D1 = copy.deepcopy(nets.D)  # D after its update, which the G step reads
-    g_metrics = g_step(nets, fake, measure=True)
-    g_loss = nets.loss.g(D1(G0(z))).mean()
+    g_metrics = g_step(nets, game, fake, measure=True)
+    g_loss = game.loss.g(D1(G0(z))).mean()
     g_expected = global_norm(torch.autograd.grad(g_loss, list(G0.parameters())))
     torch.testing.assert_close(g_metrics["g_grad_norm"].double(), g_expected, rtol=1e-5, atol=0)
     assert d_expected > 0 and g_expected > 0
 
 
 def test_no_gradient_norms_unless_measured():
-    nets = make_nets("mlp")
+    nets, game = make_nets("mlp")
     real, _ = batch("mlp")
-    metrics = train_step(nets, [real], lambda n: torch.randn(n, Z_DIM))
+    metrics = train_step(nets, game, [real], lambda n: torch.randn(n, Z_DIM))
     assert "d_grad_norm" not in metrics and "g_grad_norm" not in metrics
 
 
@@ -183,8 +185,8 @@ def test_short_training_plays_the_game_the_right_way():
         D,
         torch.optim.Adam(G.parameters(), lr=2e-3, betas=(0.5, 0.999)),
         torch.optim.Adam(D.parameters(), lr=2e-3, betas=(0.5, 0.999)),
-        get_loss("nonsaturating"),
     )
+    game = Game(get_loss("nonsaturating"))
     center = torch.tensor([0.5, -0.5])
 
     def real_batch() -> torch.Tensor:
@@ -196,10 +198,10 @@ def test_short_training_plays_the_game_the_right_way():
 
     start = distance()
     for _ in range(30):  # D alone first: it must learn to score real above fake
-        _, m = d_step(nets, real_batch(), torch.randn(64, 4))
+        _, m = d_step(nets, game, real_batch(), torch.randn(64, 4))
     assert m["d_real"] > 0.6 and m["d_fake"] < 0.4, m
     for _ in range(300):
-        train_step(nets, [real_batch()], lambda n: torch.randn(n, 4))
+        train_step(nets, game, [real_batch()], lambda n: torch.randn(n, 4))
     assert distance() < 0.3 * start, (start, distance())
 
 

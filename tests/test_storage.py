@@ -166,16 +166,10 @@ def test_a_resumed_runs_clock_goes_on_from_its_checkpoint(tmp_path, monkeypatch)
 
     # The next part starts where this one ended: restore takes the clock from the checkpoint.
     from distgan.config import load_resolved
-    from distgan.ema import EMA
-    from distgan.losses import get_loss
-    from distgan.models import models_for_job
-    from distgan.step import Nets
+    from distgan.train.build import build_state
 
     spec = load_resolved(ckpt["job"], "ckpt")
-    G, D = models_for_job(spec.model, tuple(ckpt["image_shape"]))
-    nets = Nets(G=G, D=D, opt_g=torch.optim.Adam(G.parameters()),
-                opt_d=torch.optim.Adam(D.parameters()), loss=get_loss(spec.loss.kind))  # fmt: skip
-    state = ckpts.TrainState(nets, EMA(G, 0.9), tuple(ckpt["image_shape"]))
-    assert state.train_seconds == 0.0
-    ckpts.restore(state, ckpt, 0, source="ckpt")
+    shape = tuple(ckpt["image_shape"])
+    assert build_state(spec, shape, torch.device("cpu")).train_seconds == 0.0
+    state = build_state(spec, shape, torch.device("cpu"), checkpoint=ckpt)
     assert state.train_seconds == ckpt["metrics"]["elapsed_s"]

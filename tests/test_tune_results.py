@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,14 +19,12 @@ from PIL import Image
 
 from distgan.cli import main
 from distgan.config import dump_yaml, from_dict, parse_job
-from distgan.ema import EMA
-from distgan.generate import load_generator, resolve_checkpoint
+from distgan.generators import load_generator, resolve_checkpoint
 from distgan.images import grid, grid_png, to_uint8
-from distgan.losses import get_loss
-from distgan.models import build_models, generate
-from distgan.step import Nets
+from distgan.models import generate
 from distgan.storage import Location, LogFile, open_location
 from distgan.train import checkpoint as ckpts
+from distgan.train.build import build_state
 from distgan.train.outputs import RunOutputs
 from distgan.tune.exploits import (
     exploit_record,
@@ -109,13 +108,13 @@ def test_the_schedule_follows_the_state_back_through_its_donors():
     assert format_schedule(schedule(old, "b", {"lr": 2}, 30))[0].endswith("(values not recorded)")
 
 
+CPU = torch.device("cpu")
+
+
 def checkpoint(spec, step: int, fid: float) -> dict:
     """A real snapshot of ``spec``'s models at ``step``, its G_ema drawn from seed ``step``."""
-    torch.manual_seed(step)
-    G, D = build_models(spec.model.arch, spec.model.z_dim, spec.model.width, (1, 28, 28))
-    nets = Nets(G=G, D=D, opt_g=torch.optim.Adam(G.parameters()),
-                opt_d=torch.optim.Adam(D.parameters()), loss=get_loss("nonsaturating"))  # fmt: skip
-    state = ckpts.TrainState(nets, EMA(G, 0.9), (1, 28, 28), step=step)
+    state = build_state(replace(spec, train=replace(spec.train, seed=step)), (1, 28, 28), CPU)
+    state.step = step
     return ckpts.snapshot(state, dump_yaml(spec), [ckpts.rng_state()], {"fid": fid, "step": step})
 
 

@@ -1,12 +1,13 @@
 """Run folders written by the real writers, for the report and export tests (no Ray).
 
-``train_run`` trains a tiny job with ``train/loop.py`` in this process, on random 28×28
-images: ``job.resolved.yaml`` (write_resolved), ``metrics.jsonl`` and ``samples/`` (RunOutputs),
-``checkpoints/step_N/`` (checkpoint.save of each snapshot the loop reports, as the worker does
-through Ray), ``best/`` (RunOutputs.update_best) and ``eval.json`` (write_eval_json). NaN latents
-at steps 13-15 make the divergence guard skip them and roll back once. The evaluator is a stand
-in (FID from the feature network would take minutes here): its figures fall with the step.
-Given ``labels`` (and ``model={"conditional": True}``), it trains a class-conditional model.
+``train_run`` trains a tiny job, built by ``train/build.py``, with ``train/loop.py`` in this
+process, on random 28×28 images: ``job.resolved.yaml`` (write_resolved), ``metrics.jsonl`` and
+``samples/`` (RunOutputs), ``checkpoints/step_N/`` (checkpoint.save of each snapshot the loop
+reports, as the worker does through Ray), ``best/`` (RunOutputs.update_best) and ``eval.json``
+(write_eval_json). NaN latents at steps 13-15 make the divergence guard skip them and roll back
+once. The evaluator is a stand in (FID from the feature network would take minutes here): its
+figures fall with the step. Given ``labels`` (and ``model={"conditional": True}``), it trains a
+class-conditional model.
 """
 
 from __future__ import annotations
@@ -17,13 +18,9 @@ from pathlib import Path
 import torch
 
 from distgan.config import from_dict
-from distgan.data.reader import InMemoryBatches
-from distgan.ema import EMA
-from distgan.losses import get_loss
 from distgan.metrics.evaluate import write_eval_json
-from distgan.models import models_for_job
-from distgan.step import Nets
 from distgan.train import checkpoint as ckpts
+from distgan.train.build import build_state, memory_batches
 from distgan.train.loop import run
 from distgan.train.outputs import RunOutputs, write_resolved
 
@@ -72,24 +69,12 @@ def train_run(
     run_dir = root / name
     run_dir.mkdir(parents=True)
     write_resolved(spec, run_dir)
-    torch.manual_seed(spec.train.seed)
-    m, o = spec.model, spec.optim
-    num_classes = 0 if labels is None else int(labels.max()) + 1
-    G, D = models_for_job(m, SHAPE, num_classes)
-    nets = Nets(
-        G=G,
-        D=D,
-        opt_g=torch.optim.Adam(G.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2)),
-        opt_d=torch.optim.Adam(D.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2)),
-        loss=get_loss(spec.loss.kind),
-        num_classes=G.num_classes,
-    )
-    state = ckpts.TrainState(nets, EMA(G, spec.train.ema_decay), SHAPE)
+    counts = None if labels is None else dict(enumerate(torch.bincount(labels).tolist()))
+    cpu = torch.device("cpu")
+    state = build_state(spec, SHAPE, cpu, num_classes=len(counts or ()), class_counts=counts)
     if images is None:
         images = torch.randint(0, 256, (256, *SHAPE), dtype=torch.uint8)
-    source = InMemoryBatches(
-        images, spec.train.batch_size, seed=0, rank=0, device=torch.device("cpu"), labels=labels
-    )
+    source = memory_batches(spec, images, labels, counts, cpu)
 
     def report(metrics: dict, snapshot: dict | None) -> None:
         if snapshot is not None:

@@ -72,7 +72,7 @@ def _fit_features(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from distgan.generate import load_generator
+    from distgan.generators import load_generator
     from distgan.metrics import get_metric
     from distgan.metrics.classify import (
         CLASSIFICATION_METRICS,

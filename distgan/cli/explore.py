@@ -39,7 +39,7 @@ def add_parser(verbs) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from distgan.config import RESOLVED_JOB
-    from distgan.generate import load_generator
+    from distgan.generators import load_generator
     from distgan.storage import display, join, open_location
 
     for flag, value, least in (

@@ -15,7 +15,7 @@ import torch
 
 from distgan.data import data_location, read_manifest
 from distgan.errors import CheckpointError, JobError, UserError
-from distgan.generate import load_generator
+from distgan.generators import load_generator
 from distgan.images import save_grid, to_uint8
 from distgan.models import generate
 from distgan.storage import display

@@ -124,8 +124,9 @@ def spectral_normalize(model: nn.Module) -> nn.Module:
     """Spectral normalisation (Miyato et al. 2018) of every conv, linear and embedding weight.
 
     Each weight is divided by its largest singular value, estimated by one power iteration per
-    forward in training mode. The iteration's vectors are buffers that depend on the weights
-    alone, so DDP ranks with equal weights keep equal vectors without a broadcast.
+    forward in training mode. The iteration's vectors are buffers, drawn at construction and
+    then updated from the weights alone: ranks that build D from one seed and keep equal weights
+    (DDP) keep equal vectors with no broadcast.
     """
     for m in list(model.modules()):
         if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)):

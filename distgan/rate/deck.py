@@ -19,7 +19,7 @@ import numpy as np
 
 from distgan.data import data_location, read_manifest, read_rows
 from distgan.errors import DataError, JobError
-from distgan.generate import load_generator
+from distgan.generators import load_generator
 from distgan.images import png, to_uint8
 from distgan.models import generate
 from distgan.storage import Location, display
@@ -52,9 +52,6 @@ class Deck:
     def protocol(self) -> str:
         """Names the draw: the same id means the same images in the same order (at one step)."""
         return protocol_id(self.seed, len(self.cards) // 2)
-
-    def truth_of(self, image: str) -> str:
-        return next(c.truth for c in self.cards if c.image == image)
 
 
 def protocol_id(seed: int, half: int) -> str:

@@ -27,7 +27,7 @@ import torch
 from distgan.ema import EMA
 from distgan.errors import CheckpointError
 from distgan.models import models_for_job, unwrap
-from distgan.step import Nets
+from distgan.step import Game, Nets
 from distgan.storage import Location, is_uri, join, open_location, split_query
 
 FORMAT = "distgan-checkpoint/1"
@@ -42,6 +42,7 @@ class TrainState:
     """Everything that changes while training, i.e. everything a checkpoint must hold."""
 
     nets: Nets
+    game: Game  # fixed for the run: not in the checkpoint (the job and the data rebuild it)
     ema: EMA | None
     image_shape: tuple[int, int, int]  # (C, H, W) of the data G learns
     step: int = 0

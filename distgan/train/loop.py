@@ -151,7 +151,7 @@ def run(
     z_dim = spec.model.z_dim
     # The grid's latents are the same in every run of a job and across resumes.
     fixed_z = torch.randn(GRID_SIZE, z_dim, generator=torch.Generator().manual_seed(t.seed))
-    fixed_z, fixed_labels, grid_columns = grid_inputs(fixed_z.to(device), state.nets.num_classes)
+    fixed_z, fixed_labels, grid_columns = grid_inputs(fixed_z.to(device), state.game.num_classes)
 
     # Non-finite steps are skipped, then rolled back, then stop the run (train/guard.py).
     guard = Guard(spec, dist.rank(), outputs.checkpoints_uri if outputs else None)
@@ -187,12 +187,13 @@ def run(
         reals = [next(batches) for _ in range(spec.optim.n_critic)]
         waited += time.perf_counter() - before
         labels = None
-        if state.nets.num_classes:  # conditional: each batch is (images, labels)
+        if state.game.num_classes:  # conditional: each batch is (images, labels)
             reals, labels = [x for x, _ in reals], [y for _, y in reals]
         log_now = (state.step + 1) % t.log_every == 0 or state.step + 1 == t.steps
         step_metrics = train_step(
-            state.nets, reals, sample_z, measure=log_now, real_labels=labels, step=state.step
-        )
+            state.nets, state.game, reals, sample_z,
+            measure=log_now, real_labels=labels, step=state.step,
+        )  # fmt: skip
         skipped = bool(step_metrics["skipped"])  # the same on every rank
         meter.add({"skipped": step_metrics["skipped"]} if skipped else step_metrics)
         state.step += 1

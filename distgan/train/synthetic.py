@@ -13,38 +13,19 @@ The mode-coverage benchmark (``benchmarks/modes.py``) and its test use it; the s
 
 from __future__ import annotations
 
-import time
-from types import SimpleNamespace
+from collections.abc import Iterator
 
 import torch
 
-from distgan.ema import EMA
-from distgan.losses import get_loss
+from distgan.config import JobSpec, from_dict
 from distgan.metrics.modes import SyntheticModes, score_modes
-from distgan.models import ModelOptions, build_models
-from distgan.schedule import RateSchedule
-from distgan.step import Nets, train_step
+from distgan.models import ModelOptions
+from distgan.train.build import build_state
+from distgan.train.checkpoint import TrainState
+from distgan.train.loop import run, sampling_generator
 
-
-def make_nets(
-    arch: str,
-    shape: tuple[int, int, int],
-    loss_kind: str,
-    z_dim: int,
-    width: int,
-    options: ModelOptions | None = None,
-    lr: float = 1e-4,
-) -> Nets:
-    """G, D and Adam (lr 1e-4, betas (0.5, 0.9): the usual toy-problem setting) for
-    ``loss_kind``; ``options`` of the models (None: the plain ones)."""
-    G, D = build_models(arch, z_dim, width, shape, options)
-    return Nets(
-        G=G,
-        D=D,
-        opt_g=torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.9)),
-        opt_d=torch.optim.Adam(D.parameters(), lr=lr, betas=(0.5, 0.9)),
-        loss=get_loss(loss_kind),
-    )
+SHAPE = (2, 1, 1)  # a 2-D point as a 2×1×1 "image"
+EPOCH_BATCHES = 1000  # a mixture has no epochs; the loop's epoch counter counts these
 
 
 def n_critic(loss_kind: str) -> int:
@@ -52,8 +33,7 @@ def n_critic(loss_kind: str) -> int:
     return 5 if loss_kind in ("wgan", "wgan-gp") else 1
 
 
-def train_synthetic(
-    source: SyntheticModes,
+def synthetic_job(
     loss_kind: str,
     steps: int,
     batch: int = 256,
@@ -67,60 +47,96 @@ def train_synthetic(
     seconds: float = 0.0,
     lr_decay: str = "none",
     r1_gamma: float = 0.0,
-) -> tuple[torch.nn.Module, list[dict[str, float]]]:
-    """Trains the mlp GAN on ``source`` for ``steps`` G steps, on this process, without Ray.
-    ``options``: the mlp's options, e.g. ``ModelOptions(output="linear", pack=2)``; ``batch``
-    must then be a multiple of the pack. ``lr``: both Adams' learning rate. ``ema_decay`` > 0:
-    the G returned (and scored in the history) is the EMA of G's weights with that decay
-    (``ema.EMA``, warmed up). ``seconds`` > 0: stop after that much training time even before
-    ``steps``. ``lr_decay`` (``optim.lr_decay``'s linear or cosine): the rate falls to 0 by
-    ``steps`` or by ``seconds``, whichever comes first. ``r1_gamma`` > 0: D carries the lazy R1
-    penalty (``loss.r1_gamma``), every 16th step with its weight × 16.
+) -> JobSpec:
+    """The job of ``train_synthetic``'s arguments: the mlp GAN, Adam (lr, betas (0.5, 0.9): the
+    usual toy-problem setting), metrics and an evaluation every ``log_every`` steps."""
+    o = options or ModelOptions()
+    return from_dict(
+        {
+            "model": {"arch": "mlp", "z_dim": z_dim, "width": width, "output": o.output,
+                      "pack": o.pack, "mbstd_group": o.mbstd_group,
+                      "spectral_norm": o.spectral_norm},
+            "loss": {"kind": loss_kind, "r1_gamma": r1_gamma},
+            "optim": {"lr_g": lr, "lr_d": lr, "beta1": 0.5, "beta2": 0.9,
+                      "n_critic": n_critic(loss_kind), "lr_decay": lr_decay, "lr_final": 0.0},
+            "train": {"steps": steps, "batch_size": batch, "max_minutes": seconds / 60,
+                      "log_every": log_every, "checkpoint_every": log_every,
+                      "sample_every": log_every, "ema": ema_decay > 0,
+                      "ema_decay": ema_decay or 0.999, "seed": seed},
+            "eval": {"every": log_every},
+        },
+        source="train_synthetic",
+    )  # fmt: skip
 
-    Each G step follows ``n_critic(loss_kind)`` D steps, each on a fresh real batch of ``batch``.
-    Returns (G in eval mode, history): one dict per ``log_every`` steps and one at the end, with
-    "step", "seconds", the step's metrics, and "modes" / "high_quality" of 2,500 samples
-    ("modes_literature": the modes with at least one high-quality sample).
+
+class MixtureBatches:
+    """Fresh draws from a mixture (B, 2, 1, 1), EPOCH_BATCHES to an "epoch" (the loop's
+    ``BatchSource``), from one seeded generator."""
+
+    def __init__(self, source: SyntheticModes, batch: int, seed: int):
+        self.source, self.batch = source, batch
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def epoch_batches(self, epoch: int, skip: int = 0) -> Iterator[torch.Tensor]:
+        for _ in range(skip, EPOCH_BATCHES):
+            yield self.source.sample(self.batch, self.gen)
+
+
+class ModeCoverage:
+    """The loop's evaluator: modes covered by 2,500 samples of G (G_ema with EMA)."""
+
+    metric = "modes"
+    higher_is_better = True
+
+    def __init__(self, source: SyntheticModes, z_dim: int, seed: int):
+        self.source, self.z_dim = source, z_dim
+        self.gen = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def __call__(self, state: TrainState) -> dict[str, float]:
+        with sampling_generator(state) as G:
+            x = G(torch.randn(2500, self.z_dim, generator=self.gen))
+        score, loose = score_modes(x, self.source), score_modes(x, self.source, min_count=1)
+        return {
+            "modes": score["modes"],
+            "high_quality": score["high_quality"],
+            "modes_literature": loose["modes"],  # modes with at least one high-quality sample
+        }
+
+
+def train_synthetic(
+    source: SyntheticModes, loss_kind: str, steps: int, **job
+) -> tuple[torch.nn.Module, list[dict[str, float]]]:
+    """Trains the mlp GAN on ``source`` for ``steps`` G steps, in this process, through
+    ``train/build.py`` and ``train/loop.py`` as every run does. ``job``: ``synthetic_job``'s
+    other arguments: ``options`` of the mlp (e.g. ``ModelOptions(output="linear", pack=2)``;
+    ``batch`` must then be a multiple of the pack), ``lr``, ``ema_decay`` > 0 (the G returned
+    and scored is the EMA of G's weights, warmed up), ``seconds`` > 0 (a time limit),
+    ``lr_decay`` (to 0 by ``steps`` or ``seconds``), ``r1_gamma`` (lazy R1, every 16th D step
+    with its weight × 16), ``seed``, ``z_dim``, ``width``, ``batch``, ``log_every``.
+
+    Each G step follows ``n_critic(loss_kind)`` D steps, each on a fresh real batch. Returns
+    (G in eval mode, history): one dict per ``log_every`` steps and one at the end, with
+    "step", "seconds", the interval's mean step metrics, and "modes" / "high_quality" of 2,500
+    samples ("modes_literature": the modes with at least one high-quality sample).
     """
-    torch.manual_seed(seed)  # G's and D's initial weights
-    gen = torch.Generator().manual_seed(seed)  # real batches and latents
-    nets = make_nets("mlp", (2, 1, 1), loss_kind, z_dim, width, options, lr)
-    nets.r1_gamma = r1_gamma
-    ema = EMA(nets.G, ema_decay) if ema_decay > 0 else None
-    k = n_critic(loss_kind)
+    spec = synthetic_job(loss_kind, max(steps, 1), **job)
+    state = build_state(spec, SHAPE, torch.device("cpu"))
     history: list[dict[str, float]] = []
 
-    def latents(b: int) -> torch.Tensor:
-        return torch.randn(b, z_dim, generator=gen)
+    def report(metrics: dict[str, float], snapshot: dict | None) -> None:
+        history.append({**metrics, "seconds": metrics["elapsed_s"]})
 
-    # optim.lr_decay as the loop has it: towards the end of ``steps`` or of ``seconds``
-    optim = SimpleNamespace(  # make_nets' Adam, falling to 0
-        lr_g=lr, lr_d=lr, beta1=0.5, beta2=0.9, lr_decay=lr_decay, lr_final=0.0
-    )
-    rates = RateSchedule(optim, SimpleNamespace(steps=steps, max_minutes=seconds / 60))
-    t0 = last = time.perf_counter()
-    for step in range(1, steps + 1):
-        rates.apply(nets, step - 1)
-        reals = [source.sample(batch, gen) for _ in range(k)]  # k × (B, 2, 1, 1)
-        metrics = train_step(nets, reals, latents, step=step - 1)
-        if ema is not None:
-            ema.update(nets.G, step)
-        now = time.perf_counter()
-        out_of_time = seconds > 0 and now - t0 >= seconds
-        if step % 100 == 0:
-            rates.update(step, now - t0, 100 / (now - last))
-            last = now
-        if step % log_every == 0 or step == steps or out_of_time:
-            G = nets.G if ema is None else ema.model
-            with torch.no_grad():
-                x = G(torch.randn(2500, z_dim, generator=gen))
-            score, loose = score_modes(x, source), score_modes(x, source, min_count=1)
-            history.append(
-                {"step": step, "seconds": time.perf_counter() - t0}
-                | {name: float(v) for name, v in metrics.items()}
-                | {"modes": score["modes"], "high_quality": score["high_quality"]}
-                | {"modes_literature": loose["modes"]}
-            )
-        if out_of_time:
-            break
-    return (nets.G if ema is None else ema.model).eval(), history
+    if steps > 0:
+        t = spec.train
+        run(
+            state,
+            MixtureBatches(source, t.batch_size, t.seed),
+            spec,
+            device=torch.device("cpu"),
+            report=report,
+            outputs=None,
+            job_yaml="",
+            evaluate=ModeCoverage(source, spec.model.z_dim, t.seed),
+        )
+    return (state.nets.G if state.ema is None else state.ema.model).eval(), history

@@ -164,7 +164,7 @@ def write_best_samples(trial_dir: Location, step: int, out: Location) -> str | N
         return out.child(name).uri
     if best is None or best["step"] != step:
         return None
-    from distgan.generate import load_generator
+    from distgan.generators import load_generator
     from distgan.images import to_uint8
     from distgan.models import generate
     from distgan.train.loop import GRID_SIZE

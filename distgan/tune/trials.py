@@ -114,55 +114,66 @@ def trainer_trial(context: SearchContext):
     return train_trial
 
 
+def pbt_setup(
+    context: SearchContext,
+    spec: JobSpec,
+    trial_id: str,
+    device: torch.device,
+    ckpt: dict | None = None,
+    source: str = "",
+    origin: str | None = None,
+):
+    """A PBT trial's training state and in-memory batches, built by ``train/build.py`` as every
+    run's are (from ``ckpt``, read from ``source`` and written by trial ``origin``, when Tune
+    hands one over), and the exploit record when that checkpoint is a donor's: (state, batches,
+    exploit or None)."""
+    from distgan.data import load_arrays
+    from distgan.train.build import build_state, memory_batches
+
+    m = context.manifest
+    # The trial's own rates (× the guard's factor) win over a donor's checkpoint.
+    state = build_state(
+        spec, m.shape, device, num_classes=m.num_classes, class_counts=m.label_counts,
+        checkpoint=ckpt, source=source,
+    )  # fmt: skip
+    exploit = None
+    if origin is not None and origin != trial_id:
+        donor = load_resolved(ckpt["job"], source=f"{source} (donor's job)")
+        exploit = exploit_record(trial_id, origin, state.step, donor, spec)
+        donor_lrs = [ckpt[k]["param_groups"][0]["lr"] for k in ("opt_g", "opt_d")]
+        exploit.update(donor_lr_g=donor_lrs[0], donor_lr_d=donor_lrs[1])
+        # the rates the clone's optimizers now hold, as evidence
+        exploit["lr_g"] = state.nets.opt_g.param_groups[0]["lr"]
+        exploit["lr_d"] = state.nets.opt_d.param_groups[0]["lr"]
+        record_exploit(context.search_dir, exploit)
+    images, labels = load_arrays(m)  # (N, C, H, W) uint8, (N,) int64
+    labels = None if labels is None else torch.from_numpy(labels)
+    batches = memory_batches(spec, torch.from_numpy(images), labels, m.label_counts, device)
+    return state, batches, exploit
+
+
 def pbt_trial(context: SearchContext):
     """A Tune function trainable that trains in its own process and reports Tune checkpoints."""
 
     def train_pbt_trial(config: dict[str, Any]) -> None:
-        from distgan.data import load_arrays
-        from distgan.data.reader import InMemoryBatches
-        from distgan.ema import make_ema
-        from distgan.schedule import set_rates
         from distgan.train import checkpoint as ckpts
         from distgan.train.evaluation import InTrainingEvaluator
         from distgan.train.loop import run
         from distgan.train.outputs import RunOutputs
-        from distgan.train.worker import build_nets
 
         spec, run_dir, trial_id = _start_trial(context, config)
         p = context.plan
         device = torch.device("cuda" if p.use_gpu else "cpu")
         torch.set_num_threads(max(1, round(p.workers * p.cpus_per_worker)))
-        shape = context.manifest.shape
-        torch.manual_seed(spec.train.seed)
-        num_classes = context.manifest.num_classes
-        nets = build_nets(spec, shape, device, lambda model, is_d: model, num_classes)
-        ema = make_ema(nets.G, spec.train)
-        state = ckpts.TrainState(nets, ema, shape)
-        torch.manual_seed(spec.train.seed + 1)
 
-        exploit = None
+        ckpt, origin = None, None
         restored = ray.tune.get_checkpoint()  # our own (resume) or a donor's (PBT exploit)
         if restored is not None:
             with restored.as_directory() as folder:
                 ckpt = ckpts.load(folder, device)
-                origin = json.loads((Path(folder) / ORIGIN).read_text())
-            ckpts.restore(state, ckpt, 0, source=str(restored.path))
-            if origin["trial_id"] != trial_id:
-                donor = load_resolved(ckpt["job"], source=f"{restored.path} (donor's job)")
-                exploit = exploit_record(trial_id, origin["trial_id"], state.step, donor, spec)
-                donor_lrs = [ckpt[k]["param_groups"][0]["lr"] for k in ("opt_g", "opt_d")]
-                exploit.update(donor_lr_g=donor_lrs[0], donor_lr_d=donor_lrs[1])
-        set_rates(nets, spec.optim)  # the trial's rates win over a donor's checkpoint
-        if exploit is not None:  # the rates the clone's optimizers now hold, as evidence
-            exploit["lr_g"] = nets.opt_g.param_groups[0]["lr"]
-            exploit["lr_d"] = nets.opt_d.param_groups[0]["lr"]
-            record_exploit(context.search_dir, exploit)
-
-        images, labels = load_arrays(context.manifest)  # (N, C, H, W) uint8, (N,) int64
-        labels = torch.from_numpy(labels) if spec.model.conditional else None
-        batches = InMemoryBatches(
-            torch.from_numpy(images), spec.train.batch_size, spec.train.seed, 0, device, labels
-        )
+                origin = json.loads((Path(folder) / ORIGIN).read_text())["trial_id"]
+        source = str(restored.path) if restored else ""
+        state, batches, exploit = pbt_setup(context, spec, trial_id, device, ckpt, source, origin)
         evaluate = InTrainingEvaluator(spec, p.evaluation, device)
         extra = {"exploited_from": exploit["donor"]} if exploit else {}
 

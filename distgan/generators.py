@@ -1,4 +1,4 @@
-"""Generators from checkpoints.
+"""Generators read back from checkpoints (``generate`` itself, which draws samples, is in models).
 
     G, spec, folder, ckpt = load_generator("runs/00003-quickstart")  # latest, EMA weights
     x = generate(G, spec.model.z_dim, n=1000, seed=0)  # distgan.models: (1000, C, H, W) in [-1, 1]
