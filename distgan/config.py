@@ -21,9 +21,11 @@ import yaml
 from distgan.errors import JobError
 from distgan.fields import check_value, close_hint
 from distgan.job_rules import check_cross_fields, check_run_name, run_name_from
+from distgan.objectives import check_objectives
 from distgan.search_space import parse_space
+from distgan.user_models import REFERENCE, REFERENCE_HINT, record_arch
 
-ARCHS = ("mlp", "dcgan", "resnet")
+ARCHS = ("mlp", "dcgan", "resnet", "stylegan2")
 OUTPUTS = ("tanh", "linear")
 LOSS_KINDS = ("minimax", "nonsaturating", "wgan", "wgan-gp", "hinge", "lsgan")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -57,10 +59,29 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    arch: str = _f("dcgan", "architecture of G and D", choices=ARCHS)
+    arch: str = _f(
+        "dcgan",
+        "architecture of G and D, or a builder of your own: module:function (a module beside the "
+        "job file or on the Python path) or path/to/file.py:function",
+        choices=ARCHS,
+        or_pattern=REFERENCE,
+        or_hint=REFERENCE_HINT,
+    )
+    arch_path: str = _f(
+        "",
+        "with model.arch module:function: the folder its module is looked up in first, then the "
+        "Python path; '' = the job file's folder (recorded when the job loads)",
+    )
+    arch_sha256: str = _f(
+        "",
+        "with model.arch module:function: the sha256 of its module file, recorded when the job "
+        "loads (or given, to pin it); a run rebuilt later (sample, eval, resume) refuses another",
+    )
     z_dim: int = _f(100, "size of the latent vector z", min=1)
     width: int = _f(
-        0, "base width (dcgan, resnet: channels; mlp: first hidden layer); 0 = default", min=0
+        0,
+        "base width (dcgan, resnet, stylegan2: channels; mlp: first hidden layer); 0 = default",
+        min=0,
     )
     spectral_norm: bool = _f(
         False, "spectral normalisation of D's layers (SNGAN uses it with resnet)"
@@ -71,7 +92,8 @@ class ModelSpec:
     pack: int = _f(1, "PacGAN: D judges this many samples together; 1 = off", min=1)
     output: str = _f("tanh", "G's last activation; linear: mlp on 2-D mixtures", choices=OUTPUTS)
     conditional: bool = _f(
-        False, "class-conditional G and D (dcgan, resnet); the classes are the data's labels"
+        False,
+        "class-conditional G and D (dcgan, resnet, stylegan2); the classes are the data's labels",
     )
 
 
@@ -82,6 +104,11 @@ class LossSpec:
     clip: float = _f(0.01, "weight clipping bound of D (wgan)", gt=0.0)
     r1_gamma: float = _f(0.0, "R1 penalty weight γ on real images, any loss; 0 = off", min=0.0)
     r1_every: int = _f(16, "R1 every this many D steps, its weight × this (lazy, StyleGAN2)", min=1)
+    pl_weight: float = _f(
+        0.0, "StyleGAN2's path length regularisation of G (stylegan2; the paper's 2); 0 = off",
+        min=0.0,
+    )  # fmt: skip
+    pl_every: int = _f(4, "path length every this many G steps, its weight × this (lazy)", min=1)
     ac_weight: float = _f(
         0.0,
         "AC-GAN (conditional models): D also learns to name the reals' classes and G to make its "
@@ -128,6 +155,13 @@ class TrainSpec:
     diffaugment: str = _f(
         "", "DiffAugment policy for everything D sees, e.g. 'color,translation,cutout'; '' = off"
     )
+    ada_target: float = _f(
+        0.0,
+        "ADA: augment what D sees with a p tuned to keep E[sign(D(real))] at this; 0 = off; "
+        "0.6 is the paper's",
+        min=0.0,
+        max=1.0,
+    )
     channels_last: bool = _f(False, "channels-last memory format for G and D (conv models)")
     compile: bool = _f(False, "torch.compile G and D (not with wgan-gp or R1: no double backward)")
     precision: str = _f("fp32", "autocast precision", choices=PRECISIONS)
@@ -140,8 +174,8 @@ class TrainSpec:
     seed: int = _f(0, "seed of weights, latents and data order", min=0)
     deterministic: bool = _f(
         False,
-        "exact resume on CPU: deterministic kernels, and every worker reads the data in a fixed "
-        "order (each keeps its share in memory)",
+        "deterministic kernels (torch.use_deterministic_algorithms); the data order follows from "
+        "(seed, epoch, rank) either way, so a resume on CPU is exact without it",
     )
 
 
@@ -234,6 +268,17 @@ class TuneSpec:
     synch: bool = _f(
         False, "pbt: every trial waits at each perturbation, so exploits do not depend on speed"
     )
+    objectives: list[str] = field(
+        default_factory=list,
+        metadata={"help": "a metric and a cost figure of complexity.json searched together for "
+                  "their trade, e.g. [fid, g_gflops] (Optuna; the metric replaces tune.metric); "
+                  "[] = tune.metric alone"},
+    )  # fmt: skip
+    constraints: list[str] = field(
+        default_factory=list,
+        metadata={"help": "budgets on the models, e.g. ['g_params <= 2e6', 'g_gflops <= 0.5']: "
+                  "a trial that breaks one is skipped, never trained"},
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -278,7 +323,8 @@ def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> J
         raise JobError(f"{path}: no such job file; the jobs that ship are in jobs/") from None
     except OSError as e:
         raise JobError(f"{path}: cannot read the job file ({e.strerror})") from None
-    return parse_job(data, str(path), overrides, default_name=path.stem)
+    spec = parse_job(data, str(path), overrides, default_name=path.stem)
+    return record_arch(spec, path.parent, str(path))  # a model of the user's: where, which file
 
 
 def parse_job(
@@ -357,6 +403,7 @@ def from_dict(
     check_cross_fields(spec, source, field_sources or {})
     if spec.tune.space:
         parse_space(spec, (field_sources or {}).get("tune", source))
+    check_objectives(spec, (field_sources or {}).get("tune", source), METRIC_NAMES)
     return spec
 
 

@@ -9,7 +9,8 @@ Three formats of the EMA generator (G when the run kept no EMA) of the latest ch
 - ``safetensors``: the weights alone (rebuilding the network needs distgan's classes).
 
 Each comes with ``<file>.json`` beside it: the architecture and its options, the inputs (names,
-shapes, the latent distribution), the output (NCHW floats in [-1, 1]) and where it came from.
+shapes, the latent distribution), the output (NCHW floats in [-1, 1]), where it came from, and
+what it costs to run: its parameters and milliseconds per image at batch 1 and 64 on this CPU.
 Every input's first dimension is the batch, which stays free (dynamic) in pt2 and ONNX.
 """
 
@@ -19,7 +20,9 @@ import contextlib
 import json
 import logging
 import os
+import statistics
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +40,8 @@ SUFFIX = {"pt2": ".pt2", "onnx": ".onnx", "safetensors": ".safetensors"}
 SIDECAR_FORMAT = "distgan-generator/1"
 OUTPUT = "images"
 EXAMPLE_BATCH = 2  # the traced batch size (1 would let the exporter fix the batch at 1)
+TIMED_BATCHES = (1, 64)  # the sidecar's inference cost: ms per image at each batch size
+WARMUP, REPEATS = 2, 5  # forwards before the timed ones, and timed ones (their median counts)
 
 
 def generator_inputs(spec: JobSpec, n: int = EXAMPLE_BATCH) -> dict[str, torch.Tensor]:
@@ -89,7 +94,9 @@ def export_generator(
             from safetensors.torch import save
 
             state = {k: v.detach().contiguous() for k, v in G.state_dict().items()}
-            f.write(save(state, metadata={"format": SIDECAR_FORMAT}))
+            # complexity.json's g_params; the file's other numbers are buffers (BatchNorm's)
+            count = str(sum(p.numel() for p in G.parameters()))
+            f.write(save(state, metadata={"format": SIDECAR_FORMAT, "parameters": count}))
     sidecar = out.with_name(out.name + ".json")
     ema = ckpt["G_ema"] is not None
     info = describe(G, spec, inputs, fmt, out.name, folder, int(ckpt["step"]), ema)
@@ -163,9 +170,32 @@ def describe(
             "to_uint8": "round((x + 1) * 127.5)",
         },
         "parameters": sum(p.numel() for p in G.parameters()),
+        "inference": inference_cost(G, spec),
         "checkpoint": str(folder),
         "step": step,
         "job": to_dict(spec),
+    }
+
+
+def inference_cost(G: torch.nn.Module, spec: JobSpec) -> dict:
+    """G's milliseconds per image in PyTorch on this machine's CPU, at each of TIMED_BATCHES:
+    the median of REPEATS timed forwards after WARMUP untimed ones (the first calls allocate)."""
+    ms = {}
+    with torch.no_grad():
+        for n in TIMED_BATCHES:
+            inputs = generator_inputs(spec, n)
+            for _ in range(WARMUP):
+                G(**inputs)
+            times = []
+            for _ in range(REPEATS):
+                start = time.perf_counter()
+                G(**inputs)
+                times.append(time.perf_counter() - start)
+            ms[f"batch_{n}"] = 1000 * statistics.median(times) / n
+    return {
+        "ms_per_image": ms,
+        "device": f"cpu, {torch.get_num_threads()} threads",
+        "timing": f"PyTorch eager, eval mode, median of {REPEATS} forwards after {WARMUP}",
     }
 
 

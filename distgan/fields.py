@@ -4,9 +4,10 @@
     check_value("fast", float, {"gt": 0.0}, "optim.lr_g", "jobs/x.yaml")
     # JobError: jobs/x.yaml: optim.lr_g: expected a positive number, got 'fast'
 
-A field's rules are its dataclass metadata: ``min``, ``max``, ``gt`` and ``choices``. This module
-knows nothing of the JobSpec's sections, so ``config`` (the job) and ``search_space`` (its
-``tune.space``) both use it without importing each other.
+A field's rules are its dataclass metadata: ``min``, ``max``, ``gt``, ``choices`` and
+``or_pattern`` (the form of values a string field takes besides its choices). This module knows
+nothing of the JobSpec's sections, so ``config`` (the job) and ``search_space`` (its ``tune.space``)
+both use it without importing each other.
 """
 
 from __future__ import annotations
@@ -73,17 +74,27 @@ def check_value(value: Any, kind: Any, rules: Any, dotted: str, source: str) -> 
         if not isinstance(value, dict):
             raise fail("a mapping of dotted keys to expressions such as 'loguniform(1e-5, 1e-3)'")
         return {str(k): v for k, v in value.items()}  # values: search_space.parse_space
+    if typing.get_origin(kind) is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise fail("a list of strings, e.g. [fid, g_gflops]")
+        return list(value)
     if kind is str:
         if not isinstance(value, str):
             raise fail("a string")
         choices = rules.get("choices")
-        if choices and value not in choices:
+        # ``or_pattern``: a value of this form is accepted besides the choices (``or_hint``)
+        if choices and value not in choices and not _matches(rules.get("or_pattern"), value):
             hint = close_hint(value, list(choices))
+            also = f" ({rules['or_hint']})" if "or_hint" in rules else ""
             raise JobError(
-                f"{source}: {dotted}: {value!r} is not one of {', '.join(choices)}; {hint}"
+                f"{source}: {dotted}: {value!r} is not one of {', '.join(choices)}{also}; {hint}"
             )
         return value
     raise TypeError(f"unsupported field type {kind!r} for {dotted}")  # a bug, not user input
+
+
+def _matches(pattern: str | None, value: str) -> bool:
+    return pattern is not None and re.fullmatch(pattern, value) is not None
 
 
 def expected_number(kind: type, rules: Any) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from distgan.config import JobSpec, load_resolved
-from distgan.errors import CheckpointError
+from distgan.errors import CheckpointError, JobError
 from distgan.models import models_for_job
 from distgan.storage import display, is_uri, join, open_location
 from distgan.train import checkpoint as ckpts
@@ -73,7 +73,10 @@ def load_generator(source: str | Path) -> tuple[torch.nn.Module, JobSpec, str | 
             f"{source}: its job asks for a conditional model but the checkpoint records no "
             "classes; the file was altered or mixed up with another run's"
         )
-    G, _ = models_for_job(spec.model, tuple(ckpt["image_shape"]), num_classes)
+    try:
+        G, _ = models_for_job(spec.model, tuple(ckpt["image_shape"]), num_classes)
+    except JobError as e:  # a user's own model whose module is gone or has changed
+        raise JobError(f"{source}: {e}") from None
     try:
         G.load_state_dict(ckpt["G_ema"] or ckpt["G"])
     except (RuntimeError, KeyError) as e:

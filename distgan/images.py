@@ -22,7 +22,10 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.round().to(torch.uint8).cpu().numpy()
 
 
-def grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+GRID_PAD = 2  # pixels between a grid's images and around them
+
+
+def grid(images: np.ndarray, nrow: int | None = None, pad: int = GRID_PAD) -> np.ndarray:
     """(N, C, H, W) uint8 -> one (rows·(H+pad)+pad, cols·(W+pad)+pad, C) uint8 image."""
     n, c, h, w = images.shape
     cols = nrow or math.ceil(math.sqrt(n))
@@ -34,7 +37,7 @@ def grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarra
     return out
 
 
-def label_rows(g: np.ndarray, names: list[str], cell: int, pad: int = 2) -> np.ndarray:
+def label_rows(g: np.ndarray, names: list[str], cell: int, pad: int = GRID_PAD) -> np.ndarray:
     """A grid image from ``grid`` (rows of ``cell``-pixel images) with a margin on its left that
     names each row: ``names[i]`` beside row i (a conditional grid has one row per class).
     Returns (H, margin + W, C) uint8."""

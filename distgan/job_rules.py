@@ -13,8 +13,10 @@ import re
 
 from distgan.errors import JobError
 from distgan.fields import close_hint
+from distgan.user_models import is_reference
 
-CONDITIONAL_ARCHS = ("dcgan", "resnet")
+CONDITIONAL_ARCHS = ("dcgan", "resnet", "stylegan2")
+STYLEGAN2_MBSTD_GROUP = 4  # its D's group when model.mbstd_group is 0 (kept in sync by a test)
 AUGMENTATIONS = ("color", "translation", "cutout")  # distgan.augment's (kept in sync by a test)
 RUN_NAME_CHARS = r"A-Za-z0-9._-"  # run.name ends a folder's name (runs/00003-NAME) and a URI
 
@@ -55,11 +57,6 @@ def check_cross_fields(spec, source: str, field_sources: dict[str, str]) -> None
             f"order it comes, which cannot draw classes by weight (train.class_balance: "
             f"{spec.train.class_balance}); use data.cache: memory (or auto)"
         )
-    if spec.train.deterministic and spec.data.cache == "stream":
-        raise JobError(
-            f"{src('data.cache')}: data.cache: stream reads data in a varying order, which "
-            "train.deterministic cannot keep; use data.cache: memory (or auto)"
-        )
 
 
 def _check_model_options(spec, src) -> None:
@@ -78,7 +75,19 @@ def _check_model_options(spec, src) -> None:
             f"{per_worker // m.pack} inputs D sees per worker (train.batch_size / scale.workers / "
             "model.pack); use a divisor of it, or 0 for off"
         )
-    if m.output != "tanh" and m.arch != "mlp":
+    if m.arch == "stylegan2" and not m.mbstd_group and per_worker % STYLEGAN2_MBSTD_GROUP:
+        raise JobError(
+            f"{src('model.mbstd_group')}: model.mbstd_group: 0 gives stylegan2's D groups of "
+            f"{STYLEGAN2_MBSTD_GROUP} for its minibatch std, which do not divide the {per_worker} "
+            "images D sees per worker (train.batch_size / scale.workers); set a divisor of it"
+        )
+    if spec.loss.pl_weight and m.arch != "stylegan2":
+        raise JobError(
+            f"{src('loss.pl_weight')}: loss.pl_weight: path length regularisation needs G's "
+            f"styles, which {m.arch} has not; use model.arch: stylegan2 or loss.pl_weight: 0"
+        )
+    own = is_reference(m.arch)  # a user's builder serves what it serves (it raises otherwise)
+    if m.output != "tanh" and m.arch != "mlp" and not own:
         raise JobError(
             f"{src('model.output')}: model.output: {m.output} is served by arch mlp only "
             f"({m.arch}'s G ends in tanh); remove it or use model.arch: mlp"
@@ -95,7 +104,7 @@ def _check_model_options(spec, src) -> None:
             f"class, and model.pack: {m.pack} makes D judge {m.pack} images at once; set "
             "model.pack: 1, or loss.ac_weight: 0"
         )
-    if m.conditional and m.arch not in CONDITIONAL_ARCHS:
+    if m.conditional and m.arch not in CONDITIONAL_ARCHS and not own:
         raise JobError(
             f"{src('model.conditional')}: model.conditional: {m.arch} has no conditional version; "
             f"use model.arch: {' or '.join(CONDITIONAL_ARCHS)}, or model.conditional: false"
@@ -108,6 +117,12 @@ def _check_model_options(spec, src) -> None:
                 f"{close_hint(name, list(AUGMENTATIONS))} (a comma-separated list of "
                 f"{', '.join(AUGMENTATIONS)}, or '' for off)"
             )
+    if spec.train.ada_target and policy:
+        raise JobError(
+            f"{src('train.ada_target')}: train.ada_target: ADA and DiffAugment "
+            f"(train.diffaugment: {spec.train.diffaugment}) would both augment what D sees; set "
+            "train.diffaugment: '' or train.ada_target: 0"
+        )
     if spec.train.compile and (spec.loss.r1_gamma or spec.loss.kind == "wgan-gp"):
         # Compiled backward graphs donate their buffers, so they cannot be differentiated again
         # (torch 2.13: "requires create_graph=False").

@@ -32,6 +32,7 @@ trained to classify fakes, whose classes are what G is learning to make.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -39,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distgan.ada import augment as ada_augment
 from distgan.augment import diff_augment
 from distgan.losses import Loss, gradient_penalty, r1_penalty
 from distgan.models import unwrap
@@ -73,6 +75,8 @@ class Game:
     clip: float = 0.01
     r1_gamma: float = 0.0  # R1 weight γ; 0 = off
     r1_every: int = 16  # R1 on every r1_every-th D step, its weight × r1_every
+    pl_weight: float = 0.0  # path length regularisation of G (StyleGAN2); 0 = off
+    pl_every: int = 4  # on every pl_every-th G step, its weight × pl_every
     augment: tuple[str, ...] = ()  # DiffAugment policy (distgan.augment); () = off
     num_classes: int = 0  # > 0: G and D are class-conditional
     ac_weight: float = 0.0  # AC-GAN's classification loss weight (D has a class head); 0 = off
@@ -88,12 +92,20 @@ class Game:
 
 
 def judge(
-    D: nn.Module, game: Game, x: Tensor, labels: Tensor | None, classes: bool = False
+    D: nn.Module,
+    game: Game,
+    x: Tensor,
+    labels: Tensor | None,
+    classes: bool = False,
+    ada_p: float = 0.0,
 ) -> tuple[Tensor, Tensor | None]:
-    """D's logits (B / pack,) for ``x`` (B, C, H, W), through DiffAugment, with labels when
-    conditional, and the class logits (B, K) of AC-GAN's head when ``classes`` (else None)."""
+    """D's logits (B / pack,) for ``x`` (B, C, H, W), through DiffAugment or ADA's augmentations
+    with probability ``ada_p``, with labels when conditional, and the class logits (B, K) of
+    AC-GAN's head when ``classes`` (else None)."""
     if game.augment:
         x = diff_augment(x, game.augment)
+    if ada_p > 0:
+        x = ada_augment(x, ada_p)
     if labels is None:
         return D(x), None
     return D(x, labels, classes=True) if classes else (D(x, labels), None)
@@ -146,9 +158,13 @@ def d_step(
     real_labels: Tensor | None = None,
     fake_labels: Tensor | None = None,
     r1: bool = False,
+    ada_p: float = 0.0,
+    observe: Callable[[Tensor], None] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """One D update on a real batch (B, C, H, W) and G(z), z (B, z_dim); for a conditional G and
-    D, ``real_labels`` (B,) of the reals and ``fake_labels`` (B,) given to G and to D.
+    D, ``real_labels`` (B,) of the reals and ``fake_labels`` (B,) given to G and to D. D sees
+    everything through ADA's augmentations with probability ``ada_p``; ``observe`` is handed D's
+    logits on the reals (ADA's tuner counts their signs).
 
     Returns G(z) (with its graph to G when ``keep_graph``, for the G step) and detached metrics:
     d_loss, d_real and d_fake (D's mean output, through σ for the logistic losses), gp, r1 (when
@@ -160,9 +176,12 @@ def d_step(
     labels = None if real_labels is None else torch.cat([real_labels, fake_labels])  # (2B,)
     ac = bool(game.ac_weight) and labels is not None
     with game.autocast(real):
-        logits, classes = judge(nets.D, game, torch.cat([real, fake.detach()]), labels, ac)
+        x = torch.cat([real, fake.detach()])
+        logits, classes = judge(nets.D, game, x, labels, ac, ada_p)
         r, f = logits.float().chunk(2)  # (B/m,) each
         d_loss = game.loss.d(r, f).mean()
+    if observe is not None:
+        observe(r.detach())
     metrics = {"d_loss": d_loss.detach()}
     if ac:
         d_ac = F.cross_entropy(classes[: real.shape[0]].float(), real_labels)
@@ -170,7 +189,7 @@ def d_step(
         metrics["d_ac"] = d_ac.detach()
 
     def critic(x: Tensor) -> Tensor:  # D as the penalties see it, with the reals' labels
-        return judge(nets.D, game, x, real_labels)[0]
+        return judge(nets.D, game, x, real_labels, ada_p=ada_p)[0]
 
     # The penalties' double backward stays in fp32: autocast gains little there and fp16
     # second-order gradients underflow.
@@ -201,23 +220,35 @@ def d_step(
 
 
 def g_step(
-    nets: Nets, game: Game, fake: Tensor, measure: bool = False, labels: Tensor | None = None
+    nets: Nets,
+    game: Game,
+    fake: Tensor,
+    measure: bool = False,
+    labels: Tensor | None = None,
+    ada_p: float = 0.0,
+    path_length: Callable[[], Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """One G update through D on ``fake`` = G(z) (G(z, labels) when conditional) with its graph.
-    Returns g_loss, g_ac (AC-GAN's cross-entropy on the fakes, when ``game.ac_weight``) and
-    g_grad_norm when ``measure``."""
+    ``path_length()``, when given, returns per-sample path length penalties (with their graph to
+    G), added × ``game.pl_weight`` × ``game.pl_every`` (lazy, as StyleGAN2). Returns g_loss,
+    g_ac (AC-GAN's cross-entropy on the fakes, when ``game.ac_weight``), pl (the mean penalty,
+    when given) and g_grad_norm when ``measure``."""
     D = unwrap(nets.D)  # no DDP: D's gradients are neither computed nor synced here
     set_requires_grad(D, False)
     ac = bool(game.ac_weight) and labels is not None
     try:
         with game.autocast(fake):
-            logits, classes = judge(D, game, fake, labels, ac)
+            logits, classes = judge(D, game, fake, labels, ac, ada_p)
             g_loss = game.loss.g(logits.float()).mean()
         metrics = {"g_loss": g_loss.detach()}
         if ac:
             g_ac = F.cross_entropy(classes.float(), labels)
             g_loss = g_loss + game.ac_weight * g_ac
             metrics["g_ac"] = g_ac.detach()
+        if path_length is not None:  # in fp32: a double backward, as R1's
+            pl = path_length().mean()
+            g_loss = g_loss + game.pl_weight * game.pl_every * pl
+            metrics["pl"] = pl.detach()
         nets.opt_g.zero_grad(set_to_none=True)
         nets.scaler_g.scale(_poison_if_not_finite(g_loss)).backward()
         norm = None
@@ -245,13 +276,18 @@ def train_step(
     measure: bool = False,
     real_labels: list[Tensor] | None = None,
     step: int = 0,
+    ada_p: float = 0.0,
+    observe: Callable[[Tensor], None] | None = None,
+    path_length: nn.Module | None = None,
 ) -> dict[str, Tensor]:
     """``len(reals)`` D steps (one a real batch) then one G step; ``sample_z(B)`` draws latents.
 
     ``real_labels``: the labels (B,) of each real batch, for a conditional G and D (the fakes'
     labels are drawn from ``game.label_prior``, or uniformly without one; the same for G and D).
     ``step``: G steps done before this one, which places the lazy R1 penalty on every
-    ``game.r1_every``-th D step of the run.
+    ``game.r1_every``-th D step of the run, and path length regularisation (``path_length``, a
+    ``path_length.PathLengthPenalty``, with ``game.pl_weight``) on every ``game.pl_every``-th
+    G step, on half the batch. ``ada_p``, ``observe``: ADA (``d_step``).
 
     Returns the metrics of the last D step and of the G step, and ``skipped``: the number of
     updates (D and G) skipped because a loss or gradient was not finite. When any was skipped,
@@ -279,9 +315,18 @@ def train_step(
             real_labels=None if real_labels is None else real_labels[i],
             fake_labels=fake_labels,
             r1=r1,
+            ada_p=ada_p,
+            observe=observe,
         )
         skipped = skipped + metrics.pop("d_skipped")
-    g_metrics = g_step(nets, game, fake, measure=measure, labels=fake_labels)
+    penalty = None
+    if path_length is not None and game.pl_weight > 0 and step % game.pl_every == 0:
+        half = max(1, fake.shape[0] // 2)
+        y = None if fake_labels is None else fake_labels[:half]
+        penalty = lambda: path_length(nets.G, sample_z(half), y)  # noqa: E731
+    g_metrics = g_step(
+        nets, game, fake, measure=measure, labels=fake_labels, ada_p=ada_p, path_length=penalty
+    )
     skipped = skipped + g_metrics.pop("g_skipped")
     metrics.update(g_metrics)
     if skipped:

@@ -18,9 +18,10 @@ nodes: an instance role, a Kubernetes secret as environment of the Ray pods, or 
 with the variable set (cluster/README.md).
 
 What travels to the cluster: the project folder as the job's ``working_dir`` (without ``.git``,
-virtual environments, ``runs/``, ``data/`` or caches). Ray runs the driver in that folder and puts
-it first on every worker's ``sys.path``, so the submitted ``distgan/`` (not whatever version a node
-has installed) runs in the driver and in every worker. The entrypoint is
+virtual environments, ``runs/``, ``data/`` or caches), with the module of a model of the user's
+that the job names (``upload.py`` checks both before anything is sent). Ray runs the driver in
+that folder and puts it first on every worker's ``sys.path``, so the submitted ``distgan/`` (not
+whatever version a node has installed) runs in the driver and in every worker. The entrypoint is
 ``python -m distgan.cli train JOB --set ...``.
 """
 
@@ -39,6 +40,7 @@ from urllib.parse import urlparse
 
 from distgan.config import JobSpec, load_job
 from distgan.errors import ClusterError, JobError, UserError
+from distgan.upload import check_upload
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # Ray's dashboard (and Jobs API) port on this machine
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -355,6 +357,7 @@ def prepare(job_file: str | None, overrides: list[str], resume: str = "") -> Sub
         verb = "tune" if spec.tune.space else "train"
     check_cluster_paths(spec, job_file or resume)
     _check_model(spec, job_file or resume)
+    check_upload(base, EXCLUDES, spec, job_file or resume)  # its size; own models' modules in it
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Submission(
         spec=spec,

@@ -150,12 +150,69 @@ def root(tmp_path_factory) -> Path:
     _run_dir(root, "mixed", job, _checkpoint(job, job_yaml=dump_yaml(from_dict(dcgan))))
     conditional = {**job, "model": {"arch": "dcgan", "width": 8, "z_dim": 16, "conditional": True}}
     _run_dir(root, "run_conditional", conditional, _checkpoint(conditional, num_classes=4))
+    _own_models(root, job)
     (root / "fake_ckpt").mkdir()
     torch.save(
         {"format": "someone-else/3", "weights": torch.zeros(3)}, root / "fake_ckpt" / "state.pt"
     )
     buffer.unlink()
     return root
+
+
+# Builders of a user's own (model.arch: {root}/own/broken.py:NAME) that break the contract.
+BROKEN_BUILDERS = """
+from torch import nn
+
+
+class G(nn.Module):
+    def __init__(self, z_dim, out):
+        super().__init__()
+        self.num_classes, self.out, self.fc = 0, out, nn.Linear(z_dim, 1)
+
+    def forward(self, z, y=None):
+        return self.fc(z).tanh().view(-1, 1, 1, 1).expand(-1, *self.out)
+
+
+def raises(z_dim, width, shape, options):
+    raise RuntimeError("out of ideas")
+
+
+def one_module(z_dim, width, shape, options):
+    return nn.Linear(1, 1)
+
+
+def wrong_shape(z_dim, width, shape, options):
+    return G(z_dim, (1, 32, 32)), nn.Sequential(nn.Flatten(), nn.LazyLinear(1))
+
+
+def d_of_two_dims(z_dim, width, shape, options):
+    return G(z_dim, shape), nn.Sequential(nn.Flatten(), nn.LazyLinear(1))
+
+
+def no_classes(z_dim, width, shape, options):
+    return nn.Linear(z_dim, 1), nn.Linear(1, 1)
+"""
+
+
+def _own_models(root: Path, job: dict) -> None:
+    """Modules of a user's own under {root}/own, and runs trained with the README's example
+    (jobs/mymodels.py) whose module then changed (run_own_changed) or went (run_own_missing)."""
+    (root / "own").mkdir()
+    (root / "own" / "broken.py").write_text(BROKEN_BUILDERS)
+    (root / "own" / "syntax.py").write_text("def tiny(:\n")
+    example = Path(__file__).resolve().parents[1] / "jobs" / "mymodels.py"
+    shutil.copy(example, root / "own" / "mymodels.py")
+    digest = hashlib.sha256(example.read_bytes()).hexdigest()
+    for name in ("changed", "missing"):
+        folder = root / f"own_{name}"
+        folder.mkdir()
+        shutil.copy(example, folder / "mymodels.py")
+        model = {"arch": "mymodels:tiny", "arch_path": str(folder), "arch_sha256": digest}
+        own = {**job, "model": {**model, "z_dim": 16}}
+        _run_dir(root, f"run_own_{name}", own, _checkpoint(own))
+    with open(root / "own_changed" / "mymodels.py", "a") as f:
+        f.write("# edited after the run\n")
+    (root / "own_missing" / "mymodels.py").unlink()
 
 
 def _tree(folder: Path) -> dict[str, str]:

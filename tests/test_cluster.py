@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import ray_port_base
+from readme_commands import commands
 
 from distgan import submit as submit_module
 from distgan.cli import main
@@ -28,6 +29,9 @@ pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("ray-b")]  # conftest
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_SH = REPO / "cluster" / "local.sh"
+# Its walk-through's commands, as written (tests/readme_commands.py): $PWD is a test's folder,
+# which every node of this cluster shares.
+README = commands(REPO / "cluster" / "README.md", REPO)
 TINY = [
     "model.arch=dcgan", "model.width=8", "model.z_dim=16", "train.steps=30",
     "train.batch_size=32", "train.log_every=10", "train.checkpoint_every=15",
@@ -104,10 +108,11 @@ def _job_id(out: str) -> str:
 
 def test_two_node_job_succeeds_and_leaves_checkpoints(with_token, tmp_path, capsys):
     cluster = with_token
-    storage = tmp_path / "store"
+    # cluster/README.md's first job, made short by TINY's overrides.
+    submit = next(c for c in README if c.prompted and "scale.placement=SPREAD" in c.text)
+    storage = tmp_path / "runs"
     code = main(
-        ["submit", "jobs/quickstart.yaml", "--wait"]
-        + [a for s in TINY + [f"run.storage={storage}"] for a in ("--set", s)]
+        [*submit.argv({"PWD": str(tmp_path)}), "--wait"] + [a for s in TINY for a in ("--set", s)]
     )
     printed = capsys.readouterr()
     assert code == 0, printed.err
@@ -154,17 +159,23 @@ def test_two_node_job_succeeds_and_leaves_checkpoints(with_token, tmp_path, caps
             assert cluster.token.encode() not in path.read_bytes(), path
 
 
-def test_long_job_is_stopped(with_token, tmp_path, capsys):
-    storage = f"run.storage={tmp_path / 'store'}"  # this cluster's nodes share this disk
-    argv = ["submit", "jobs/quickstart.yaml", "--set", "train.steps=100000", "--set", storage]
-    assert main(argv) == 0
+def test_long_job_is_stopped_as_the_readme_shows(with_token, tmp_path, capsys):
+    # cluster/README.md: "Stop a second job, list the jobs": its three commands and their output.
+    first = next(i for i, c in enumerate(README) if "train.steps=100000" in c.text)
+    submit, stop, jobs = README[first : first + 3]
+    assert main(submit.argv({"PWD": str(tmp_path)})) == 0
     job_id = _job_id(capsys.readouterr().out)
-    assert main(["stop", job_id]) == 0
-    assert capsys.readouterr().out.strip() == f"{job_id}: STOPPED"
+    *stop_argv, shown_id = stop.argv()  # the README's job id, this test's in its place
+    assert main([*stop_argv, job_id]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        line.replace(shown_id, job_id) for line in stop.output
+    ]
     assert main(["status", job_id]) == 0
     assert capsys.readouterr().out.strip() == f"{job_id}: STOPPED"
-    assert main(["jobs"]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if job_id in line)
+    assert main(jobs.argv()) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == jobs.output[0].split()
+    row = next(line for line in rows if job_id in line)
     assert "STOPPED" in row.split() and row.split()[-1] == "jobs/quickstart.yaml"
 
 

@@ -307,14 +307,31 @@ def test_cli_import_and_verify(tmp_path, capsys, class_folder):
     out = tmp_path / "out"
     argv = ["data", "import", str(class_folder), "--out", str(out), "--resolution", "8"]
     assert main([*argv, "--channels", "1", "--on-error", "skip", "--shard-size", "2"]) == 0
-    line = capsys.readouterr().out
-    assert line.count("\n") == 1
+    line, changes = capsys.readouterr().out.splitlines()
     assert "imported 5 images of 1×8×8, 2 classes (cat, dog), 3 shards" in line
     assert "skipped 1 unreadable image" in line
+    # Said once, with counts: all but the 8×8 one resized, three not square, three in colour.
+    assert changes == (
+        "to make them 8×8 gray: resized 4 images, cropped 3 to their centre square, "
+        "converted 3 to gray (3 RGB)"
+    )
     assert read_manifest(out).shape == (1, 8, 8)
 
     assert main(["data", "verify", str(out)]) == 0
     assert capsys.readouterr().out.startswith(f"OK {out}: 5 images")
+
+
+def test_cli_import_of_images_that_fit_as_they_are_says_nothing_more(tmp_path, capsys):
+    make_image(tmp_path / "rgb/a.png", (8, 8), "RGB", (255, 0, 0))
+    make_image(tmp_path / "rgb/b.png", (8, 8), "RGBA", (0, 0, 255, 128))
+    argv = ["data", "import", str(tmp_path / "rgb"), "--out", str(tmp_path / "out")]
+    assert main([*argv, "--resolution", "8"]) == 0
+    _, changes = capsys.readouterr().out.splitlines()
+    assert changes == "to make them 8×8 RGB: converted 1 to RGB (1 RGBA)"
+    (tmp_path / "rgb/b.png").unlink()
+    assert main([*argv, "--resolution", "8"]) == 0
+    (only,) = capsys.readouterr().out.splitlines()  # nothing resized, cropped or converted
+    assert only.startswith("imported 1 images of 3×8×8")
 
 
 def test_cli_missing_source(tmp_path, capsys):

@@ -306,3 +306,17 @@ def test_a_torchscript_features_pt_found_beside_the_data_never_runs(tmp_path, ca
     named = load_feature_extractor(planted)  # the user's own choice: it runs
     named.extract(torch.zeros(2, 1, 28, 28))
     assert marker.read_bytes() == b"!" * 8
+
+
+def test_fit_features_of_one_epoch_on_600_images_trains(tmp_path, capsys):
+    # 540 training images in batches of 128: 5 steps in all, where the one-cycle schedule's
+    # warm-up once ended at step 0 and divided by it (ZeroDivisionError).
+    from distgan.cli import main
+
+    images, labels = load_arrays(read_manifest(EMBEDDED_DIR))
+    folder = tmp_path / "six-hundred"
+    write_shards(images[:600], labels[:600], folder, source="embedded first 600")
+    assert main(["eval", "fit-features", str(folder), "--epochs", "1"]) == 0
+    assert "epoch 1/1: loss " in capsys.readouterr().out
+    assert json.loads((folder / "features.json").read_text())["epochs"] == 1
+    assert load_feature_extractor("auto", folder).sha256 == sha256(folder / "features.pt")

@@ -21,12 +21,15 @@ PACKAGE = REPO / "distgan"
 
 # Top-level modules or subpackages of distgan, by layer (1 is the top: it imports nothing else).
 LAYERS = [
-    {"errors", "fields", "job_rules", "search_space", "config"},  # the JobSpec and its rules
-    {"models", "losses", "augment", "images", "dist", "progress"},  # plain PyTorch; progress bars
-    {"step", "ema", "schedule"},  # the adversarial step, the EMA and the learning rates
+    # the JobSpec, and where a model of the user's is (user_models)
+    {"errors", "fields", "job_rules", "search_space", "objectives", "user_models", "config"},
+    {"models", "losses", "augment", "ada", "images", "dist", "progress"},  # plain PyTorch; bars
+    # the adversarial step, the EMA, the learning rates and ADA's augmentation strength
+    {"step", "ema", "schedule", "ada_tuner", "path_length"},
     {"storage", "data", "metrics"},  # files of a run, data, scoring
     {"train", "generators"},  # training, and generators read back from its checkpoints
-    {"tune", "submit", "report", "export", "explore", "rate", "cli"},  # consumers of the above
+    # consumers of the above
+    {"tune", "submit", "upload", "report", "export", "explore", "rate", "cli"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

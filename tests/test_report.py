@@ -9,19 +9,25 @@ every image decodes, and a screenshot is saved.
 
 from __future__ import annotations
 
+import base64
+import io
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 from tiny_runs import train_run
 
 from distgan.cli import main
 from distgan.config import from_dict
+from distgan.data import write_shards
 from distgan.report import REPORT, build_report, write_report
 from distgan.report.page import Section, page
 from distgan.storage import Location, open_location
-from distgan.train.outputs import RunOutputs, write_resolved
+from distgan.train.outputs import RunOutputs, write_resolved, write_status
 from distgan.tune.exploits import exploit_record, record_exploit
 from distgan.tune.results import TrialRow, write_results
 from distgan.tune.space import trial_spec
@@ -110,6 +116,56 @@ def test_a_run_report_loads_cleanly_and_every_image_decodes(run_dir, browser, tm
     assert "inject_nan: 13-15" in text  # the resolved job
 
 
+def grid_images(html: str) -> list[tuple[str, int, tuple[int, int]]]:
+    """(alt, width shown, the PNG's own (width, height)) of each sample grid of a report."""
+    tag = r'<img src="data:image/png;base64,([^"]+)" alt="(step [^"]+)" width="(\d+)"'
+    found = re.findall(tag, html)
+    return [
+        (alt, int(width), Image.open(io.BytesIO(base64.b64decode(data))).size)
+        for data, alt, width in found
+    ]
+
+
+def test_sample_grids_are_shown_large_with_square_pixels(run_dir):
+    html = build_report(open_location(run_dir, field="RUN"))
+    grids = grid_images(html)
+    assert [alt for alt, _, _ in grids] == [f"step {s}" for s in range(40, 0, -5)]
+    for _, shown, (width, _) in grids:  # 8×8 images of 28 px: 242 px, shown 3× (726)
+        assert shown >= 512 and shown % width == 0 and shown - width < 512, (shown, width)
+    assert 'class="rows"' not in html  # an unconditional G: no row is a class
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory) -> Path:
+    """A conditional run on three classes whose data names them (one name not ASCII)."""
+    root = tmp_path_factory.mktemp("conditional")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (96, 1, 28, 28), dtype=np.uint8)
+    labels = np.arange(96) % 3
+    names = {0: "étoile ★", 1: "Trouser", 2: "Bag"}
+    write_shards(images, labels, root / "data", source="test", class_names=names)
+    return train_run(
+        root, images=torch.from_numpy(images), labels=torch.from_numpy(labels),
+        model={"conditional": True}, train={"steps": 10, "sample_every": 10},
+    )  # fmt: skip
+
+
+def test_a_conditional_runs_grids_name_each_row_by_its_class(conditional_run, browser, tmp_path):
+    write_report(open_location(conditional_run, field="RUN"))
+    console, _ = open_page(browser, conditional_run / REPORT, tmp_path / "conditional.png")
+    assert console == []
+    figure = browser.find_element("css selector", "#samples figure")
+    image = figure.find_element("tag name", "img")
+    assert image.size["width"] == 3 * 242 + 2  # 8 columns of 28 px and their gaps, 3×; a border
+    names = figure.find_elements("css selector", ".rows div")
+    assert [n.text for n in names] == ["étoile ★", "Trouser", "Bag"]  # class 0 first
+    top = image.location["y"] + 1  # inside its 1 px border
+    for row, name in enumerate(names):  # each name level with the middle of its row
+        middle = top + 3 * (2 + row * 30 + 14)  # the grid's 2 px gaps and 28 px images, 3×
+        text = name.location["y"] + 3 * 14  # a line as high as the row's images, at its top
+        assert abs(text - middle) <= 1, (row, text, middle)
+
+
 def test_a_search_report_compares_the_trials(search_dir, browser, tmp_path):
     assert main(["report", str(search_dir)]) == 0
     console, images = open_page(browser, search_dir / REPORT, tmp_path / "search.png")
@@ -136,6 +192,20 @@ def test_a_search_still_running_is_ranked_from_the_trials_own_metrics(search_dir
     assert "No results.csv yet" in html
     order = [html.index(f"<td>{t}</td>") for t in ("t_00000", "t_00002", "t_00001")]
     assert order == sorted(order)  # best FID first: 40, 44, 90
+
+
+def test_distgan_runs_shows_a_search_by_its_status_trials_and_best(search_dir, tmp_path, capsys):
+    """Issue 26: a finished search was listed as a run that never started (`new 0 -`)."""
+    home = tmp_path / "runs"
+    shutil.copytree(search_dir, home / search_dir.name)
+    # A search stopped before it ended: no results.csv, one trial fewer, status.json says so.
+    stopped = home / "00002-tiny-tune"
+    shutil.copytree(search_dir, stopped, ignore=shutil.ignore_patterns("results.csv", "t_00000"))
+    write_status(open_location(stopped, field="search"), "stopped")
+    assert main(["runs", str(home)]) == 0
+    done, halted = capsys.readouterr().out.splitlines()[1:]
+    assert re.match(r"00001-tiny-tune\s+done\s+3 trials\s+fid 40 @ 40 \(trial t_00000\)", done)
+    assert re.match(r"00002-tiny-tune\s+stopped\s+2 trials\s+fid 44 @ 40 \(trial t_00002\)", halted)
 
 
 def test_the_console_check_sees_a_fetch(browser, tmp_path):

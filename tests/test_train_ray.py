@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from safetensors.torch import load_file
 
 from distgan.cli import main
 from distgan.config import load_job
+from distgan.objectives import COST_FIGURES
 from distgan.train import checkpoint as ckpts
 from distgan.train.outputs import read_metrics
 
@@ -92,6 +94,17 @@ def test_two_workers_write_checkpoints_and_samples_and_stop_on_time(
         assert ckpt[key] is not None, key
     assert ckpt["opt_g"]["state"], "the optimizer state (Adam moments) is saved"
 
+    # What the models cost (complexity.json: counted before training, measured by rank 0):
+    # every figure positive, and G's parameters those of the generator export writes (the
+    # file's other numbers are BatchNorm's running statistics).
+    cost = json.loads((run_dir / "complexity.json").read_text())
+    assert all(cost[k] > 0 for k in COST_FIGURES) and cost["peak_mem_kind"] == "cpu-rss", cost
+    exported = tmp_path / "g.safetensors"
+    assert main(["export", str(run_dir), "--format", "safetensors", "--out", str(exported)]) == 0
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
+    weights = {k: v for k, v in load_file(exported).items() if not k.endswith(statistics)}
+    assert sum(v.numel() for v in weights.values()) == cost["g_params"]
+
     for step in sorted(set(every + [last])):
         grid = Image.open(run_dir / "samples" / f"step_{step:06d}.png")
         assert grid.mode == "L" and grid.size == (8 * 30 + 2, 8 * 30 + 2)
@@ -135,9 +148,9 @@ def test_a_job_that_cannot_be_placed_fails_at_once(ray_cluster, tmp_path, capsys
 def test_streamed_batches_carry_two_workers_across_epochs_with_decaying_rates(
     ray_cluster, tmp_path
 ):
-    """data.cache: stream through Ray Data's split: 700 steps of 16 images a worker are more
-    than two epochs of the 10,000 embedded images, read ahead by each worker's thread; the
-    rates fall linearly to lr_final by the last step (optim.lr_decay)."""
+    """data.cache: stream, each worker reading its own share of the shards: 700 steps of 16
+    images a worker are more than two epochs of the 10,000 embedded images, read ahead by each
+    worker's thread; the rates fall linearly to lr_final by the last step (optim.lr_decay)."""
     job = write_job(tmp_path, steps=700, log_every=100, checkpoint_every=700, sample_every=700)
     sets = ["data.cache=stream", "optim.lr_g=1e-3", "optim.lr_decay=linear", "optim.lr_final=0.1"]
     assert main(["train", str(job)] + [a for s in sets for a in ("--set", s)]) == 0

@@ -77,6 +77,20 @@ def test_asha_stops_the_trial_worse_at_its_rung_and_writes_a_best_yaml_job(
     else:
         assert (bad["status"], int(bad["steps"])) == ("done", 60), at_first_rung
     assert "fid" in out and "best:" in out  # progress lines and the table
+    # Tune's own console output stays off the screen (its configuration table, the path of its
+    # experiment, a TensorBoard of Ray's temp dir); the search's own report and tb/ are named.
+    for tune_says in ("Configuration for experiment", "View detailed results here",
+                      "To visualize your results with TensorBoard", "Trial status:"):  # fmt: skip
+        assert tune_says not in out, out
+    assert f"TensorBoard: tensorboard --logdir {search_dir / TRIALS}  (each trial's tb/)" in out
+    assert f"report: {search_dir / 'report.html'}" in out.splitlines()
+    assert "fid per trial" in (search_dir / "report.html").read_text()
+    # distgan runs shows the search as a search (issue 26: it was `new 0 -`).
+    assert main(["runs", str(tmp_path / "runs")]) == 0
+    (listed,) = capsys.readouterr().out.splitlines()[1:]
+    winner_fid = min(float(r["best_fid"]) for r in rows.values())
+    assert listed.split()[:4] == [search_dir.name, "done", "2", "trials"]
+    assert f"fid {winner_fid:.4g} @ " in listed
 
     # best.yaml holds the values of the trial with the best figure. Which one that is, is not
     # certain at this size: both FIDs are near 600, and when ASHA's stop lands after the

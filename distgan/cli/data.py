@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 from distgan.data import (
@@ -92,6 +93,7 @@ def run_import(args: argparse.Namespace) -> int:
     """Imports ``args.src`` into ``args.out`` and prints one summary line (and one for the
     fitted files the import removed: they describe the images it replaced)."""
     fitted = fitted_files(args.out)
+    changes: Counter = Counter()
     manifest, skipped = import_source(
         args.src,
         args.out,
@@ -104,6 +106,7 @@ def run_import(args: argparse.Namespace) -> int:
         class_names=None if args.class_names is None else parse_class_names(args.class_names),
         long_tail=args.long_tail,
         long_tail_seed=args.seed,
+        changes=changes,
     )
     c, h, w = manifest.shape
     classes = "no labels" if manifest.labels is None else f"{len(manifest.labels)} classes"
@@ -118,6 +121,8 @@ def run_import(args: argparse.Namespace) -> int:
     if skipped:
         line += f"; skipped {skipped} unreadable image" + ("s" if skipped > 1 else "")
     print(line)
+    if changes:
+        print(changes_line(changes, manifest.shape))
     if fitted:
         print(
             f"removed {', '.join(fitted)} from {args.out}: fitted on the images this import "
@@ -126,6 +131,23 @@ def run_import(args: argparse.Namespace) -> int:
     if args.resolution is not None and (warning := resolution_warning(manifest.shape)):
         sys.stderr.write(f"warning: --resolution {args.resolution}: {warning}\n")
     return 0
+
+
+def changes_line(changes: Counter, shape: tuple[int, int, int]) -> str:
+    """What fitting an image folder into ``shape`` (C, R, R) did to its images, with counts
+    (``importers.read_image_folder``'s ``changes``)."""
+    c, side, _ = shape
+    target = "gray" if c == 1 else "RGB"
+    done = []
+    if changes["resized"]:
+        done.append(f"resized {changes['resized']} image{'s' * (changes['resized'] > 1)}")
+    if changes["cropped"]:
+        done.append(f"cropped {changes['cropped']} to their centre square")
+    modes = {k.removeprefix("from "): n for k, n in changes.items() if k.startswith("from ")}
+    if modes:
+        kinds = ", ".join(f"{n} {mode}" for mode, n in sorted(modes.items()))
+        done.append(f"converted {sum(modes.values())} to {target} ({kinds})")
+    return f"to make them {side}×{side} {target}: " + ", ".join(done)
 
 
 def resolution_warning(shape: tuple[int, int, int]) -> str | None:

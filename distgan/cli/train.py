@@ -19,9 +19,13 @@ import time
 from distgan.cli.flags import add_overrides_flag
 from distgan.config import RESOLVED_JOB, dump_yaml, load_job, parse_job
 from distgan.errors import CheckpointError, JobError
+from distgan.progress import duration
 from distgan.storage import join
 from distgan.train.follow import Stopped
 from distgan.train.lease import RunLease, check_not_held
+from distgan.user_models import keep_record
+
+SPENT_S = 1.0  # a resume with less of train.max_minutes left than this would train nothing
 
 
 def add_parser(verbs) -> None:
@@ -43,17 +47,24 @@ def _resume_spec(args: argparse.Namespace):
     URI) and the checkpoint to start from."""
     from distgan.train import checkpoint as ckpts
     from distgan.train.outputs import existing_run_dir
+    from distgan.tune.summary import is_search
 
     run = existing_run_dir(args.resume)
     check_not_held(run)  # one writer per run: before anything else is said about it
     resolved = run.child(RESOLVED_JOB)
+    before = parse_job(resolved.read_bytes(), str(resolved))
+    if is_search(run, before):
+        raise JobError(
+            f"{run}: a search (distgan tune's), not a run; continue it with: distgan tune "
+            f"--resume {shlex.quote(run.typed)}"
+        )
     if args.job:
         job_file = args.job
-        spec = load_job(job_file, args.overrides)
+        # A model of the user's is checked against the module file the run was trained with.
+        spec = keep_record(load_job(job_file, args.overrides), before)
     else:
         job_file = str(resolved)
         spec = parse_job(resolved.read_bytes(), job_file, args.overrides)
-    before = parse_job(resolved.read_bytes(), str(resolved))
     for section in ("model", "data"):
         if getattr(spec, section) != getattr(before, section):
             raise JobError(
@@ -75,8 +86,32 @@ def _resume_spec(args: argparse.Namespace):
     return spec, run, join(str(latest), ckpts.STATE_FILE)
 
 
-def _write_report(run) -> None:
-    """report.html into the run's storage; a failure to draw it never stops the training."""
+def _check_left_to_train(spec, ckpt: dict, run_dir) -> None:
+    """JobError when resuming ``run_dir`` from ``ckpt`` would train nothing: the run is at
+    ``train.steps`` already, or its ``train.max_minutes`` (counted over every part of the run,
+    like the checkpoint's ``elapsed_s``) is spent."""
+    t, step = spec.train, int(ckpt["step"])
+    trained = float(ckpt.get("metrics", {}).get("elapsed_s", 0.0))
+    if step >= t.steps:
+        raise JobError(
+            f"{run_dir}: train.steps is {t.steps:,} and the run is at step {step:,} already; "
+            f"resume with more, e.g. --set train.steps={2 * step}"
+        )
+    # The ranks stop once any one's clock passes the limit: rank 0's figure may fall short of
+    # it by a little, so a run that ended by its time limit has under SPENT_S left.
+    if t.max_minutes and 60 * t.max_minutes - trained < SPENT_S:
+        more = f"{t.max_minutes:g} more minute" + ("s" if t.max_minutes != 1 else "")
+        raise JobError(
+            f"{run_dir}: train.max_minutes={t.max_minutes:g} is spent: the run has trained "
+            f"for {duration(trained)} (the limit counts every part of the run); resume with "
+            f"--set train.max_minutes={round(trained / 60 + t.max_minutes, 2):g} ({more}), "
+            "or 0 for no limit"
+        )
+
+
+def try_write_report(run) -> None:
+    """report.html into the run's (or search's) storage; a failure to draw it never stops the
+    training (one line on stderr says why)."""
     from distgan.report import write_report
 
     try:
@@ -156,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
     if resume_from:
         ckpt = ckpts.load(resume_from)
         ckpts.check_compatible(ckpt, spec, manifest.shape, resume_from, manifest.num_classes)
+        _check_left_to_train(spec, ckpt, run_dir)
     if args.dry_run:
         sys.stdout.write(dump_yaml(spec))
         return 0
@@ -176,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
 
             def report_at_checkpoints(m: dict) -> None:
                 if m["step"] % every == 0 or m["step"] == spec.train.steps:
-                    _write_report(run_dir)
+                    try_write_report(run_dir)
 
             try:
                 metrics = launch(
@@ -193,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
                     sys.stderr.flush()
                     os._exit(code)
                 raise
-            _write_report(run_dir)  # the last records (a run stopped by train.max_minutes)
+            try_write_report(run_dir)  # the last records (a run stopped by train.max_minutes)
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, distgan stop (follow.Stopped)
         return _stopped(e, run_dir)
     finally:

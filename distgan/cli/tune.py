@@ -4,7 +4,9 @@ Searches the values of the job's ``tune.space`` with Ray Tune: each trial trains
 sampled values and reports ``tune.metric`` (FID by default) at every evaluation; ASHA stops poor
 trials early, PBT clones the best ones. The search directory ``<run.storage or run.root>/<id>-
 <name>-tune/`` (a folder or a URI) ends with ``results.csv``, ``best.yaml`` (ready for ``distgan
-train``) and the best trial's samples. ``--resume SEARCH`` (the folder or its URI) continues an
+train``) and the best trial's samples; with ``tune.objectives`` (a metric and a cost), with
+``pareto.csv`` and ``front/<trial>.yaml``, a job per trial of the front, in place of best.yaml.
+``--resume SEARCH`` (the folder or its URI) continues an
 interrupted search from Tune's saved state.
 """
 
@@ -66,11 +68,14 @@ def _resume_spec(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from distgan.cli.train import try_write_report
+    from distgan.report import REPORT
     from distgan.train.follow import wait_seconds
     from distgan.train.launch import check_storage, ray_session
-    from distgan.train.outputs import new_run_dir, storage_home, write_resolved
+    from distgan.train.outputs import new_run_dir, storage_home, write_resolved, write_status
     from distgan.tune.results import RESULTS, format_table, trial_rows, write_results
-    from distgan.tune.search import check_search, run_search
+    from distgan.tune.front import FRONT, write_front
+    from distgan.tune.search import check_search, run_search, searched_job
     from distgan.tune.trials import TRIALS
 
     if args.resume:
@@ -89,13 +94,20 @@ def run(args: argparse.Namespace) -> int:
             # trials run on nodes that share no disk with this driver.
             search = new_run_dir(storage_home(spec.run), f"{spec.run.name}-tune")
             write_resolved(spec, search)
-        t = spec.tune
+        t = searched_job(spec).tune  # its metric: the objectives' one, when the job has them
         print(
             f"distgan tune: {search} · {t.scheduler} · {t.num_samples} sample(s) of "
             f"{', '.join(t.space)} · {t.metric} every {spec.eval.every} steps"
             + (" · resuming" if args.resume else ""),
             flush=True,
         )
+        # In place of Tune's own pointers (its experiment folder, a TensorBoard of Ray's temp
+        # dir: RAY_ENV in train/launch.py keeps those off the screen), the search's own.
+        print(
+            f"TensorBoard: tensorboard --logdir {search.child(TRIALS)}  (each trial's tb/)",
+            flush=True,
+        )
+        write_status(search, "running")
         terminated: list[int] = []
 
         def on_sigterm(signum, frame) -> None:
@@ -109,24 +121,41 @@ def run(args: argparse.Namespace) -> int:
             grid, interrupted = run_search(spec, search, source, bool(args.resume))
         except KeyboardInterrupt:
             interrupted = True
+        except Exception as e:  # distgan runs shows it failed; the error goes on as it was
+            write_status(search, "failed", error=type(e).__name__)
+            raise
         finally:
             signal.signal(signal.SIGTERM, previous)
         if interrupted:
+            write_status(search, "stopped")
+            try_write_report(search)
             sys.stderr.write(
                 "distgan: the search stopped; continue with: "
                 f"distgan tune --resume {shlex.quote(search.uri)}\n"
             )
             return 143 if terminated else 130
+    spec = searched_job(spec)
     rows = trial_rows(grid, spec, search)
-    best = write_results(rows, spec, search)
+    if spec.tune.objectives:
+        front = write_front(rows, spec, search)
+        best = front[0] if front else None
+    else:
+        best = write_results(rows, spec, search)
+    write_status(search, "done")
+    try_write_report(search)
     print(format_table(rows, spec))
     print(
         f"done: {len(rows)} trials, {sum(r.steps for r in rows):,} training steps in "
         f"{wait_seconds(t0)} · {search.child(RESULTS)}"
     )
+    print(f"report: {search.child(REPORT)}")
     if best is None:
         print("no trial measured the metric; see the trials' logs under", search.child(TRIALS))
         return 1
+    if spec.tune.objectives:
+        where = display(search.child(FRONT).uri)
+        print(f"front: {len(front)} trial(s), a job each in {where}; the cheapest: {display(best)}")
+        return 0
     if search.is_local:
         print(f"best: {best}  (train it: distgan train {best})")
     else:  # distgan train and submit read job files from this machine's disk

@@ -14,6 +14,7 @@ import math
 import re
 import struct
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,7 @@ def read_image_folder(
     on_error: str = "fail",
     *,
     limit: int | None = None,
+    changes: Counter | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """Reads every PNG/JPEG under ``folder`` (recursively, in sorted order) as square images.
 
@@ -131,7 +133,8 @@ def read_image_folder(
     When no image lies directly in ``folder``, its immediate subfolders are the classes (labels
     0..K-1 in sorted name order, like torchvision's ImageFolder); otherwise labels are None.
     An unreadable image raises DataError (``on_error="fail"``) or is skipped (``"skip"``).
-    ``limit`` stops after that many readable images.
+    ``limit`` stops after that many readable images. ``changes`` counts the images that were
+    ``"resized"``, ``"cropped"`` (not square) or converted (``"from <mode>"``, Pillow's mode).
     Returns (images (N, C, R, R) uint8, labels (N,) int64 or None, skipped relative paths).
     """
     if on_error not in ("fail", "skip"):
@@ -154,7 +157,10 @@ def read_image_folder(
             break
         try:
             with Image.open(path) as image:
-                images.append(_square(ImageOps.exif_transpose(image), resolution, channels))
+                upright = ImageOps.exif_transpose(image)
+                images.append(_square(upright, resolution, channels))
+            if changes is not None:
+                changes.update(_changes(upright, resolution, channels))
         except _IMAGE_ERRORS as e:
             # Under "fail" the scan goes on, so that the error can say how many there are.
             first_error = first_error or (path, e)
@@ -235,6 +241,18 @@ def _square(image: Image.Image, resolution: int, channels: int) -> np.ndarray:
     image = image.crop((left, top, left + resolution, top + resolution))
     pixels = np.asarray(image, dtype=np.uint8)  # (R, R) or (R, R, 3)
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+def _changes(image: Image.Image, resolution: int, channels: int) -> list[str]:
+    """What ``_square`` does to ``image`` besides copying its pixels."""
+    done = []
+    if min(image.size) != resolution:
+        done.append("resized")
+    if image.width != image.height:
+        done.append("cropped")
+    if image.mode != ("L" if channels == 1 else "RGB"):
+        done.append(f"from {image.mode}")
+    return done
 
 
 def read_npz(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -318,6 +336,7 @@ def import_source(
     class_names: list[str] | None = None,
     long_tail: float | None = None,
     long_tail_seed: int = 0,
+    changes: Counter | None = None,
 ) -> tuple[ShardManifest, int]:
     """Imports ``src`` into shards under ``out``; returns (manifest, number of skipped images).
 
@@ -329,6 +348,7 @@ def import_source(
     documented names of a known IDX dataset (``idx_class_names``). ``long_tail``: an imbalance
     ratio R ≥ 1; the source (after ``limit``) is cut to a long-tailed subset (``data/imbalance.py``;
     which images a class keeps is chosen by ``long_tail_seed``), its protocol in the manifest.
+    ``changes``: what resizing a folder's images did (``read_image_folder``).
     """
     src = Path(src)
     if not src.exists():
@@ -344,7 +364,7 @@ def import_source(
         if resolution is None:
             raise DataError(f"{src}: an image folder needs --resolution N (the square side)")
         images, image_labels, skipped = read_image_folder(
-            src, resolution, channels, on_error, limit=limit
+            src, resolution, channels, on_error, limit=limit, changes=changes
         )
         source = f"image folder {src.resolve().name}/ resized to {resolution}×{resolution}"
         known = folder_class_names(src)

@@ -181,9 +181,12 @@ def train_classifier(
     """
     net = net.to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
-    steps_per_epoch = math.ceil(len(images) / batch_size)
+    total = epochs * math.ceil(len(images) / batch_size)
+    # OneCycleLR's warm-up ends at step pct_start·total − 1 and divides by that: 20% of the
+    # steps, but at least two, or it ends at step 0 (5 steps in all: one epoch of 600 images).
+    warm_up = max(0.2, 2 / total) if total > 2 else 0.2
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=3e-3, total_steps=epochs * steps_per_epoch, pct_start=0.2
+        optimizer, max_lr=3e-3, total_steps=total, pct_start=warm_up
     )
     for epoch in range(epochs):
         epoch_start = time.perf_counter()

@@ -11,9 +11,9 @@
     logits, classes = D(x, y, classes=True)  # with AC-GAN's head (loss.ac_weight): + (B, K)
 
 An architecture is a function ``(z_dim, width, shape, options) -> (G, D)`` registered with
-``@register_model("name")``. It raises ``ValueError`` for a shape or option it cannot serve;
-the caller turns that into a user-facing error naming the job field. Every G has
-``num_classes`` (0 when unconditional).
+``@register_model("name")``, or a user's own, named by ``module:function`` (``models/own.py``).
+It raises ``ValueError`` for a shape or option it cannot serve; the caller turns that into a
+user-facing error naming the job field. Every G has ``num_classes`` (0 when unconditional).
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distgan.models import dcgan, mlp, resnet  # noqa: F401  (each registers its architecture)
-from distgan.models.registry import MODELS, ModelOptions
+from distgan.models import dcgan, mlp, resnet, stylegan2  # noqa: F401  (each registers itself)
+from distgan.models.own import build_own
+from distgan.models.registry import MODELS, ModelOptions, job_options
+from distgan.user_models import is_reference
 
 
 def build_models(
@@ -46,17 +48,14 @@ def models_for_job(
 
     ``num_classes``: the data's classes (its manifest); used when ``model.conditional``.
     ``classifier``: D gets AC-GAN's class head (the job's ``loss.ac_weight`` > 0).
+    ``model.arch`` ``module:function`` (a user's builder) raises JobError ("model.arch: ...")
+    when its module is missing or has changed, or what it builds is not a (G, D) (models/own.py).
     """
     if model.conditional and num_classes < 1:
         raise ValueError("a conditional model needs labelled data (num_classes ≥ 1)")
-    options = ModelOptions(
-        spectral_norm=model.spectral_norm,
-        mbstd_group=model.mbstd_group,
-        pack=model.pack,
-        output=model.output,
-        num_classes=num_classes if model.conditional else 0,
-        classifier=classifier,
-    )
+    options = job_options(model, num_classes, classifier)
+    if is_reference(model.arch):  # the user's builder, from the module file the job recorded
+        return build_own(model, tuple(shape), options)
     return build_models(model.arch, model.z_dim, model.width, shape, options)
 
 

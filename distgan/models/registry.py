@@ -28,6 +28,19 @@ class ModelOptions:
     classifier: bool = False
 
 
+def job_options(model, num_classes: int = 0, classifier: bool = False) -> ModelOptions:
+    """The options of a job's model section (``config.ModelSpec``) for data of ``num_classes``
+    classes (used when ``model.conditional``); ``classifier``: AC-GAN's head on D."""
+    return ModelOptions(
+        spectral_norm=model.spectral_norm,
+        mbstd_group=model.mbstd_group,
+        pack=model.pack,
+        output=model.output,
+        num_classes=num_classes if model.conditional else 0,
+        classifier=classifier,
+    )
+
+
 ModelBuilder = Callable[[int, int, tuple[int, int, int], ModelOptions], tuple[nn.Module, nn.Module]]
 MODELS: dict[str, ModelBuilder] = {}
 

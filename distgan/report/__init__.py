@@ -14,10 +14,11 @@ the file opens anywhere, offline, and fetches nothing.
 
 from __future__ import annotations
 
-from distgan.config import RESOLVED_JOB, JobSpec, load_resolved
+from distgan.config import RESOLVED_JOB, load_resolved
 from distgan.errors import CheckpointError
 from distgan.report.page import page
 from distgan.storage import Location
+from distgan.tune.summary import is_search
 
 REPORT = "report.html"
 
@@ -35,7 +36,7 @@ def build_report(run: Location) -> str:
             "e.g. runs/00003-quickstart"
         )
     spec = load_resolved(run.read_text(RESOLVED_JOB), source=f"{run}/{RESOLVED_JOB}")
-    if _is_search(run, spec):
+    if is_search(run, spec):
         from distgan.report.search import search_sections
 
         sections = search_sections(run, spec)
@@ -51,13 +52,3 @@ def build_report(run: Location) -> str:
 def write_report(run: Location) -> None:
     """Writes ``report.html`` into ``run`` (whole: a reader never sees half a page)."""
     run.write_text(REPORT, build_report(run))
-
-
-def _is_search(run: Location, spec: JobSpec) -> bool:
-    """A search folder has a tune space and the trials' run folders. (A trial's own folder has
-    the space too, but no trials: the check that imports Ray's Tune is made only then.)"""
-    if not spec.tune.space:
-        return False
-    from distgan.tune.trials import TRIALS
-
-    return run.is_dir(TRIALS)

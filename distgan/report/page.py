@@ -8,12 +8,21 @@ fetched is refused (and shows in the browser's console).
 from __future__ import annotations
 
 import html
+import io
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from PIL import Image
+
+from distgan.images import GRID_PAD
+from distgan.report.charts import data_uri
+
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+# CSS pixels: the narrowest a sample grid is shown (one of 28×28 images, 242 px, at 3×); always
+# at a whole multiple of its size, so that every pixel is a square block.
+GRID_MIN_WIDTH = 512
 
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d232b;
@@ -39,7 +48,10 @@ tr.best td { background: #fff6d6; }
 img.chart { width: 100%; display: block; margin: 4px 0 6px; }
 .grids { display: flex; flex-wrap: wrap; gap: 14px; }
 figure { margin: 0; }
-figure img { image-rendering: pixelated; width: 264px; border: 1px solid #d5dbe2; }
+figure img { image-rendering: pixelated; border: 1px solid #d5dbe2; }
+.labelled { display: flex; align-items: flex-start; }
+.rows { padding-right: 6px; text-align: right; white-space: nowrap; font-size: 12px;
+        color: #3b4450; }
 figcaption { color: #5b6673; font-size: 12px; }
 pre { background: #f3f5f8; padding: 10px 12px; overflow-x: auto; font-size: 12.5px;
       border-radius: 4px; }
@@ -100,9 +112,28 @@ def charts(images: Sequence[str]) -> str:
     return f'<div class="charts">{"".join(images)}</div>'
 
 
-def grid_figure(uri: str, caption: str) -> str:
+def grid_figure(png: bytes, caption: str, row_names: Sequence[str] = ()) -> str:
+    """A sample grid (the PNG of ``images.grid``) at the smallest whole multiple of its size
+    that is GRID_MIN_WIDTH wide, each pixel a square block; ``row_names`` name its rows from the
+    top, in a column at its left (a conditional run's grid has one row per class)."""
+    width, height = Image.open(io.BytesIO(png)).size
+    scale = math.ceil(GRID_MIN_WIDTH / width)
     alt = esc(caption)
-    return f'<figure><img src="{uri}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
+    shown = (
+        f'<img src="{data_uri(png, "image/png")}" alt="{alt}" width="{scale * width}" '
+        f'height="{scale * height}">'
+    )
+    if row_names:  # each name beside its row: rows of (height - pad) / n pixels, pad included
+        pitch = scale * (height - GRID_PAD) / len(row_names)
+        line = pitch - scale * GRID_PAD
+        names = "".join(
+            f'<div style="height:{pitch:g}px;line-height:{line:g}px">{esc(n)}</div>'
+            for n in row_names
+        )
+        top = scale * GRID_PAD + 1  # the grid's own padding, and the image's 1 px border
+        rows = f'<div class="rows" style="padding-top:{top}px">{names}</div>'
+        shown = f'<div class="labelled">{rows}{shown}</div>'
+    return f"<figure>{shown}<figcaption>{alt}</figcaption></figure>"
 
 
 def note(text: str) -> str:

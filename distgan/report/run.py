@@ -2,22 +2,30 @@
 
 Everything is read through the run's ``Location`` (a local folder or object storage):
 ``metrics.jsonl``, ``best/best.json``, ``samples/step_NNNNNN.png``, ``eval.json`` (written by
-``distgan eval``), ``job.resolved.yaml`` and the names under ``checkpoints/``.
+``distgan eval``), ``job.resolved.yaml``, ``complexity.json`` and the names under ``checkpoints/``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
+from PIL import Image
+
 from distgan.config import METRIC_NAMES, RESOLVED_JOB, JobSpec
+from distgan.data import class_name, data_location, read_manifest
+from distgan.errors import UserError
+from distgan.images import GRID_PAD
 from distgan.metrics.evaluate import evaluations, latest_results
 from distgan.metrics.fitting import near_chance
 from distgan.progress import duration
-from distgan.report.charts import Line, Mark, Point, chart, data_uri
+from distgan.report.charts import Line, Mark, Point, chart
 from distgan.report.page import Section, chart_img, charts, facts, grid_figure, note, pre, table
 from distgan.storage import Location
 from distgan.train.checkpoint import CHECKPOINTS
+from distgan.train.complexity import read_complexity
+from distgan.train.loop import GRID_COLUMNS
 from distgan.train.outputs import METRICS, read_best
 from distgan.train.records import GROUPS
 
@@ -62,7 +70,7 @@ def run_sections(run: Location, spec: JobSpec) -> list[Section]:
             Section("evaluation", "Evaluation during training", _eval_charts(spec, records, best)),
             Section("guard", "Divergence guard", _guard(records)),
         ]
-    sections.append(Section("samples", "Samples", _samples(run)))
+    sections.append(Section("samples", "Samples", _samples(run, spec)))
     if run.is_file(EVAL_JSON):
         sections.append(Section("eval", "distgan eval", _eval_table(run)))
     sections.append(Section("job", "Job", pre(run.read_text(RESOLVED_JOB))))
@@ -81,6 +89,7 @@ def _summary(run: Location, spec: JobSpec, records: list[dict], best: dict | Non
     ]
     if "gpu_mem_gb" in last:
         pairs.append(("GPU memory (rank 0 peak)", f"{last['gpu_mem_gb']:.2f} GiB"))
+    pairs += _costs(read_complexity(run))
     if best:
         value = f"{best['metric']} {best['value']:.4g} at step {best['step']:,} (best/)"
         pairs.append(("best checkpoint", value))
@@ -98,6 +107,24 @@ def _summary(run: Location, spec: JobSpec, records: list[dict], best: dict | Non
     return facts(pairs) + ("" if records else note("No metrics logged yet."))
 
 
+def _costs(cost: dict) -> list[tuple[str, str]]:
+    """complexity.json's figures (train/complexity.py), those the run has."""
+    pairs = []
+    if "g_params" in cost:
+        pairs.append((
+            "model cost (per image)",
+            f"G {cost['g_params']:,} parameters, {cost['g_gflops']:.4g} GFLOPs; "
+            f"D {cost['d_params']:,} parameters, {cost['d_gflops']:.4g} GFLOPs",
+        ))  # fmt: skip
+    if "sec_per_kimg" in cost:
+        speed = f"{cost['images_per_s']:,.0f} images/s, median of the log intervals"
+        pairs.append(("training speed", f"{cost['sec_per_kimg']:.3g} s/kimg ({speed})"))
+    if "peak_mem_mb" in cost:
+        kind = cost.get("peak_mem_kind", "")
+        pairs.append(("peak memory (rank 0)", f"{cost['peak_mem_mb']:,.0f} MiB ({kind})"))
+    return pairs
+
+
 def _training_charts(records: list[dict]) -> str:
     rollbacks = _rollback_steps(records)
     marks = [Mark(s, "rollback") for s in rollbacks]
@@ -110,6 +137,7 @@ def _training_charts(records: list[dict]) -> str:
         ("Gradient norms", GROUPS["grad_norm"], "L2 norm", True, []),
         ("Speed", ("images_per_s",), "images/s", False, []),
         ("GPU memory", ("gpu_mem_gb",), "GiB (rank 0 peak)", False, []),
+        ("ADA", ("ada_p", "ada_rt"), "p, and E[sign D(x)]", False, []),
     ]
     names = {
         "d_real": "D(x)",
@@ -117,6 +145,8 @@ def _training_charts(records: list[dict]) -> str:
         "gp": "gradient penalty",
         "d_ac": "D's class loss (AC-GAN)",
         "g_ac": "G's class loss (AC-GAN)",
+        "ada_p": "augmentation probability p",
+        "ada_rt": "E[sign D(x)] (ADA's r_t)",
     }
     for title, keys, ylabel, log_y, points in specs:
         lines = [Line(names.get(k, k), *series(records, k)) for k in keys]
@@ -183,19 +213,19 @@ def _guard(records: list[dict]) -> str:
     return note(text) + charts([chart_img(uri, "divergence guard")])
 
 
-def _samples(run: Location) -> str:
+def _samples(run: Location, spec: JobSpec) -> str:
     steps = sample_grids(run)
     if not steps:
         return note("No sample grid yet.")
     shown = steps
     if len(steps) > MAX_GRIDS:  # evenly spread, the first and the newest included
         shown = [steps[round(i * (len(steps) - 1) / (MAX_GRIDS - 1))] for i in range(MAX_GRIDS)]
-    figures = [
-        grid_figure(data_uri(run.read_bytes(f"{SAMPLES}/{name}"), "image/png"), f"step {step:,}")
-        for step, name in reversed(shown)
-    ]
+    grids = [(step, run.read_bytes(f"{SAMPLES}/{name}")) for step, name in reversed(shown)]
+    names = _class_rows(spec, grids[0][1]) if spec.model.conditional else []
+    figures = [grid_figure(png, f"step {step:,}", names) for step, png in grids]
     head = note(
         "G_ema on the same latents at every grid, newest first"
+        + ("; a row per class, each column one latent" if names else "")
         + (
             f"; {len(shown)} of {len(steps)} grids shown (all in samples/)"
             if shown != steps
@@ -204,6 +234,20 @@ def _samples(run: Location) -> str:
         + "."
     )
     return head + f'<div class="grids">{"".join(figures)}</div>'
+
+
+def _class_rows(spec: JobSpec, png: bytes) -> list[str]:
+    """The classes of a conditional run's grid rows, top to bottom: rows of GRID_COLUMNS
+    images, class 0 first (``loop.grid_inputs``), named as the run's data names them (their
+    numbers when it gives none, or cannot be read from here)."""
+    width, height = Image.open(io.BytesIO(png)).size
+    pitch = (width - GRID_PAD) // GRID_COLUMNS  # an image and the gap after it
+    rows = range((height - GRID_PAD) // pitch)
+    try:
+        manifest = read_manifest(data_location(spec.data.source))
+    except UserError:
+        return [str(k) for k in rows]
+    return [class_name(manifest, k) for k in rows]
 
 
 def _eval_table(run: Location) -> str:

@@ -3,6 +3,7 @@
 Read through the search folder's ``Location``: ``trials/<id>/metrics.jsonl`` and
 ``job.resolved.yaml`` of each trial, ``exploits/`` (PBT), ``results.csv`` and ``best.yaml``
 (written when the search ends), ``best_samples/``. The layout is tune/'s (trials.py, results.py).
+With ``tune.objectives``: each trial's ``complexity.json``, and ``pareto.csv`` (report/front.py).
 """
 
 from __future__ import annotations
@@ -12,17 +13,19 @@ import io
 import math
 
 from distgan.config import RESOLVED_JOB, JobSpec, load_resolved
-from distgan.report.charts import Line, Point, chart, data_uri
+from distgan.report.charts import Line, Point, chart
+from distgan.report.front import front_sections
 from distgan.report.page import Section, chart_img, facts, grid_figure, note, pre, table
 from distgan.report.run import read_records, sample_grids, series
 from distgan.storage import Location
 from distgan.tune.exploits import read_exploits
 from distgan.tune.results import BEST_JOB, BEST_SAMPLES, RESULTS
-from distgan.tune.search import search_mode
+from distgan.tune.search import search_mode, searched_job
 from distgan.tune.trials import TRIALS
 
 
 def search_sections(search: Location, spec: JobSpec) -> list[Section]:
+    spec = searched_job(spec)  # tune.metric: the objectives' metric, when the job has them
     t = spec.tune
     metric, higher = t.metric, search_mode(spec) == "max"
     trials = {tid: read_records(search.child(TRIALS, tid)) for tid in search.list(TRIALS)}
@@ -31,6 +34,8 @@ def search_sections(search: Location, spec: JobSpec) -> list[Section]:
     summary = facts(
         [
             ("objective", f"{metric} ({'max' if higher else 'min'})"),
+            *([("objectives", ", ".join(t.objectives))] if t.objectives else []),
+            *([("constraints", "; ".join(t.constraints))] if t.constraints else []),
             ("scheduler", t.scheduler + (" (synchronous)" if pbt and t.synch else "")),
             ("space", ", ".join(f"{k}: {v}" for k, v in t.space.items())),
             ("trials", len(trials)),
@@ -43,6 +48,8 @@ def search_sections(search: Location, spec: JobSpec) -> list[Section]:
         Section("curves", f"{metric} per trial", _curves(trials, exploits, metric)),
         Section("results", "Results", _results(search, spec, trials, metric, higher)),
     ]
+    if t.objectives:  # the trade between the metric and the cost, and the front's samples
+        sections[2:2] = front_sections(search, spec, trials)
     if exploits:
         sections.append(Section("exploits", "PBT exploits", _exploit_table(exploits)))
     best_grid = _newest_grid(search, BEST_SAMPLES)
@@ -90,7 +97,7 @@ def _results(
     if search.is_file(RESULTS):  # written when the search ended: best first
         head, *rows = csv.reader(io.StringIO(search.read_text(RESULTS)))
         rows = [[_number(c) for c in row] for row in rows]
-        best = 0 if rows and isinstance(rows[0][len(head) - 3], float) else -1
+        best = 0 if rows and isinstance(rows[0][head.index(f"best_{metric}")], float) else -1
         return note(f"{RESULTS}, best first.") + table(head, rows, best_row=best)
     keys = list(spec.tune.space)
     rows = []
@@ -136,8 +143,8 @@ def _newest_grid(search: Location, folder: str) -> str:
     if not grids:
         return ""
     step, name = grids[-1]
-    uri = data_uri(search.read_bytes(f"{folder}/{name}"), "image/png")
-    return grid_figure(uri, f"step {step:,} of the best trial ({folder}/)")
+    png = search.read_bytes(f"{folder}/{name}")
+    return grid_figure(png, f"step {step:,} of the best trial ({folder}/)")
 
 
 def _number(cell: str) -> object:

@@ -6,13 +6,13 @@
     source = memory_batches(spec, images, labels, class_counts, device)           # real batches
     train/loop.py: run(state, source, spec, ...)
 
-The state holds G and D (each through ``wrap``, e.g. Ray Train's ``prepare_model`` for DDP),
-their Adams and AMP grad scalers (``step.Nets``), the rules of the game (``step.Game``: loss,
-penalties, DiffAugment, precision, the classes and the class prior a conditional G draws its
-labels from), G's EMA, and, from a checkpoint, every counter and RNG state. The Ray worker, a PBT
-trial, the synthetic-mixture trainer and the tests all build here, so an option of the job is
-honoured by every path or by none: a second assembly is how PBT trials once ignored
-``train.class_balance`` and the divergence guard's lowered rates.
+The state holds G and D (each through ``wrap``, e.g. Ray Train's ``prepare_model`` for DDP), their
+Adams and AMP grad scalers (``step.Nets``), the rules of the game (``step.Game``: loss, penalties,
+DiffAugment, precision, the classes and the class prior a conditional G draws its labels from), G's
+EMA, ADA's tuner, and, from a checkpoint, every counter and RNG state. The Ray worker, a PBT trial,
+the synthetic-mixture trainer and the tests all build here, so an option of the job is honoured by
+every path or by none: a second assembly is how PBT trials once ignored ``train.class_balance`` and
+the divergence guard's lowered rates.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from distgan.ada_tuner import AdaTuner
 from distgan.augment import parse_policy
 from distgan.config import JobSpec
 from distgan.data.imbalance import class_prior, sample_weights
@@ -29,6 +30,7 @@ from distgan.data.reader import InMemoryBatches
 from distgan.ema import make_ema
 from distgan.losses import get_loss
 from distgan.models import apply_speed_options, models_for_job, unwrap
+from distgan.path_length import PathLengthPenalty
 from distgan.schedule import set_rates
 from distgan.step import Game, Nets
 from distgan.train import checkpoint as ckpts
@@ -65,6 +67,8 @@ def game_for(spec: JobSpec, num_classes: int, prior: torch.Tensor | None) -> Gam
         augment=parse_policy(spec.train.diffaugment),
         num_classes=num_classes,
         ac_weight=s.ac_weight,
+        pl_weight=s.pl_weight,
+        pl_every=s.pl_every,
         label_prior=prior if num_classes else None,
         autocast_dtype=AUTOCAST[spec.train.precision],
     )
@@ -111,7 +115,9 @@ def build_state(
     )
     prior = label_prior(spec, class_counts)
     game = game_for(spec, unwrap(G).num_classes, None if prior is None else prior.to(device))
-    state = ckpts.TrainState(nets, game, make_ema(unwrap(G), t), shape)
+    ada = AdaTuner(t.ada_target) if t.ada_target > 0 else None
+    pl = PathLengthPenalty().to(device) if spec.loss.pl_weight > 0 else None
+    state = ckpts.TrainState(nets, game, make_ema(unwrap(G), t), ada, pl, shape)
     torch.manual_seed(t.seed + 1 + rank)  # different latents on each rank
     if checkpoint is not None:
         ckpts.restore(state, checkpoint, rank, source=source)

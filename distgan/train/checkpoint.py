@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from distgan.ada_tuner import AdaTuner
 from distgan.ema import EMA
 from distgan.errors import CheckpointError
 from distgan.models import models_for_job, unwrap
@@ -44,6 +45,8 @@ class TrainState:
     nets: Nets
     game: Game  # fixed for the run: not in the checkpoint (the job and the data rebuild it)
     ema: EMA | None
+    ada: AdaTuner | None  # ADA's augmentation probability (train.ada_target), None when off
+    path_length: torch.nn.Module | None  # its running mean of G's path lengths (loss.pl_weight)
     image_shape: tuple[int, int, int]  # (C, H, W) of the data G learns
     step: int = 0
     epoch: int = 0
@@ -94,6 +97,8 @@ def snapshot(
         "metrics": {k: float(v) for k, v in metrics.items()},
         "job": job_yaml,
         "guard": {"lr_scale": state.lr_scale, "rollbacks": state.rollbacks},
+        "ada": state.ada.state_dict() if state.ada else None,
+        "path_length": state.path_length.state_dict() if state.path_length else None,
     }
 
 
@@ -115,6 +120,10 @@ def restore(state: TrainState, ckpt: dict[str, Any], rank: int, source: str) -> 
     state.lr_scale = float(guard.get("lr_scale", 1.0))
     state.rollbacks = int(guard.get("rollbacks", 0))
     state.train_seconds = float(ckpt.get("metrics", {}).get("elapsed_s", 0.0))
+    if state.ada is not None and ckpt.get("ada"):  # a resume goes on with the same p
+        state.ada.load_state_dict(ckpt["ada"])
+    if state.path_length is not None and ckpt.get("path_length"):
+        state.path_length.load_state_dict(ckpt["path_length"])
     if rank < len(ckpt["rng"]):
         set_rng_state(ckpt["rng"][rank])
 

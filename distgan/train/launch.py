@@ -26,8 +26,10 @@ from distgan.config import METRIC_NAMES, JobSpec, to_dict
 from distgan.data import ShardManifest, data_location, read_manifest, verify_shards
 from distgan.errors import ClusterError, DataError, JobError, StorageError
 from distgan.models import models_for_job
+from distgan.models.own import check_own_models
 from distgan.storage import Location, check_reachable, display, is_uri, open_location
 from distgan.train.checkpoint import CHECKPOINTS, checkpoint_step
+from distgan.train.complexity import record_model_cost
 from distgan.train.follow import Stopped, fit_with_progress, last_step, quiet_worker_deaths
 from distgan.train.outputs import read_status, request_stop, write_status
 
@@ -37,6 +39,10 @@ RAY_ENV = {
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
     "RAY_DEDUP_LOGS": "0",
+    # Tune's newer console output prints, whatever RunConfig(verbose=0) says, a boxed table of
+    # the search, its experiment folder and a TensorBoard hint into Ray's temp dir; the older
+    # one prints nothing at verbose=0. distgan tune points to the search's own files instead.
+    "RAY_AIR_NEW_OUTPUT": "0",
     # The controller takes each worker's report (and registers its checkpoint) at this period;
     # Ray's default of 2 s would stall every checkpoint step that long (worker.py).
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
@@ -96,8 +102,11 @@ def check_model(spec: JobSpec, manifest: ShardManifest, job_source: str) -> None
         models_for_job(
             spec.model, manifest.shape, manifest.num_classes, classifier=spec.loss.ac_weight > 0
         )
+        check_own_models(spec, manifest.shape, manifest.num_classes)  # one forward of each
     except ValueError as e:
         raise JobError(f"{job_source}: model.arch: {e}; pick another arch or dataset") from None
+    except JobError as e:  # a user's own model: its module, or what its builder returns
+        raise JobError(f"{job_source}: {e}") from None
 
 
 def plan(spec: JobSpec, manifest: ShardManifest, cluster_cpus: float, cluster_gpus: float) -> Plan:
@@ -347,6 +356,7 @@ def launch(
         file=out,
         flush=True,
     )
+    record_model_cost(run, spec, manifest.shape, manifest.num_classes)  # before any training
     step = int(read_status(run).get("step", 0))
     request_stop(run, clear=True)  # an earlier part's request does not stop this one
     write_status(run, "running", step)

@@ -193,6 +193,9 @@ def run(
         step_metrics = train_step(
             state.nets, state.game, reals, sample_z,
             measure=log_now, real_labels=labels, step=state.step,
+            ada_p=state.ada.p if state.ada else 0.0,
+            observe=state.ada.observe if state.ada else None,
+            path_length=state.path_length,
         )  # fmt: skip
         skipped = bool(step_metrics["skipped"])  # the same on every rank
         meter.add({"skipped": step_metrics["skipped"]} if skipped else step_metrics)
@@ -200,6 +203,8 @@ def run(
         if state.ema is not None:
             state.ema.update(unwrap(state.nets.G), state.step)
         state.images_seen += sum(x.shape[0] for x in reals) * world
+        if state.ada is not None:  # a collective every few steps: every rank alike
+            state.ada.update(t.batch_size)
         verdict = guard.after_step(state, skipped)
         if verdict == ROLLED_BACK:  # state is the last good checkpoint's again
             batches = _batches(source, state)
@@ -235,6 +240,10 @@ def run(
             # stall): near 0 when the data keeps up with the step.
             data_stall=waited / max(now - last_time, 1e-9),
         )
+        if state.ada is not None:  # ADA's p, and the signs of D on the reals it follows
+            metrics["ada_p"] = state.ada.p
+            if state.ada.r_t is not None:
+                metrics["ada_rt"] = state.ada.r_t
         if resumed_from is not None:
             metrics.update(resumed_from=resumed_from, started_at=group_started)
             resumed_from = None

@@ -4,6 +4,7 @@ runs/00003-quickstart/          (or s3://bucket/runs/00003-quickstart, see stora
     job.resolved.yaml        the job as it ran (written first)
     status.json              running / done / failed / stopped, with the last step
     metrics.jsonl            one JSON object per log interval
+    complexity.json          what the models cost: parameters, FLOPs, peak memory, sec/kimg
     samples/step_000500.png  grids of G_ema on a fixed latent batch
     checkpoints/step_0000500/state.pt   (written by Ray Train into the same storage)
     best/state.pt, best.json the best checkpoint by eval.metric
@@ -27,6 +28,7 @@ from distgan.errors import CheckpointError
 from distgan.images import grid_png
 from distgan.storage import Location, display, open_location
 from distgan.train import checkpoint as ckpts
+from distgan.train.complexity import MeasuredCost
 from distgan.train.tensorboard import RunEvents
 
 _RUN = re.compile(r"^(\d{5})-")
@@ -117,6 +119,7 @@ class RunOutputs:
         self._lines = [json.dumps(m) for m in lines]
         self._last_step = lines[-1]["step"] if lines else -1
         self.events = RunEvents(self.run)  # TensorBoard: every logged figure, every grid
+        self.cost = MeasuredCost(self.run)  # complexity.json's peak memory and throughput
 
     def stop_requested(self) -> bool:
         """Whether the driver asked the run to stop (``distgan stop``): asked at log steps."""
@@ -135,6 +138,7 @@ class RunOutputs:
         self._last_step = step
         self.run.write_text(METRICS, "\n".join(self._lines) + "\n")
         self.events.scalars(int(step), record)
+        self.cost.update(record)
 
     def write_samples(self, step: int, images: np.ndarray, columns: int | None = None) -> str:
         """A grid of ``images`` (``columns`` wide: a conditional grid has one row per class)."""

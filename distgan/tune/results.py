@@ -4,6 +4,11 @@
     write_results(rows, spec, search)             # results.csv, best.yaml, best_samples/
     print(format_table(rows, spec))
 
+Each row carries its trial's ``complexity.json`` (parameters, GFLOPs, peak memory, sec/kimg:
+``train/complexity.py``); a trial skipped for breaking ``tune.constraints`` is marked so, with
+the reason. A search over two objectives writes ``pareto.csv`` and ``front/`` instead of
+``best.yaml`` (``tune/front.py``).
+
 ``search`` is the search directory, a ``storage.Location`` (a local folder or a URI): the trials'
 files are read from it and the results written into it, whole.
 
@@ -25,7 +30,9 @@ from typing import Any
 
 from distgan.config import JobSpec, TuneSpec, dump_yaml, load_resolved
 from distgan.images import grid_png
+from distgan.objectives import COST_FIGURES
 from distgan.storage import Location
+from distgan.train.complexity import read_complexity
 from distgan.train.outputs import BEST, METRICS, read_best, read_metrics
 from distgan.tune.exploits import format_schedule, read_exploits, resolved_values, schedule
 from distgan.tune.search import search_mode
@@ -33,6 +40,7 @@ from distgan.tune.space import sampled_values, trial_spec
 from distgan.tune.trials import trial_run_dir
 
 RESULTS = "results.csv"
+TABLE_COSTS = ("g_params", "g_gflops", "sec_per_kimg")  # the printed table's cost columns
 BEST_JOB = "best.yaml"
 BEST_SAMPLES = "best_samples"
 
@@ -40,11 +48,12 @@ BEST_SAMPLES = "best_samples"
 @dataclass(frozen=True)
 class TrialRow:
     trial_id: str
-    status: str  # done (ran all train.steps), stopped (by the scheduler or time), error
+    status: str  # done (ran all train.steps), stopped (by the scheduler or time), error, skipped
     values: dict[str, Any]  # the space's keys -> this trial's (last) values
     best: float  # the best tune.metric it reached (NaN: never measured)
     best_step: int
     steps: int  # the last step it trained
+    cost: dict[str, Any] = dataclasses.field(default_factory=dict)  # its complexity.json
 
 
 def trial_rows(grid, spec: JobSpec, search: Location | None = None) -> list[TrialRow]:
@@ -73,13 +82,15 @@ def trial_rows(grid, spec: JobSpec, search: Location | None = None) -> list[Tria
         best, best_step = math.nan, 0
         if points:
             best, best_step = (max if higher else min)(points, key=lambda p: p[0])
+        cost = read_complexity(own) if own is not None else {}
         if result.error is not None:
             status = "error"
+        elif "skipped" in cost:  # broke a tune.constraints budget: never trained
+            status = "skipped"
         else:
             status = "done" if steps >= spec.train.steps else "stopped"
-        rows.append(
-            TrialRow(trial_id, status, sampled_values(result.config, spec), best, best_step, steps)
-        )
+        values = sampled_values(result.config, spec)
+        rows.append(TrialRow(trial_id, status, values, best, best_step, steps, cost))
 
     def key(row: TrialRow) -> float:
         if math.isnan(row.best):
@@ -96,20 +107,29 @@ def best_job(spec: JobSpec, row: TrialRow) -> JobSpec:
     return dataclasses.replace(best, tune=TuneSpec(), run=run)
 
 
+def write_table(rows: list[TrialRow], spec: JobSpec, search: Location) -> None:
+    """results.csv: a row per trial, its values, its best figure and what its models cost
+    (``reason``: why a trial was skipped)."""
+    keys = list(spec.tune.space)
+    table = io.StringIO(newline="")
+    w = csv.writer(table)
+    costs = (*COST_FIGURES, "peak_mem_kind")
+    w.writerow(["trial_id", "status", *keys, f"best_{spec.tune.metric}", "best_step", "steps",
+                *costs, "reason"])  # fmt: skip
+    for r in rows:
+        w.writerow([r.trial_id, r.status, *(r.values.get(k) for k in keys),
+                    r.best, r.best_step, r.steps,
+                    *(r.cost.get(k, "") for k in costs), r.cost.get("skipped", "")])  # fmt: skip
+    search.write_text(RESULTS, table.getvalue())
+
+
 def write_results(rows: list[TrialRow], spec: JobSpec, search: Location) -> str | None:
     """Writes results.csv and, when a trial measured the metric, best.yaml and best_samples/
     into the search directory ``search``.
 
     Returns the URI (or local path) of best.yaml, or None when no trial measured anything."""
-    keys = list(spec.tune.space)
     metric = spec.tune.metric
-    table = io.StringIO(newline="")
-    w = csv.writer(table)
-    w.writerow(["trial_id", "status", *keys, f"best_{metric}", "best_step", "steps"])
-    for r in rows:
-        w.writerow([r.trial_id, r.status, *(r.values.get(k) for k in keys),
-                    r.best, r.best_step, r.steps])  # fmt: skip
-    search.write_text(RESULTS, table.getvalue())
+    write_table(rows, spec, search)
     if not rows or math.isnan(rows[0].best):
         return None
     trial_dir = trial_run_dir(search, rows[0].trial_id)
@@ -179,10 +199,11 @@ def write_best_samples(trial_dir: Location, step: int, out: Location) -> str | N
 def format_table(rows: list[TrialRow], spec: JobSpec) -> str:
     """The trials as an aligned text table, best first."""
     keys = list(spec.tune.space)
-    head = ["trial", "status", *keys, spec.tune.metric, "at step", "steps"]
+    head = ["trial", "status", *keys, spec.tune.metric, "at step", "steps", *TABLE_COSTS]
     body = [
         [r.trial_id, r.status, *(_fmt(r.values.get(k)) for k in keys),
-         _fmt(r.best), str(r.best_step), str(r.steps)]
+         _fmt(r.best), str(r.best_step), str(r.steps),
+         *(_fmt(r.cost.get(k, math.nan)) for k in TABLE_COSTS)]
         for r in rows
     ]  # fmt: skip
     widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]

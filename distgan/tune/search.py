@@ -8,7 +8,8 @@ The search directory (a ``storage.Location``: under ``run.storage`` when the job
 ``run.root``) holds ``job.resolved.yaml`` (the job searched, written first), Tune's experiment
 state in ``tune/`` (what ``--resume`` restores; PBT's checkpoints too), ``trials/<id>/``, one run
 directory per trial, and PBT's ``exploits/``. ``tune/results.py`` adds the table, ``results.csv``
-and ``best.yaml``. Tune and every trial write there through the storage's file system, so a
+and ``best.yaml`` (``tune/front.py``: ``pareto.csv`` and ``front/``, with ``tune.objectives``).
+Tune and every trial write there through the storage's file system, so a
 search whose trials run on nodes that share no disk keeps all of it in one place, and PBT's clones
 read their donors' checkpoints from it.
 
@@ -25,6 +26,7 @@ import math
 
 from distgan.config import JobSpec, to_dict
 from distgan.errors import ClusterError, JobError
+from distgan.objectives import split_objectives
 from distgan.search_space import parse_space
 from distgan.storage import Location
 from distgan.tune.space import to_ray
@@ -48,6 +50,12 @@ def check_search(spec: JobSpec, source: str) -> None:
             f"(e.g. {max(1, spec.train.steps // 5)})"
         )
     domains = parse_space(spec, source)
+    grid = [k for k, d in domains.items() if d.kind == "grid"]
+    if t.objectives and grid:
+        raise JobError(
+            f"{source}: tune.space.{grid[0]}: Optuna, which searches tune.objectives, samples "
+            "and cannot take a grid; use choice"
+        )
     if t.scheduler == "pbt":
         mutable = [k for k in domains if k.startswith("optim.")]
         if not mutable:
@@ -79,7 +87,11 @@ def search_mode(spec: JobSpec) -> str:
 
 
 def searched_job(spec: JobSpec) -> JobSpec:
-    """The base job of the trials: their evaluations measure ``tune.metric``."""
+    """The base job of the trials: their evaluations measure ``tune.metric`` (the metric of
+    ``tune.objectives`` when the job has them)."""
+    if spec.tune.objectives:
+        metric, _ = split_objectives(spec.tune.objectives)
+        spec = dataclasses.replace(spec, tune=dataclasses.replace(spec.tune, metric=metric))
     return dataclasses.replace(spec, eval=dataclasses.replace(spec.eval, metric=spec.tune.metric))
 
 
@@ -170,8 +182,8 @@ def run_search(spec: JobSpec, search: Location, source: str, resume: bool):
     ``spec`` is the job as written (with its ``tune`` section). Needs a Ray connection.
     """
     from ray import tune
-    from ray.tune.search import BasicVariantGenerator
 
+    from distgan.tune.costs import SkippedTrials, search_algorithm, within_budget
     from distgan.tune.trials import SearchContext, SearchProgress, pbt_trial, trainer_trial
 
     base = searched_job(spec)
@@ -180,11 +192,13 @@ def run_search(spec: JobSpec, search: Location, source: str, resume: bool):
     t = base.tune
     if t.scheduler == "pbt":
         resources = {"GPU": 1, "CPU": 1} if p.use_gpu else {"CPU": p.workers * p.cpus_per_worker}
-        trainable = tune.with_resources(pbt_trial(context), resources)
+        trainable = tune.with_resources(within_budget(pbt_trial(context), context), resources)
     else:
         # The trial's driver only waits on its TorchTrainer, whose workers hold their own CPUs.
         # Ray Data's tasks run outside every placement group, on the CPU that plan() leaves free.
-        trainable = tune.with_resources(trainer_trial(context), {"CPU": TRIAL_DRIVER_CPUS})
+        trainable = tune.with_resources(
+            within_budget(trainer_trial(context), context), {"CPU": TRIAL_DRIVER_CPUS}
+        )
     param_space = {k: to_ray(d) for k, d in parse_space(base, source).items()}
     storage_path, fs = tune_storage(search)
     experiment = search.child(EXPERIMENT)
@@ -206,16 +220,14 @@ def run_search(spec: JobSpec, search: Location, source: str, resume: bool):
                 metric=t.metric,
                 mode=search_mode(base),
                 num_samples=t.num_samples,
-                search_alg=BasicVariantGenerator(
-                    max_concurrent=t.max_concurrent_trials, random_state=t.seed
-                ),
+                search_alg=search_algorithm(base, search, search_mode(base)),
                 scheduler=build_scheduler(base),
             ),
             run_config=tune.RunConfig(
                 name=EXPERIMENT,
                 storage_path=storage_path,
                 storage_filesystem=fs,
-                callbacks=[SearchProgress(t.metric, list(t.space))],
+                callbacks=[SkippedTrials(search.uri), SearchProgress(t.metric, list(t.space))],
                 verbose=0,
             ),
         )

@@ -9,10 +9,12 @@ No Ray here, except in ``to_ray``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from distgan.config import from_dict, to_dict
 from distgan.search_space import Domain
+from distgan.user_models import record_arch
 
 
 def to_ray(domain: Domain):
@@ -37,7 +39,12 @@ def trial_spec(spec, values: dict[str, Any], source: str):
     for key, value in values.items():
         section, name = key.split(".")
         raw[section][name] = value
-    return from_dict(raw, source=source)
+    if raw["model"]["arch"] == spec.model.arch:
+        return from_dict(raw, source=source)
+    # Another architecture than the base job's: a module of the user's is recorded for the trial
+    # (found from the job's folder, model.arch_path), as a job file's is when it loads.
+    raw["model"]["arch_sha256"] = ""
+    return record_arch(from_dict(raw, source=source), Path(spec.model.arch_path), source)
 
 
 def sampled_values(config: dict[str, Any], spec) -> dict[str, Any]:
