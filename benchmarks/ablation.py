@@ -1,39 +1,38 @@
 """Ablation of the model and training options on Fashion-MNIST, as a BENCHMARKS.md table: what
-each option changes in FID, and what it costs in images/s.
+each option changes in FID, and what it costs in images/s. It chooses recipes, so it never sees
+the test split: it trains on 50,000 training images and scores against the 10,000 held out
+(``splits.py``).
 
-    .venv/bin/python benchmarks/ablation.py --minutes 2                 # the maintainers' run
-    .venv/bin/python benchmarks/ablation.py --steps 1500 --only base,sn_off
-    .venv/bin/python benchmarks/ablation.py --minutes 1 --variant lr=optim.lr_d=4e-4,optim.lr_g=1e-4
-    .venv/bin/python benchmarks/ablation.py --steps 20 --n 200 --limit 2000   # a smoke run
+    .venv/bin/python benchmarks/ablation.py --minutes 1.5               # the maintainers' run
+    .venv/bin/python benchmarks/ablation.py --minutes 5 --only base,decay \
+        --variant decay=optim.lr_decay=linear
+    .venv/bin/python benchmarks/ablation.py --steps 20 --n 500 --seeds 0 --only base,ema_off
 
 The base is a job file (``--job``, default the recommended ``jobs/fashion_dcgan.yaml``); each
-row changes one option of it (``VARIANTS``; ``--variant NAME=FIELD=VALUE,...`` adds rows). Every
-row trains in this process with distgan's own parts (``inprocess.py``: the worker's nets and
-step, in-memory batches, EMA; no Ray) on the 60,000 Fashion-MNIST training images, for the same
-``--minutes`` of wall time (or the same ``--steps``), and is scored in the shipped feature network
-against the 10,000 test images with ``--n`` samples (seed 0; a conditional G draws every class in
-turn, and ``asked class`` is how often the shipped classifier agrees with the class asked
-for). ``images/s`` is the row's own training speed on this machine.
+row changes one option of it (``VARIANTS``; ``--variant NAME=FIELD=VALUE,...`` adds rows). Each
+row is trained once a seed (``--seeds``) by ``distgan train JOB --set
+data.source=data/fashion-mnist-train50k --set train.seed=S --set ...`` as a user runs it (Ray, the
+job's workers, Ray Data, checkpoints), for the same ``--minutes`` of training
+(``train.max_minutes``) or the same ``--steps``; then ``distgan eval RUN --real
+data/fashion-mnist-val10k --n N --features fashion-mnist`` scores the run's last checkpoint (G's
+EMA where the job keeps one). A conditional run is also sampled by ``distgan sample`` (every class
+in turn): ``asked class`` is how often the shipped classifier names the class asked for.
+``images/s`` is the run's steady rate (``metrics.jsonl``). Figures are means over the seeds, FID
+with its range (min–max).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+import shutil
+import statistics
 
-import torch
-from inprocess import train
-from longtail import fashion_folder
+import splits
+from cli_runs import ROOT, asked_class, evaluate, protocol_line, resolved_job, speed, spread, train
 
-from distgan.config import parse_job
-from distgan.data import read_idx
-from distgan.metrics import FeatureSet, compute_metrics
-from distgan.metrics.features import load_feature_extractor
-from distgan.models import generate
+from distgan.data import read_manifest
 
-ROOT = Path(__file__).resolve().parents[1]
-METRICS = ["fid", "precision", "recall", "classifier_score", "class_coverage"]
 # name -> overrides of the base job (each row changes one thing, whatever the base says of it)
 VARIANTS = {
     "base": [],
@@ -41,9 +40,12 @@ VARIANTS = {
     "sn_off": ["model.spectral_norm=false"],
     "sn_on": ["model.spectral_norm=true"],
     "r1": ["loss.r1_gamma=1.0"],
+    "r1_off": ["loss.r1_gamma=0"],
     "diffaugment": ["train.diffaugment=color,translation,cutout"],
     "pack2": ["model.pack=2"],
     "mbstd": ["model.mbstd_group=4"],
+    "mbstd_off": ["model.mbstd_group=0"],
+    "decay_off": ["optim.lr_decay=none"],
     "ema_fixed": ["train.ema_kimg=0", "train.ema_decay=0.999"],
     "ema_off": ["train.ema=false"],
     "conditional": ["model.conditional=true"],
@@ -57,12 +59,15 @@ VARIANTS = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--job", default="jobs/fashion_dcgan.yaml", help="the base job")
-    ap.add_argument("--minutes", type=float, default=0.0, help="wall time a row")
-    ap.add_argument("--steps", type=int, default=0, help="G steps a row (instead of --minutes)")
+    ap.add_argument("--minutes", type=float, default=0.0, help="minutes of training a run")
+    ap.add_argument("--steps", type=int, default=0, help="G steps a run (instead of --minutes)")
     ap.add_argument("--only", help="comma-separated variant names")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=FIELD=VALUE,...")
-    ap.add_argument("--n", type=int, default=5000, help="samples a row")
-    ap.add_argument("--limit", type=int, help="smoke runs: the first N training images only")
+    ap.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed of each run"
+    )
+    ap.add_argument("--n", type=int, default=10000, help="samples scored a run")
+    ap.add_argument("--out", default="runs/bench-ablation", help="scratch runs root (emptied)")
     args = ap.parse_args()
     if not (args.minutes or args.steps):
         ap.error("give --minutes or --steps")
@@ -71,46 +76,61 @@ def main() -> None:
         name, _, sets = item.partition("=")
         variants[name] = [s for s in sets.split(",") if s]
     names = args.only.split(",") if args.only else list(variants)
+    unknown = [n for n in names if n not in variants]
+    if unknown:
+        ap.error(f"unknown variants {unknown}; known: {', '.join(variants)}")
 
-    torch.set_num_threads(torch.get_num_threads())
-    folder = fashion_folder()
-    images, labels = read_idx(
-        folder / "train-images-idx3-ubyte.gz", folder / "train-labels-idx1-ubyte.gz", args.limit
-    )
-    test_x, _ = read_idx(folder / "t10k-images-idx3-ubyte.gz", folder / "t10k-labels-idx1-ubyte.gz")
-    extractor = load_feature_extractor("fashion-mnist")
-    f, p = extractor.extract(torch.from_numpy(test_x).float().div_(127.5).sub_(1))
-    reference = FeatureSet(f.numpy(), p.numpy())
-    job = (ROOT / args.job).read_bytes()
-    budget = f"{args.minutes:g} min" if args.minutes else f"{args.steps:,} steps"
-    print(f"base {args.job}, {budget} a row, {len(images):,} training images, {args.n:,} samples")
+    train50k, val10k = splits.held_out()
+    trained_on = read_manifest(train50k)
+    out = (ROOT / args.out).resolve()
+    shutil.rmtree(out, ignore_errors=True)
+    if args.minutes:
+        budget = f"{args.minutes:g} min of training"
+        sets = [f"train.max_minutes={args.minutes:g}", "train.steps=100000000"]
+    else:
+        budget = f"{args.steps:,} G steps"
+        sets = [f"train.steps={args.steps}", "train.max_minutes=0"]
+    sets.append(f"data.source={train50k}")
 
-    rows = []
+    rows = []  # (name, overrides, [per-seed dict])
+    proto = None
     for name in names:
-        spec = parse_job(job, args.job, ["scale.workers=1", *variants[name]])
-        G, info = train(spec, images, labels.astype("int64"), args.steps, args.minutes * 60)
-        given = torch.arange(args.n) % 10 if spec.model.conditional else None
-        f, p = extractor.extract(generate(G, spec.model.z_dim, args.n, seed=0, labels=given))
-        m = compute_metrics(METRICS, reference, FeatureSet(f.numpy(), p.numpy()))
-        if given is not None:  # how often the shipped classifier sees the class G was asked for
-            m["asked_class"] = float((p.argmax(1) == given).float().mean())
-        rows.append((name, variants[name], info, m))
-        print(json.dumps({"variant": name, **info, **m}), flush=True)
+        runs = []
+        for seed in args.seeds:
+            run = train(args.job, [*sets, *variants[name]], out / f"{name}-seed{seed}", seed)
+            figures, proto = evaluate(run, val10k, args.n)
+            if resolved_job(run).model.conditional:
+                figures["asked_class"] = asked_class(run, args.n, len(trained_on.labels))
+            runs.append({"variant": name, "seed": seed, **speed(run), **figures})
+            print(json.dumps(runs[-1]), flush=True)
+        rows.append((name, variants[name], runs))
+
+    def mean(runs: list[dict], key: str) -> float:
+        return statistics.mean(r[key] for r in runs)
 
     base = next((r for r in rows if r[0] == "base"), None)
+    print()
+    seeds = ", ".join(map(str, args.seeds))
+    print(f"base {args.job}, {budget} a run, trained on {train50k.relative_to(ROOT)} "
+          f"({trained_on.count:,} images); seeds {seeds}: the mean over them, FID with its range "
+          "(min–max)")  # fmt: skip
+    print(protocol_line(proto, val10k))
     print()
     print("| option | change | G steps | images/s | FID ↓ | ΔFID | precision | recall "
           "| class. score | classes | asked class |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, sets, info, m in rows:
-        delta = "" if base is None or name == "base" else f"{m['fid'] - base[3]['fid']:+.1f}"
-        speed = f"{info['images_per_s']:,.0f}"
+    for name, changes, runs in rows:
+        fids = [r["fid"] for r in runs]
+        delta, rate = "", f"{mean(runs, 'images_per_s'):,.0f}"
         if base is not None and name != "base":
-            speed += f" (×{info['images_per_s'] / base[2]['images_per_s']:.2f})"
-        print(f"| {name} | {', '.join(sets) or '(the job as it is)'} | {info['steps']:,} | "
-              f"{speed} | {m['fid']:.1f} | {delta} | {m['precision']:.3f} | {m['recall']:.3f} | "
-              f"{m['classifier_score']:.2f} | {m['class_coverage'] * 10:.0f}/10 | "
-              f"{'' if 'asked_class' not in m else format(m['asked_class'], '.1%')} |")  # fmt: skip
+            delta = f"{mean(runs, 'fid') - mean(base[2], 'fid'):+.1f}"
+            rate += f" (×{mean(runs, 'images_per_s') / mean(base[2], 'images_per_s'):.2f})"
+        asked = f"{mean(runs, 'asked_class'):.1%}" if "asked_class" in runs[0] else ""
+        print(f"| {name} | {', '.join(changes) or '(the job as it is)'} | "
+              f"{mean(runs, 'steps'):,.0f} | {rate} | {spread(fids)} | {delta} | "
+              f"{mean(runs, 'precision'):.3f} | {mean(runs, 'recall'):.3f} | "
+              f"{mean(runs, 'classifier_score'):.2f} | {mean(runs, 'class_coverage') * 10:.1f}/10 "
+              f"| {asked} |")  # fmt: skip
 
 
 if __name__ == "__main__":
