@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 import yaml
@@ -18,7 +19,7 @@ from distgan import errors
 from distgan.cli import main
 from distgan.config import dump_yaml, from_dict, load_job
 from distgan.data import write_shards
-from distgan.data.reader import InMemoryBatches, StreamingBatches, load_shard
+from distgan.data.reader import InMemoryBatches, StreamingBatches, load_rows
 from distgan.generators import load_generator
 from distgan.images import to_uint8
 from distgan.models import ModelOptions, build_models, generate
@@ -200,21 +201,20 @@ def test_acgan_g_loss_adds_the_weighted_cross_entropy_of_the_asked_classes():
 
 
 class FakeShard:
-    """What Ray Data hands a worker, enough for the reader: numpy batches through collate_fn."""
+    """What Ray Data hands a worker, enough for the reader: the rows in tables, in order."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.rows = [(img.tobytes(), int(y)) for img, y in zip(images, labels)]
+        item = images[0].size
+        offsets = pa.py_buffer(np.arange(len(images) + 1, dtype=np.int32) * item)
+        column = pa.Array.from_buffers(
+            pa.binary(), len(images), [None, offsets, pa.py_buffer(images.tobytes())]
+        )
+        self.table = pa.table({"image": column, "label": labels.astype(np.int64)})
 
-    def iter_torch_batches(self, batch_size, collate_fn, drop_last=False, **_):
-        for i in range(0, len(self.rows), batch_size):
-            chunk = self.rows[i : i + batch_size]
-            if drop_last and len(chunk) < batch_size:
-                return
-            batch = {
-                "image": np.array([r[0] for r in chunk], dtype=object),
-                "label": np.array([r[1] for r in chunk], dtype=np.int64),
-            }
-            yield collate_fn(batch)
+    def iter_batches(self, batch_size, batch_format):
+        assert batch_format == "pyarrow"
+        for start in range(0, self.table.num_rows, 7):  # blocks of any size
+            yield self.table.slice(start, 7)
 
 
 def labelled_images(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -229,11 +229,11 @@ def pixel_label(x: torch.Tensor) -> torch.Tensor:
     return ((x[:, 0, 0, 0] + 1) * 127.5 / 10).round().long()
 
 
-def test_load_shard_and_in_memory_batches_keep_labels_with_their_images():
+def test_load_rows_and_in_memory_batches_keep_labels_with_their_images():
     shard = FakeShard(*labelled_images(40))
-    images = load_shard(shard, SHAPE)
-    assert images.shape == (40, *SHAPE)  # without labels: as before
-    images, labels = load_shard(shard, SHAPE, with_labels=True)
+    images, labels = load_rows(shard, SHAPE, range(0, 40))
+    assert images.shape == (40, *SHAPE) and labels is None  # without labels: as before
+    images, labels = load_rows(shard, SHAPE, range(0, 40), with_labels=True)
     assert labels.dtype == torch.long and labels.tolist() == [i % CLASSES for i in range(40)]
     source = InMemoryBatches(images, 8, seed=0, rank=0, device=torch.device("cpu"), labels=labels)
     batches = list(source.epoch_batches(0))
@@ -241,56 +241,62 @@ def test_load_shard_and_in_memory_batches_keep_labels_with_their_images():
     for x, y in batches:
         assert x.shape == (8, *SHAPE) and torch.equal(pixel_label(x), y)
     assert sorted(torch.cat([y for _, y in batches]).tolist()) == sorted(labels.tolist())
+    # A rank keeps its own rows of the dataset, across the blocks they come in.
+    images, labels = load_rows(shard, SHAPE, range(13, 26), with_labels=True)
+    assert labels.tolist() == [i % CLASSES for i in range(13, 26)]
 
 
-def test_streaming_batches_yield_labels():
-    shard = FakeShard(*labelled_images(24))
-    source = StreamingBatches(shard, SHAPE, 8, 0, torch.device("cpu"), with_labels=True)
+def streamed(tmp_path, n: int, **kwargs) -> StreamingBatches:
+    """A source streaming ``labelled_images(n)`` (in shards of 10) as one rank of one."""
+    manifest = write_shards(*labelled_images(n), tmp_path / "data", shard_size=10, source="t")
+    return StreamingBatches(manifest.location(), manifest.shards, SHAPE, 8, 0, 0, 1,
+                            torch.device("cpu"), **kwargs)  # fmt: skip
+
+
+def test_streaming_batches_yield_labels(tmp_path):
+    source = streamed(tmp_path, 24, with_labels=True)
     batches = list(source.epoch_batches(0, skip=1))
     assert len(batches) == 2
     for x, y in batches:
         assert torch.equal(pixel_label(x), y)
-    plain = StreamingBatches(shard, SHAPE, 8, 0, torch.device("cpu"))
+    source.close()
+    plain = streamed(tmp_path, 24)
     assert all(isinstance(x, torch.Tensor) for x in plain.epoch_batches(0))
     plain.close()
-    source.close()
 
 
-class CountingShard(FakeShard):
-    """A FakeShard that counts the epochs asked of it (Ray's split: one call per epoch)."""
+class CountingBatches(StreamingBatches):
+    """Counts the epochs its reading thread starts."""
 
-    def __init__(self, *data, fail_at: int | None = None):
-        super().__init__(*data)
-        self.epochs, self.fail_at = 0, fail_at
+    epochs = 0
 
-    def iter_torch_batches(self, **kwargs):
+    def batches(self, epoch, skip=0):
         self.epochs += 1
-        if self.epochs == self.fail_at:
-            raise OSError("the bucket went away")
-        return super().iter_torch_batches(**kwargs)
+        return super().batches(epoch, skip)
 
 
-def test_streaming_reads_the_next_epoch_while_this_one_trains():
-    shard = CountingShard(*labelled_images(24))
-    source = StreamingBatches(shard, SHAPE, 8, 0, torch.device("cpu"), ahead=8)
+def test_streaming_reads_the_next_epoch_while_this_one_trains(tmp_path):
+    manifest = write_shards(*labelled_images(24), tmp_path / "data", shard_size=10, source="t")
+    source = CountingBatches(manifest.location(), manifest.shards, SHAPE, 8, 0, 0, 1,
+                             torch.device("cpu"), ahead=8)  # fmt: skip
     first = source.epoch_batches(0)
     assert next(first).shape == (8, *SHAPE)
     deadline = time.monotonic() + 10
-    while shard.epochs < 3 and time.monotonic() < deadline:  # 3 batches an epoch, 8 ahead
+    while source.epochs < 3 and time.monotonic() < deadline:  # 3 batches an epoch, 8 ahead
         time.sleep(0.01)
-    assert shard.epochs >= 3, "the thread did not read ahead into later epochs"
+    assert source.epochs >= 3, "the thread did not read ahead into later epochs"
     assert len(list(first)) == 2  # this epoch's rest, then its end
     assert len(list(source.epoch_batches(1))) == 3
     source.close()
     assert not source._thread.is_alive()
 
 
-def test_a_streaming_error_reaches_the_step():
-    source = StreamingBatches(CountingShard(*labelled_images(16), fail_at=2), SHAPE, 8, 0,
-                              torch.device("cpu"))  # fmt: skip
-    assert len(list(source.epoch_batches(0))) == 2
-    with pytest.raises(OSError, match="bucket went away"):
-        list(source.epoch_batches(1))
+def test_a_streaming_error_reaches_the_step(tmp_path):
+    source = streamed(tmp_path, 24)
+    shard = tmp_path / "data" / "shard-00001.parquet"
+    shard.write_bytes(shard.read_bytes()[:-1] + b"x")  # damaged after the checks before Ray
+    with pytest.raises(errors.DataError, match="shard-00001.parquet: sha256 is .* manifest says"):
+        list(source.epoch_batches(0))
     source.close()
 
 

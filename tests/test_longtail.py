@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from distgan.data.imbalance import (
     rare_classes,
     sample_weights,
 )
+from distgan.data.manifest import ShardInfo
 from distgan.data.reader import InMemoryBatches
 from distgan.errors import DataError, JobError
 from distgan.losses import get_loss
@@ -392,16 +394,14 @@ def test_in_training_evaluation_scores_a_per_class_metric(tmp_path, monkeypatch)
 
 
 class FakeShard:
-    """What Ray Data hands a worker, enough for ``load_shard``: batches through collate_fn."""
+    """What Ray Data hands a worker, enough for ``load_rows``: the rows in a table."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.batch = {
-            "image": np.array([img.tobytes() for img in images], dtype=object),
-            "label": labels.astype(np.int64),
-        }
+        image = pa.array([img.tobytes() for img in images], pa.binary())
+        self.table = pa.table({"image": image, "label": labels.astype(np.int64)})
 
-    def iter_torch_batches(self, batch_size, collate_fn, **_):
-        yield collate_fn(self.batch)
+    def iter_batches(self, batch_size, batch_format):
+        yield self.table
 
 
 @pytest.mark.parametrize("conditional", [False, True])
@@ -413,9 +413,12 @@ def test_the_worker_draws_balanced_batches_of_a_long_tailed_shard(conditional):
     job = {"train": {"class_balance": "balanced", "batch_size": 40}, "scale": {"workers": 1}}
     job["model"] = {"arch": "dcgan", "conditional": conditional}
     spec = from_dict(job)
+    shards = [ShardInfo("shard-00000.parquet", len(labels), "")]  # read by Ray Data: FakeShard
     source = batch_source(
         spec,
         FakeShard(images, labels),
+        None,
+        shards,
         (1, 1, 1),
         False,
         0,

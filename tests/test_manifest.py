@@ -2,8 +2,8 @@
 
 ``distgan data verify`` and ``distgan train`` (whose checks before Ray are ``verify_shards``
 without hashes) refuse a manifest whose shape, label set or labels the shards contradict; the
-workers' reader (``verified_shard_rows``, mapped by Ray Data over whole shard files) refuses a
-shard whose bytes are not the ones the manifest hashed. Every dataset here is written by
+workers' reader (``verified_parquet``: through Ray Data, or a streaming worker's own reads)
+refuses a shard whose bytes are not the ones the manifest hashed. Every dataset here is written by
 ``write_shards`` and then edited, as a user's hand or a broken tool would.
 """
 
@@ -163,9 +163,13 @@ def test_the_reader_refuses_a_shard_with_a_flipped_byte(tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.xdist_group("ray-a")
-def test_train_refuses_a_shard_whose_bytes_changed_in_one_line(ray_cluster, tmp_path, capsys):
-    """distgan train through Ray Data and two workers: the reader hashes each shard as it reads
-    it, and the flipped byte ends the run with the reader's line, not Ray's traceback."""
+@pytest.mark.parametrize("cache", ["memory", "stream"])
+def test_train_refuses_a_shard_whose_bytes_changed_in_one_line(
+    ray_cluster, tmp_path, capsys, cache
+):
+    """distgan train with two workers, through Ray Data (in memory) or each worker reading its
+    own files (streamed): the reader hashes each shard as it reads it, and the flipped byte ends
+    the run with the reader's line, not Ray's traceback."""
     manifest = read_manifest(_dataset(tmp_path / "data"))
     shard = Path(manifest.shard_paths[0])
     raw = bytearray(shard.read_bytes())
@@ -173,7 +177,8 @@ def test_train_refuses_a_shard_whose_bytes_changed_in_one_line(ray_cluster, tmp_
     shard.write_bytes(bytes(raw))
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({
-        "data": {"source": str(tmp_path / "data")}, "model": {"arch": "mlp", "width": 8},
+        "data": {"source": str(tmp_path / "data"), "cache": cache},
+        "model": {"arch": "mlp", "width": 8},
         "train": {"steps": 20, "batch_size": 8, "log_every": 10}, "scale": {"max_failures": 0},
         "run": {"storage": str(tmp_path / "runs")},
     }))  # fmt: skip

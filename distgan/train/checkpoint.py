@@ -269,15 +269,22 @@ def checkpoints(run_dir: str | Path) -> list[Path] | list[str]:
     return [d for _, d in sorted(found)]
 
 
+def step_of(checkpoint: str | Path) -> int:
+    """The step in a checkpoint's folder name (``.../step_0000500`` or its ``state.pt``, a path
+    or a URI); -1 for a name that holds none."""
+    path = split_query(str(checkpoint))[0].rstrip("/")
+    if posixpath.basename(path) == STATE_FILE:
+        path = posixpath.dirname(path)
+    m = _STEP_DIR.match(posixpath.basename(path))
+    return int(m.group(1)) if m else -1
+
+
 def checkpoint_step(run: Location | str | Path) -> int | None:
     """The step of the run's newest checkpoint, or None. Its state.pt is listed, not loaded (a
     stop or a failure says this, and a checkpoint can be gigabytes in a bucket): distgan writes
     each one whole or not at all (``save_into_run``)."""
     written = checkpoints(run.uri if isinstance(run, Location) else run)
-    if not written:
-        return None
-    name = posixpath.basename(split_query(str(written[-1]))[0].rstrip("/"))
-    return int(_STEP_DIR.match(name).group(1))
+    return step_of(written[-1]) if written else None
 
 
 def latest(run_dir: str | Path) -> Path | str | None:

@@ -4,9 +4,9 @@
 
 The driver reads the shard manifest, connects to Ray (``RAY_ADDRESS``, or a new local instance
 on 127.0.0.1), checks that the cluster can place the workers (Ray would otherwise wait forever),
-hands the shards to the trainer through Ray Data (each file's sha256 checked as it is read),
-and prints one progress line per log interval from the run's ``metrics.jsonl`` while ``fit()``
-runs.
+hands the shards to the workers (each file's sha256 checked as it is read: through Ray Data, or
+by a streaming worker itself), and prints one progress line per log interval from the run's
+``metrics.jsonl`` while ``fit()`` runs.
 """
 
 from __future__ import annotations
@@ -322,6 +322,9 @@ def launch(
             "class_counts": manifest.label_counts,
             "run_dir": run.uri,
             "cache": p.cache,
+            # A streaming worker reads its own shard files (data/reader.py: StreamingBatches).
+            "data": manifest.root,
+            "shards": [dataclasses.asdict(s) for s in manifest.shards],
             "resume_from": resume_from,
             "eval": p.evaluation,
         },
@@ -345,7 +348,7 @@ def launch(
             callbacks=list(callbacks),
         ),
         datasets={"train": dataset},
-        dataset_config=_data_config(spec),
+        dataset_config=_data_config(),
     )
     device = "GPU" if p.use_gpu else "CPU"
     print(
@@ -389,15 +392,14 @@ def _best_of(metrics: dict) -> dict:
     return {k: metrics[k] for k in METRIC_NAMES if k in metrics}
 
 
-def _data_config(spec: JobSpec):
-    """Splits the data among the workers, or with ``train.deterministic`` hands every worker the
-    whole dataset in file order (each keeps every world-th row): Ray Data's split hands blocks to
-    whichever worker asks first, so the rows a worker gets vary from run to run."""
+def _data_config():
+    """Hands every worker the whole dataset in file order; a worker that keeps its rows in memory
+    reads up to its own (data/reader.py: rank_rows), and a streaming one reads none of it. Ray
+    Data's split hands blocks to whichever worker asks first, so the rows a worker got would vary
+    from run to run, and a resume would not be exact."""
     import ray.train
     from ray.data import ExecutionOptions
 
-    if not spec.train.deterministic:
-        return ray.train.DataConfig()
     options = ExecutionOptions(preserve_order=True)
     return ray.train.DataConfig(datasets_to_split=[], execution_options=options)
 

@@ -2,8 +2,9 @@
 
 ``train_loop_per_worker(config)`` has ``train/build.py`` build the training state with G and D
 each wrapped in DDP, from the checkpoint Ray hands over (after a worker failure) or the one the
-run is resumed from, reads this worker's shard of the Ray Data set, and hands over to
-``train/loop.py``. Ray's glue only: what is trained, and how, is decided elsewhere.
+run is resumed from, reads this worker's rows of the data (through Ray Data, or streamed from
+the shards), and hands over to ``train/loop.py``. Ray's glue only: what is trained, and how, is
+decided elsewhere.
 """
 
 from __future__ import annotations
@@ -19,29 +20,34 @@ import ray.train.torch
 import torch
 
 from distgan.config import dump_yaml, from_dict
-from distgan.data.reader import StreamingBatches, load_shard
+from distgan.data.manifest import ShardInfo
+from distgan.data.reader import StreamingBatches, load_rows, rank_rows
+from distgan.storage import open_location
 from distgan.train import checkpoint as ckpts
 from distgan.train.build import build_state, memory_batches
 from distgan.train.loop import run
 from distgan.train.outputs import RunOutputs
 
 
-def batch_source(spec, shard, shape, cache: bool, rank: int, world: int, device, class_counts):
-    """This worker's real batches from its Ray Data ``shard`` (a DataIterator): kept in memory
-    (``cache``, ``train.deterministic``, or class-balanced draws, which read the labels even for
-    an unconditional G) or streamed. ``class_counts``: label -> images of the whole dataset
-    (None for data without labels)."""
+def batch_source(
+    spec, shard, data, shards, shape, cache: bool, rank: int, world: int, device, class_counts
+):
+    """This worker's real batches: kept in memory (``cache``, or class-balanced draws, which
+    read the labels even for an unconditional G), from its Ray Data ``shard`` (a DataIterator
+    over the whole dataset in file order), or streamed from the ``shards`` (ShardInfo) in ``data``
+    (a Location) every epoch. Which rows, and in what order, depend on (seed, epoch, rank) alone
+    (data/reader.py). ``class_counts``: label -> images of the whole dataset (None for data
+    without labels)."""
     per_worker = spec.train.batch_size // world
     labelled = spec.model.conditional  # batches of (images, labels)
     weighted = spec.train.class_balance != "none"
-    if not (spec.train.deterministic or cache or weighted):
-        return StreamingBatches(shard, shape, per_worker, spec.train.seed, device, labelled)
-    data = load_shard(shard, shape, labelled or weighted)
-    images, labels = data if labelled or weighted else (data, None)
-    if spec.train.deterministic:
-        # Every worker is handed the whole dataset in file order (launch.py); it keeps its rows.
-        images = images[rank::world].clone()
-        labels = None if labels is None else labels[rank::world].clone()
+    seed = spec.train.seed
+    if not (cache or weighted):
+        return StreamingBatches(
+            data, shards, shape, per_worker, seed, rank, world, device, with_labels=labelled
+        )
+    count = sum(s.count for s in shards)
+    images, labels = load_rows(shard, shape, rank_rows(count, world, rank), labelled or weighted)
     return memory_batches(spec, images, labels, class_counts, device, rank, per_worker)
 
 
@@ -65,16 +71,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.get_local_world_size()))
     ray.data.DataContext.get_current().enable_progress_bars = False
 
-    # After a worker failure Ray hands over the run's latest checkpoint; a resumed run starts
-    # from the one it was resumed from.
+    # After a worker failure Ray hands over the latest checkpoint it registered; a resumed run
+    # starts from the one it was resumed from. Both can be there (a resume reuses the run's Ray
+    # storage), and Ray's can lag: a driver killed before Ray registered its last checkpoint.
+    # The newer wins.
     checkpoint, origin = None, ""
     restored = ray.train.get_checkpoint()
-    if restored is not None:
+    resume_from = config.get("resume_from")
+    if restored is not None and ckpts.step_of(restored.path) >= ckpts.step_of(resume_from or ""):
         with restored.as_directory() as folder:
             checkpoint, origin = ckpts.load(folder, device), str(restored.path)
-    elif config.get("resume_from"):
-        origin = config["resume_from"]
-        checkpoint = ckpts.load(origin, device)
+    elif resume_from:
+        checkpoint, origin = ckpts.load(resume_from, device), resume_from
     counts = config.get("class_counts")
     state = build_state(
         spec, shape, device, num_classes=config.get("num_classes", 0), class_counts=counts,
@@ -82,7 +90,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     )  # fmt: skip
 
     shard = ray.train.get_dataset_shard("train")
-    source = batch_source(spec, shard, shape, config["cache"], rank, world, device, counts)
+    data = open_location(config["data"], field="data.source")
+    shards = [ShardInfo(**s) for s in config["shards"]]
+    source = batch_source(
+        spec, shard, data, shards, shape, config["cache"], rank, world, device, counts
+    )
 
     def report(metrics: dict[str, float], snapshot: dict | None) -> None:
         name = ckpts.checkpoint_dir_name(int(metrics["step"]))
