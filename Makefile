@@ -5,6 +5,8 @@
 #   make test    runs the test suite (creates .venv first)
 #   make fashion-mnist   imports Fashion-MNIST's IDX files into data/fashion-mnist (60,000
 #                training images) and data/fashion-mnist-test (10,000 test images)
+#   make judge-b   trains the second judge's shipped weights (distgan/metrics/weights/
+#                fashion-mnist-b.pt: a strided CNN on the first 30,000 training images, seed 1)
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -15,7 +17,7 @@ SEARCH  ?= jobs/tune_quickstart.yaml
 # FASHION=DIR names any folder that holds the four files.
 FASHION ?= $(firstword $(wildcard /usr/share/datasets/fashion-mnist ../shared/datasets/fashion-mnist))
 
-.PHONY: train tune test lint bench fashion-mnist clean
+.PHONY: train tune test lint bench fashion-mnist judge-b photos clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -50,6 +52,18 @@ fashion-mnist: $(STAMP)
 	    --labels $(FASHION)/train-labels-idx1-ubyte.gz --out data/fashion-mnist
 	$(BIN)/distgan data import $(FASHION)/t10k-images-idx3-ubyte.gz \
 	    --labels $(FASHION)/t10k-labels-idx1-ubyte.gz --out data/fashion-mnist-test
+
+# About two minutes on two CPU cores; BENCHMARKS.md, "Feature networks", gives its figures.
+judge-b: fashion-mnist
+	$(BIN)/distgan data import $(FASHION)/train-images-idx3-ubyte.gz \
+	    --labels $(FASHION)/train-labels-idx1-ubyte.gz --limit 30000 --out data/fashion-mnist-30k
+	$(BIN)/distgan eval fit-features data/fashion-mnist-30k --test data/fashion-mnist-test \
+	    --arch strided-cnn --seed 1 --epochs 25 --out distgan/metrics/weights/fashion-mnist-b.pt
+
+# 2,000 RGB JPEGs of mixed sizes in two class subfolders, from the embedded images
+# (jobs/stylegan2_folder.yaml reads them as they are, no import).
+photos: $(STAMP)
+	$(BIN)/python benchmarks/photo_folder.py --out data/photos
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

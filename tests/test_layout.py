@@ -113,6 +113,8 @@ PACKAGE_DATA = {  # files that are not Python but that distgan needs at run time
     "distgan/data/embedded/shard-00000.parquet",
     "distgan/metrics/weights/fashion-mnist.pt",
     "distgan/metrics/weights/fashion-mnist.json",
+    "distgan/metrics/weights/fashion-mnist-b.pt",
+    "distgan/metrics/weights/fashion-mnist-b.json",
 }
 
 

@@ -4,9 +4,13 @@ and ``distgan eval fit-features DATASET [--test DATASET] [--epochs N] [--out FIL
 
 The first scores a run's latest checkpoint (or the given one) against real images in the project's
 feature space: a table on screen and ``eval.json`` with the protocol beside each figure, so two
-figures are only compared when comparable. Classification metrics (``metrics/classify.py``)
-train small classifiers on G's labelled samples and on real images instead. The second trains
-the feature network of a labelled dataset (a small CNN classifier) and stores it beside it.
+figures are only compared when comparable. A conditional run's figures include ``asked_class``
+(how often the network names the class G was asked for); on Fashion-MNIST-shaped data, FID and
+asked_class are measured again by a second network trained apart from the first
+(``<metric>@fashion-mnist-b``, ``metrics/judges.py``). Classification metrics
+(``metrics/classify.py``) train small classifiers on G's labelled samples and on real images
+instead. The second trains the feature network of a labelled dataset (a small CNN classifier,
+or with ``--arch strided-cnn`` the second judge's architecture) and stores it beside it.
 """
 
 from __future__ import annotations
@@ -33,11 +37,20 @@ def add_parser(verbs) -> None:
     p.add_argument("--metrics", default=DEFAULT_METRICS, help=f"default {DEFAULT_METRICS}")
     p.add_argument("--n", type=int, default=10000, help="generated samples (default 10000)")
     p.add_argument("--n-real", type=int, default=10000, help="real images (default 10000)")
-    p.add_argument("--seed", type=int, default=0, help="latent and real-subset seed")
-    p.add_argument("--features", default="auto", help="auto, fashion-mnist, or a .pt file")
+    p.add_argument(
+        "--seed", type=int, default=0, help="latent and real-subset seed (fit-features: training)"
+    )
+    p.add_argument(
+        "--features", default="auto", help="auto, fashion-mnist, fashion-mnist-b, or a .pt file"
+    )
     p.add_argument("--real", help="real dataset folder (default: the run's training data)")
     p.add_argument("--test", help="with fit-features: a labelled test dataset")
     p.add_argument("--epochs", type=int, default=6, help="with fit-features (default 6)")
+    p.add_argument(
+        "--arch",
+        default="featurenet",
+        help="with fit-features: featurenet (default) or strided-cnn (the second judge's)",
+    )
     p.add_argument("--out", help="eval.json path, or with fit-features the weights file")
     p.add_argument("--real-test", help="cas, gan_train, gan_test: the labelled real test split")
     p.add_argument(
@@ -61,13 +74,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _fit_features(args: argparse.Namespace) -> int:
+    from distgan.metrics.features import ARCHITECTURES
     from distgan.metrics.fitting import fit_features
 
     if not args.dataset:
         raise JobError("distgan eval fit-features: name the labelled dataset folder to train on")
     if args.epochs < 1:
         raise JobError(f"--epochs: expected a positive number, got {args.epochs}")
-    fit_features(args.dataset, test_dir=args.test, out=args.out, epochs=args.epochs)
+    if args.arch not in ARCHITECTURES:
+        raise JobError(f"--arch: expected one of {', '.join(ARCHITECTURES)}, got {args.arch!r}")
+    fit_features(
+        args.dataset, test_dir=args.test, out=args.out, epochs=args.epochs, seed=args.seed,
+        arch=args.arch,
+    )  # fmt: skip
     return 0
 
 
@@ -119,9 +138,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     step = int(ckpt["step"])
     written = write_eval_json(out, str(folder), step, figures, proto, own_protocols)
     print(f"{display(str(folder))} (step {ckpt['step']})")
-    print(f"{'metric':<18}{'value':>12}")
+    width = max([18, *(len(k) + 2 for k in figures)])  # the second judge's names are long
+    print(f"{'metric':<{width}}{'value':>12}")
     for k, v in figures.items():
-        print(f"{k:<18}{v:>12.4f}")
+        print(f"{k:<{width}}{v:>12.4f}")
     if "class_coverage" in figures:  # which classes: the share of samples in each
         print("class_coverage by class (share of samples):")
         print("\n".join(per_class_lines(fake, manifest)))
@@ -132,6 +152,14 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"features {proto['features']} ({proto['features_sha256'][:12]}, "
             f"{_accuracy_text(proto['features_accuracy'])}) · real {proto['real']}: "
             f"{proto['real_count']:,} images · fake {proto['fake_count']:,} · seed {proto['seed']}"
+        )
+    judged = [k for k in figures if "@" in k]  # <metric>@<network>: the second judge's
+    if judged:
+        p = own_protocols[judged[0]]
+        print(
+            f"second judge {p['features']} ({p['features_sha256'][:12]}, "
+            f"{_accuracy_text(p['features_accuracy'])}): {', '.join(judged)}, on the same real "
+            "images and samples"
         )
     if plan is not None:
         print(
@@ -170,12 +198,14 @@ def _feature_figures(args, G, spec, names: list[str], by_classifier: list[str]):
     from distgan.data import data_location, read_manifest
     from distgan.metrics import compute_metrics, get_metric
     from distgan.metrics.evaluate import (
-        fake_features,
+        embed,
+        fake_images,
         figure_protocols,
         protocol,
         real_reference,
     )
     from distgan.metrics.features import load_feature_extractor
+    from distgan.metrics.judges import ASKED_CLASS, asked_class, second_judge, second_judge_figures
 
     real_dir = args.real or data_location(spec.data.source)
     try:
@@ -187,20 +217,33 @@ def _feature_figures(args, G, spec, names: list[str], by_classifier: list[str]):
     trained_on = None if args.real else manifest  # the training data's manifest, when the same
     classes = _training_classes(spec, trained_on, per_class) if per_class else None
     extractor = load_feature_extractor(args.features, real_dir)
+    second = second_judge(manifest, extractor)
     reference = real_reference(manifest, extractor, args.n_real, args.seed, classes)
-    fake = fake_features(G, spec.model.z_dim, extractor, args.n, args.seed)
+    images, given = fake_images(G, spec.model.z_dim, args.n, args.seed)
+    fake = embed(extractor, images, given)
     try:
         figures = compute_metrics(asked, reference.features, fake)
     except ValueError as e:  # a metric the feature network cannot serve (no class probabilities)
         raise JobError(f"--metrics: {e}; pick other metrics or --features") from None
     proto = protocol(reference, extractor, args.n, args.seed)
-    own: dict[str, dict] = {}  # the per-class figures' protocol: the classes, their counts
+    own: dict[str, dict] = {}  # figures with a protocol of their own
+    num_classes = int(getattr(G, "num_classes", 0))  # 0: an unconditional G
+    share = asked_class(fake, num_classes)  # how often G draws the class asked for
+    if share is not None:
+        figures["asked_class"] = share
+        own["asked_class"] = {**proto, "asked_class": ASKED_CLASS}
+    if second is not None:  # the same figures by a network trained apart (metrics/judges.py)
+        judged, protocols = second_judge_figures(
+            manifest, second, images, given, num_classes, asked, args.n_real, args.seed
+        )
+        figures |= judged
+        own |= protocols
     note = ""
     if per_class:
         from distgan.metrics.classes import class_protocol
 
         c = class_protocol(reference.features, fake)
-        own = figure_protocols(figures, per_class, proto, c)
+        own |= figure_protocols(figures, per_class, proto, c)
         note = (
             f"classes: rare {', '.join(map(str, c['rare_classes']))} ({c['rare_rule']}); "
             f"prior {c['class_balance']}; generated classed by {c['fake_classes']}; samples a "

@@ -2,8 +2,8 @@
 
     extractor = load_feature_extractor("auto", "data/fashion-mnist")
     reference = real_reference(read_manifest("data/fashion-mnist"), extractor, n=10000, seed=0)
-    fake = fake_features(G, z_dim, extractor, n=10000, seed=0)
-    figures = compute_metrics(["fid", "kid"], reference.features, fake)
+    images, given = fake_images(G, z_dim, n=10000, seed=0)
+    figures = compute_metrics(["fid", "kid"], reference.features, embed(extractor, images, given))
 
 Reference statistics (the real images' features) are cached on disk per dataset, feature network,
 sample count and seed, in ``$XDG_CACHE_HOME/distgan/reference`` (``~/.cache`` by default): they
@@ -105,15 +105,23 @@ def real_reference(
     return Reference(feats, manifest.source, data_hash, count, seed)
 
 
-def fake_features(
-    G: torch.nn.Module, z_dim: int, extractor: FeatureExtractor, n: int, seed: int, device="cpu"
-) -> FeatureSet:
-    """Features of ``n`` samples of G drawn from latents seeded by ``seed``; a conditional G draws
-    every class in turn, and the labels it was given go with the features."""
+def fake_images(
+    G: torch.nn.Module, z_dim: int, n: int, seed: int, device="cpu"
+) -> tuple[torch.Tensor, np.ndarray | None]:
+    """``n`` samples (N, C, H, W) in [-1, 1] of G drawn from latents seeded by ``seed``, and the
+    labels (N,) a conditional G was given (it draws every class in turn; None if unconditional).
+    Drawn once, they are embedded by each feature network that judges them (``embed``)."""
     labels = class_labels(G, n)
     x = generate(G, z_dim, n, seed, device=device, labels=labels)
-    f, p = extractor.extract(x, desc="generated images")
-    given = None if labels is None else labels.numpy()
+    return x, None if labels is None else labels.numpy()
+
+
+def embed(
+    extractor: FeatureExtractor, images: torch.Tensor, given: np.ndarray | None
+) -> FeatureSet:
+    """The features of generated ``images`` in ``extractor``'s space, with the labels ``given``
+    to a conditional G."""
+    f, p = extractor.extract(images, desc=f"generated images ({extractor.name})")
     return FeatureSet(f.numpy(), None if p is None else p.numpy(), labels=given)
 
 

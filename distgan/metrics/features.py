@@ -7,6 +7,11 @@ No Inception weights can be downloaded here, so the project trains its own small
 (``FeatureNet``) on labelled real data and ships weights for Fashion-MNIST. A user who has a
 feature network of their own (Inception, say) as TorchScript can load that file instead.
 Fitting a FeatureNet to a dataset (``distgan eval fit-features``) is ``fitting.py``.
+
+Two networks are shipped for Fashion-MNIST, trained apart: ``fashion-mnist`` (a FeatureNet, the
+one training's evaluation and "auto" use) and ``fashion-mnist-b`` (a ``StridedNet``, another
+architecture, seed and share of the data), the second judge that ``distgan eval`` reports beside
+the first (``judges.py``).
 """
 
 from __future__ import annotations
@@ -24,12 +29,16 @@ from torch import nn
 from distgan.data import read_manifest
 from distgan.data.shards import file_sha256
 from distgan.errors import CheckpointError, DataError
+from distgan.metrics.strided_net import StridedNet
 from distgan.progress import Progress
 from distgan.storage import display, is_uri, join, open_location, split_query
 
 FORMAT = "distgan-features/1"
 FEATURE_DIM = 128
-SHIPPED = {"fashion-mnist": Path(__file__).parent / "weights" / "fashion-mnist.pt"}
+SHIPPED = {
+    name: Path(__file__).parent / "weights" / f"{name}.pt"
+    for name in ("fashion-mnist", "fashion-mnist-b")
+}
 
 
 class FeatureNet(nn.Module):
@@ -43,6 +52,8 @@ class FeatureNet(nn.Module):
     ReLU output has dead units, whose zero-variance columns make the covariance singular and
     Fréchet distance ill-conditioned), and the values are closer to Gaussian, which FID assumes.
     """
+
+    dim = FEATURE_DIM
 
     def __init__(self, in_channels: int, num_classes: int):
         super().__init__()
@@ -66,6 +77,14 @@ class FeatureNet(nn.Module):
         """(N, C, H, W) in [-1, 1] -> (features (N, 128), logits (N, K))."""
         features = self.feature(self.trunk(x.contiguous(memory_format=torch.channels_last)))
         return features, self.classifier(F.relu(features))
+
+
+# The architectures of our format, by its "arch" key (a file without one, such as the first
+# shipped network, is a FeatureNet): name -> builder of (in_shape, num_classes).
+ARCHITECTURES = {
+    "featurenet": lambda in_shape, k: FeatureNet(in_shape[0], k),
+    "strided-cnn": StridedNet,
+}
 
 
 class FeatureExtractor:
@@ -161,7 +180,8 @@ def load_feature_extractor(
 
     ``ref`` is "auto" (``<dataset_dir>/features.pt`` if it exists, else the shipped
     Fashion-MNIST weights if the dataset is 1×28×28), "fashion-mnist" (the shipped weights),
-    or the path of a ``features.pt`` written by ``fit_features`` or of a TorchScript module.
+    "fashion-mnist-b" (the second judge's shipped weights), or the path of a ``features.pt``
+    written by ``fit_features`` or of a TorchScript module.
     Our format is read with ``weights_only=True``, so no file can run code while loading. A
     TorchScript module is code: it runs only when the user named its file (``ref`` a path or URI
     and ``allow_code``), never when "auto" finds it beside a dataset (DESIGN.md, Security).
@@ -261,15 +281,21 @@ def _load_file(
         raise CheckpointError(f"{path}: not a loadable weights file ({reason}); {fix}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a distgan feature network ({FORMAT}); {fix}")
+    arch = state.get("arch", "featurenet")
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(
+            f"{path}: a feature network of architecture {arch!r}, which this distgan does not "
+            f"know ({', '.join(ARCHITECTURES)}); {fix}"
+        )
     try:
         in_shape = tuple(int(d) for d in state["in_shape"])
-        net = FeatureNet(in_shape[0], int(state["num_classes"]))
+        net = ARCHITECTURES[arch](in_shape, int(state["num_classes"]))
         net.load_state_dict(state["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
         reason = str(e).splitlines()[0][:200]
         raise CheckpointError(f"{path}: damaged feature network ({reason}); {fix}") from None
     return FeatureExtractor(
-        net, name=name, path=path, sha256=digest, in_shape=in_shape, dim=FEATURE_DIM,
+        net, name=name, path=path, sha256=digest, in_shape=in_shape, dim=net.dim,
         num_classes=int(state["num_classes"]), device=device,
     )  # fmt: skip
 

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from distgan.data import load_arrays, read_manifest
 from distgan.data.shards import file_sha256
 from distgan.errors import DataError
-from distgan.metrics.features import FEATURE_DIM, FORMAT, FeatureNet, shape_text, to_float
+from distgan.metrics.features import ARCHITECTURES, FORMAT, shape_text, to_float
 from distgan.progress import Progress
 from distgan.storage import check_reachable, display, is_uri, join, open_location
 
@@ -42,10 +43,12 @@ def fit_features(
     epochs: int = 6,
     batch_size: int = 128,
     seed: int = 0,
+    arch: str = "featurenet",
     device: str = "cpu",
     log: Callable[[str], object] = print,
 ) -> dict:
-    """Trains a FeatureNet on the labelled shard folder ``dataset_dir`` and saves its weights.
+    """Trains a feature network (``arch``, of features.ARCHITECTURES) on the labelled shard
+    folder ``dataset_dir`` and saves its weights.
 
     The test accuracy is measured on ``test_dir`` if given, else on a seeded 10% of the dataset
     held out from training. Writes ``out`` (default ``<dataset_dir>/features.pt``: a plain dict
@@ -92,7 +95,7 @@ def fit_features(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = train_classifier(
-            FeatureNet(manifest.shape[0], num_classes),
+            ARCHITECTURES[arch](manifest.shape, num_classes),
             images,
             labels,
             epochs=epochs,
@@ -104,10 +107,11 @@ def fit_features(
     accuracy = classifier_accuracy(net, test_images, test_labels)
     state = {
         "format": FORMAT,
+        "arch": arch,
         "state_dict": net.state_dict(),
         "in_shape": list(manifest.shape),
         "num_classes": num_classes,
-        "dim": FEATURE_DIM,
+        "dim": net.dim,
         "accuracy": accuracy,
         "trained_on": manifest.source,
         "test": test_name,
@@ -115,18 +119,21 @@ def fit_features(
     _atomic_save(state, out)
     info = {
         "format": FORMAT,
+        "arch": arch,
+        "parameters": sum(p.numel() for p in net.parameters()),
         "accuracy": accuracy,
         "sha256": file_sha256(out),
         "in_shape": list(manifest.shape),
         "num_classes": num_classes,
-        "dim": FEATURE_DIM,
+        "dim": net.dim,
         "trained_on": manifest.source,
+        "train_count": len(images),
         "test": test_name,
         "epochs": epochs,
         "batch_size": batch_size,
         "seed": seed,
         "seconds": round(time.perf_counter() - start, 1),
-        "command": _command(dataset_dir, test_dir, epochs, remote or out),
+        "command": _command(dataset_dir, test_dir, epochs, remote or out, seed, arch),
     }
     sidecar = out.with_suffix(".json")
     temp = sidecar.with_name(f".{sidecar.name}.tmp")
@@ -165,7 +172,7 @@ def recorded_accuracy(path: Path) -> tuple[float, int] | None:
 
 
 def train_classifier(
-    net: FeatureNet,
+    net: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
@@ -173,8 +180,9 @@ def train_classifier(
     batch_size: int,
     device: str,
     log: Callable[[str], object],
-) -> FeatureNet:
-    """Trains ``net`` on uint8 ``images`` (N, C, H, W) and ``labels`` (N,) on ``device``.
+) -> nn.Module:
+    """Trains ``net`` (images -> (features, logits)) on uint8 ``images`` (N, C, H, W) and
+    ``labels`` (N,) on ``device``.
 
     AdamW with a one-cycle learning rate: it reaches good accuracy in few epochs, which is what
     keeps a 60,000-image run to a few minutes on two CPU cores.
@@ -239,7 +247,7 @@ def _random_shift(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def classifier_accuracy(net: FeatureNet, images: torch.Tensor, labels: torch.Tensor) -> float:
+def classifier_accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Share of ``images`` (uint8) that ``net`` (in eval mode) classifies as ``labels``."""
     correct = 0
     for x, y in zip(images.split(1000), labels.split(1000), strict=True):
@@ -259,9 +267,15 @@ def _atomic_save(state: dict, path: Path) -> None:
         raise
 
 
-def _command(dataset_dir: Path, test_dir: str | Path | None, epochs: int, out: Path) -> str:
+def _command(
+    dataset_dir: Path, test_dir: str | Path | None, epochs: int, out: Path, seed: int, arch: str
+) -> str:
     """The `distgan eval fit-features` command line that reproduces a run, paths as given."""
     parts = ["distgan", "eval", "fit-features", str(dataset_dir)]
     if test_dir is not None:
         parts += ["--test", str(test_dir)]
+    if arch != "featurenet":
+        parts += ["--arch", arch]
+    if seed != 0:
+        parts += ["--seed", str(seed)]
     return " ".join([*parts, "--epochs", str(epochs), "--out", str(out)])

@@ -266,11 +266,19 @@ def _eval_table(run: Location) -> str:
         ])  # fmt: skip
     head = ["metric", "value", "step", "evaluated", "features", "real images", "generated", "seed"]
     count = len(evaluations(record))
+    second = sorted({r[0].split("@")[1] for r in rows if "@" in r[0]})
+    judge = (
+        f" A metric named metric@{', @'.join(second)} is the same figure by a second feature "
+        "network, trained apart from the first (another architecture, seed and share of the "
+        "data): where the two disagree, the figure says more about a network than the images."
+        if second
+        else ""
+    )
     return note(
         f"The latest figure of each metric over {count} evaluation(s) (eval.json keeps them "
         f"all; the latest: checkpoint {record.get('checkpoint')}, step "
         f"{record.get('step', 0):,}); figures compare only when their protocol (the columns "
-        "after evaluated) is the same."
+        f"after evaluated) is the same.{judge}"
     ) + table(head, rows)
 
 
