@@ -1,14 +1,20 @@
 """The share of step time a worker waits for data: in memory against streaming, local Parquet
-against an S3-compatible server, for DCGAN on CPU, as the BENCHMARKS.md table.
+against an S3-compatible server, and a folder of JPEGs read as it is, for DCGAN on CPU, as the
+BENCHMARKS.md table.
 
-    .venv/bin/python benchmarks/data_stall.py                  # 4 runs of 300 steps
+    .venv/bin/python benchmarks/data_stall.py                  # 5 runs of 300 steps
     .venv/bin/python benchmarks/data_stall.py --steps 600 --workers 2
+    .venv/bin/python benchmarks/data_stall.py --folder-only    # the JPEG folder alone
 
 Each run is a real ``distgan train`` of the quickstart job on a local Ray instance (127.0.0.1)
 with ``data.cache`` memory or stream, and ``data.source`` the embedded shards or their copy in a
 moto server started here on 127.0.0.1 (dummy credentials). The figure is ``data_stall`` from
 ``metrics.jsonl``: the time rank 0 spent in ``next(batches)`` over the log interval, averaged
 over the intervals after the first (the first holds Ray Data's start-up and the first pass).
+
+The folder is ``photo_folder.py``'s: the embedded images as RGB JPEGs of 96 to 160 pixels a side,
+read with ``data.resolution=28 data.channels=1`` (the quickstart model's shape). Its decode rate
+is measured apart too: ``decode_images`` (what Ray Data's tasks run) on one process, images/s.
 """
 
 from __future__ import annotations
@@ -20,11 +26,16 @@ import os
 import socket
 import statistics
 import tempfile
+import time
+from pathlib import Path
 
+import numpy as np
 import pyarrow.fs
+from photo_folder import write_photo_folder
 
 from distgan.cli import main
 from distgan.data import EMBEDDED_DIR
+from distgan.data.folders import decode_images, folder_classes, list_folder
 from distgan.train.outputs import read_metrics
 
 
@@ -56,13 +67,30 @@ def s3_server():
         server.stop()
 
 
-def one_run(source: str, cache: str, steps: int, workers: int, root: str) -> dict:
+def decode_rate(folder: Path, n: int = 1000) -> float:
+    """Images/s of ``decode_images`` at 28×28 gray on this process (one CPU): file bytes in
+    memory, so reading from disk is left out."""
+    m = list_folder(str(folder), 28, 1)
+    paths = [str(folder / f) for f in m.files[:n]]
+    batch = {
+        "bytes": np.array([Path(p).read_bytes() for p in paths], dtype=object),
+        "path": np.array(paths, dtype=object),
+    }
+    start = time.perf_counter()
+    decode_images(batch, str(folder), folder_classes(m), 28, 1)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def one_run(
+    source: str, cache: str, steps: int, workers: int, root: str, extra: tuple = ()
+) -> dict:
     argv = ["train", "jobs/quickstart.yaml"] + [
         a
         for s in (
             f"data.source={source}", f"data.cache={cache}", f"train.steps={steps}",
             "train.log_every=50", f"train.checkpoint_every={steps}", f"train.sample_every={steps}",
             "train.max_minutes=0", f"scale.workers={workers}", "eval.every=0", f"run.root={root}",
+            *extra,
         )
         for a in ("--set", s)
     ]  # fmt: skip
@@ -81,10 +109,23 @@ def main_cli() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--folder-only", action="store_true", help="only the JPEG folder's run")
     args = ap.parse_args()
     print(f"dcgan (width 32), batch 128, {args.workers} CPU worker(s), {args.steps} steps a run")
-    print("| data | cache | data stall (share of step time) | images/s |")
-    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as folder:
+        count = write_photo_folder(Path(folder), 10000, 10)
+        rate = decode_rate(Path(folder))
+        print(
+            f"JPEG folder: {count} files; decode, crop, resize to 28×28: {rate:,.0f} images/s/CPU"
+        )
+        print("| data | cache | data stall (share of step time) | images/s |")
+        print("|---|---|---|---|")
+        with tempfile.TemporaryDirectory() as root:
+            extra = ("data.resolution=28", "data.channels=1")
+            r = one_run(folder, "memory", args.steps, args.workers, root, extra)
+            print(f"| JPEG folder | memory | {r['stall']:.1%} | {r['img_s']:,.0f} |", flush=True)
+    if args.folder_only:
+        return
     with s3_server() as s3_uri, tempfile.TemporaryDirectory() as root:
         for name, source in (("local Parquet", "embedded"), ("S3 (moto, 127.0.0.1)", s3_uri)):
             for cache in ("memory", "stream"):

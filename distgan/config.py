@@ -48,8 +48,16 @@ def _f(default: Any, help: str, **rules: Any) -> Any:
 class DataSpec:
     source: str = _f(
         "embedded",
-        "'embedded', or a folder or URI (s3://bucket/data) of Parquet shards with manifest.json",
+        "'embedded', a folder or URI (s3://bucket/data) of Parquet shards with manifest.json, "
+        "or with data.resolution set, a folder or URI of JPEG/PNG/WebP images",
     )
+    resolution: int = _f(
+        0,
+        "image folders: the square side images are centre-cropped and resized to, as they are "
+        "read (class subfolders become labels); 0 = data.source holds Parquet shards",
+        min=0,
+    )
+    channels: int = _f(3, "image folders: 3 = RGB, 1 = gray", min=1, max=3)
     cache: str = _f(
         "auto",
         "memory: each worker keeps its shard in memory; stream: re-read every epoch",
@@ -204,7 +212,12 @@ class GuardSpec:
 
 @dataclass(frozen=True)
 class ScaleSpec:
-    workers: int = _f(2, "Ray Train workers (DDP ranks)", min=1)
+    workers: int | list[int] = _f(
+        2,
+        "Ray Train workers (DDP ranks); [MIN, MAX]: as many as the cluster has between the two "
+        "(elastic), the global batch and learning rates unchanged",
+        min=1,
+    )
     use_gpu: bool = _f(False, "one GPU a worker, NCCL")
     cpus_per_worker: float = _f(
         0.0, "CPUs reserved a worker; 0 = leave one CPU for Ray Data", min=0.0
@@ -225,6 +238,19 @@ class ScaleSpec:
         "0 = fail at once",
         min=0.0,
     )
+
+    @property
+    def min_workers(self) -> int:
+        return self.workers[0] if isinstance(self.workers, list) else self.workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.workers[1] if isinstance(self.workers, list) else self.workers
+
+    @property
+    def elastic(self) -> bool:
+        """Whether Ray picks the worker count (scale.workers: [MIN, MAX] with MIN < MAX)."""
+        return self.min_workers < self.max_workers
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ def check_value(value: Any, kind: Any, rules: Any, dotted: str, source: str) -> 
     def fail(expected: str) -> JobError:
         return JobError(f"{source}: {dotted}: expected {expected}, got {value!r}")
 
+    if kind == int | list[int]:  # scale.workers: a count, or a range [MIN, MAX]
+        return _count_or_range(value, rules["min"], fail)
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
     if kind is bool:
@@ -91,6 +93,22 @@ def check_value(value: Any, kind: Any, rules: Any, dotted: str, source: str) -> 
             )
         return value
     raise TypeError(f"unsupported field type {kind!r} for {dotted}")  # a bug, not user input
+
+
+def _count_or_range(value: Any, least: int, fail) -> int | list[int]:
+    """An integer of at least ``least``, or a list ``[MIN, MAX]`` of two with
+    ``least <= MIN <= MAX``; ``[N, N]`` is N."""
+
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+    if whole(value):
+        return value
+    if isinstance(value, list) and len(value) == 2 and all(map(whole, value)):
+        lo, hi = value
+        if lo <= hi:
+            return [lo, hi] if lo < hi else lo
+    raise fail(f"an integer of at least {least}, or [MIN, MAX] with {least} <= MIN <= MAX")
 
 
 def _matches(pattern: str | None, value: str) -> bool:

@@ -9,6 +9,7 @@ and so on. Each rule raises JobError naming where the field was set, the field a
 
 from __future__ import annotations
 
+import math
 import re
 
 from distgan.errors import JobError
@@ -28,18 +29,9 @@ def check_cross_fields(spec, source: str, field_sources: dict[str, str]) -> None
     def src(dotted: str) -> str:
         return field_sources.get(dotted, source)
 
-    if spec.train.batch_size % spec.scale.workers:
-        raise JobError(
-            f"{src('train.batch_size')}: train.batch_size: {spec.train.batch_size} does not split "
-            f"evenly across scale.workers={spec.scale.workers}; use a multiple of "
-            f"{spec.scale.workers}"
-        )
-    if spec.eval.n_samples % spec.scale.workers:
-        raise JobError(
-            f"{src('eval.n_samples')}: eval.n_samples: {spec.eval.n_samples} does not split "
-            f"evenly across scale.workers={spec.scale.workers}; use a multiple of "
-            f"{spec.scale.workers}"
-        )
+    _check_split(spec, "train.batch_size", spec.train.batch_size, src)
+    if spec.eval.every:  # in-training evaluations only: each rank generates its share
+        _check_split(spec, "eval.n_samples", spec.eval.n_samples, src)
     if spec.train.precision == "fp16" and not spec.scale.use_gpu:
         raise JobError(
             f"{src('train.precision')}: train.precision: fp16 needs a GPU (scale.use_gpu: true); "
@@ -57,30 +49,74 @@ def check_cross_fields(spec, source: str, field_sources: dict[str, str]) -> None
             f"order it comes, which cannot draw classes by weight (train.class_balance: "
             f"{spec.train.class_balance}); use data.cache: memory (or auto)"
         )
+    _check_image_folder(spec, src)
+
+
+def _check_image_folder(spec, src) -> None:
+    """An image folder (data.resolution set) is decoded into memory once, never streamed."""
+    d = spec.data
+    if d.channels not in (1, 3):
+        raise JobError(
+            f"{src('data.channels')}: data.channels: {d.channels}; use 3 (RGB) or 1 (gray)"
+        )
+    if d.resolution and d.cache == "stream":
+        raise JobError(
+            f"{src('data.cache')}: data.cache: stream is not served for an image folder "
+            "(data.resolution set), which is decoded into memory once; for data larger than "
+            "memory, import it with `distgan data import` and stream the shards"
+        )
+
+
+def _check_split(spec, field: str, total: int, src) -> None:
+    """``total`` (a global count) must split evenly across every worker count the job may train
+    on: an elastic run's ranks then see equal batches, so DDP's mean gradient is the global
+    batch's, exactly as on a fixed count. An uneven split would weight the smaller ranks' images
+    more and break PacGAN's packs and the minibatch-std groups."""
+    s = spec.scale
+    if not s.elastic:
+        if total % s.workers:
+            raise JobError(
+                f"{src(field)}: {field}: {total} does not split evenly across "
+                f"scale.workers={s.workers}; use a multiple of {s.workers}"
+            )
+        return
+    worlds = range(s.min_workers, s.max_workers + 1)
+    bad = [w for w in worlds if total % w]
+    if bad:
+        every = math.lcm(*worlds)
+        raise JobError(
+            f"{src(field)}: {field}: {total} does not split evenly across {bad[0]} workers, "
+            f"one of the counts scale.workers={s.workers} allows; use a multiple of {every} "
+            f"(e.g. {-(-total // every) * every}) or narrow scale.workers"
+        )
 
 
 def _check_model_options(spec, src) -> None:
     """The rules that tie the model options, DiffAugment and compile to the other fields."""
     m = spec.model
-    per_worker = spec.train.batch_size // spec.scale.workers
-    if per_worker % m.pack:
-        raise JobError(
-            f"{src('model.pack')}: model.pack: {m.pack} does not divide the per-worker batch of "
-            f"{per_worker} (train.batch_size / scale.workers); use a divisor of {per_worker} or a "
-            f"batch that is a multiple of {m.pack * spec.scale.workers}"
-        )
-    if m.mbstd_group and (per_worker // m.pack) % m.mbstd_group:
-        raise JobError(
-            f"{src('model.mbstd_group')}: model.mbstd_group: {m.mbstd_group} does not divide the "
-            f"{per_worker // m.pack} inputs D sees per worker (train.batch_size / scale.workers / "
-            "model.pack); use a divisor of it, or 0 for off"
-        )
-    if m.arch == "stylegan2" and not m.mbstd_group and per_worker % STYLEGAN2_MBSTD_GROUP:
-        raise JobError(
-            f"{src('model.mbstd_group')}: model.mbstd_group: 0 gives stylegan2's D groups of "
-            f"{STYLEGAN2_MBSTD_GROUP} for its minibatch std, which do not divide the {per_worker} "
-            "images D sees per worker (train.batch_size / scale.workers); set a divisor of it"
-        )
+    s = spec.scale
+    for world in range(s.min_workers, s.max_workers + 1):  # an elastic run: every count
+        per_worker = spec.train.batch_size // world
+        at = f" with {world} workers" if s.elastic else ""
+        if per_worker % m.pack:
+            raise JobError(
+                f"{src('model.pack')}: model.pack: {m.pack} does not divide the per-worker batch "
+                f"of {per_worker}{at} (train.batch_size / scale.workers); use a divisor of "
+                f"{per_worker} or a batch that is a multiple of {m.pack * world}"
+            )
+        if m.mbstd_group and (per_worker // m.pack) % m.mbstd_group:
+            raise JobError(
+                f"{src('model.mbstd_group')}: model.mbstd_group: {m.mbstd_group} does not divide "
+                f"the {per_worker // m.pack} inputs D sees per worker{at} (train.batch_size / "
+                "scale.workers / model.pack); use a divisor of it, or 0 for off"
+            )
+        if m.arch == "stylegan2" and not m.mbstd_group and per_worker % STYLEGAN2_MBSTD_GROUP:
+            raise JobError(
+                f"{src('model.mbstd_group')}: model.mbstd_group: 0 gives stylegan2's D groups of "
+                f"{STYLEGAN2_MBSTD_GROUP} for its minibatch std, which do not divide the "
+                f"{per_worker} images D sees per worker{at} (train.batch_size / scale.workers); "
+                "set a divisor of it"
+            )
     if spec.loss.pl_weight and m.arch != "stylegan2":
         raise JobError(
             f"{src('loss.pl_weight')}: loss.pl_weight: path length regularisation needs G's "

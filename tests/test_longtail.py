@@ -425,6 +425,7 @@ def test_the_worker_draws_balanced_batches_of_a_long_tailed_shard(conditional):
         1,
         torch.device("cpu"),
         {0: 160, 1: 32, 2: 8},
+        len(labels),
     )
     assert isinstance(source, InMemoryBatches)  # balanced draws keep the shard in memory
     batches = [b for e in range(10) for b in source.epoch_batches(e)]

@@ -53,7 +53,7 @@ def test_mlp_width_and_z_are_configurable():
     assert G(torch.randn(2, 16)).shape == (2, 3, 4, 5)
 
 
-SHAPES = [(c, s, s) for s in (28, 32, 64) for c in (1, 3)]
+SHAPES = [(c, s, s) for s in (28, 32, 64, 128, 256) for c in (1, 3)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -88,6 +88,18 @@ def test_dcgan_width_scales_the_channels():
     assert first.in_channels == 64  # 8w channels at 4×4
 
 
+def test_dcgan_caps_its_channels_at_8w_past_64_pixels():
+    G, D = build_models("dcgan", 100, 8, (3, 256, 256))
+    deconvs = [m for m in G.modules() if isinstance(m, nn.ConvTranspose2d)]
+    # 4×4 -> 256×256 in six 2× steps; 64 × 8 (not 32w = 256) channels at 4×4, halving from 16×16
+    assert [d.in_channels for d in deconvs] == [64, 64, 64, 32, 16, 8]
+    assert linear_sizes(G)[0] == (100, 64 * 4 * 4)
+    assert conv_channels(D) == [8, 16, 32, 64, 64, 64]
+    assert D.head.in_features == 64 * 4 * 4
+    _, D128 = build_models("dcgan", 100, 8, (1, 128, 128))
+    assert conv_channels(D128) == [8, 16, 32, 64, 64]
+
+
 def test_dcgan_default_width_is_64():
     G, D = build_models("dcgan", 100, 0, (1, 28, 28))
     assert conv_channels(D) == [64, 128]
@@ -117,7 +129,7 @@ def test_dcgan_rejects_unserved_shapes(shape):
     with pytest.raises(ValueError) as info:
         build_models("dcgan", 100, 8, shape)
     message = str(info.value)
-    assert "28×28, 32×32 or 64×64" in message and "1 or 3 channels" in message
+    assert "28×28, 32×32, 64×64, 128×128 or 256×256" in message and "1 or 3 channels" in message
     assert "×".join(map(str, shape)) in message
 
 
@@ -144,12 +156,12 @@ def test_square_sides_come_from_building_each_architecture(monkeypatch):
     from distgan.cli.data import resolution_warning
     from distgan.models import square_sides
 
-    assert square_sides("dcgan", 1) == square_sides("dcgan", 3) == [28, 32, 64]
+    assert square_sides("dcgan", 1) == square_sides("dcgan", 3) == [28, 32, 64, 128, 256]
     assert square_sides("mlp", 3) is None  # any size
     assert resolution_warning((3, 32, 32)) is None
     warning = resolution_warning((3, 33, 33))
-    assert "dcgan serves 28, 32, 64" in warning and "only mlp" in warning
-    assert "resnet serves 28, 32, 64, 128" in warning
+    assert "dcgan serves 28, 32, 64, 128, 256" in warning and "only mlp" in warning
+    assert "resnet serves 28, 32, 64, 128, 256" in warning
     assert "stylegan2 serves 32, 64, 128, 256" in warning
     assert "--resolution 28, 32, 64, 128 or 256" in warning
 

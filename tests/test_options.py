@@ -41,7 +41,7 @@ def images(n: int, shape=(1, 28, 28), seed: int = 1) -> torch.Tensor:
 
 # --- resnet ----------------------------------------------------------------------------------
 
-RESNET_SHAPES = [(c, s, s) for s in (28, 32, 64, 128) for c in (1, 3)]
+RESNET_SHAPES = [(c, s, s) for s in (28, 32, 64, 128, 256) for c in (1, 3)]
 
 
 @pytest.mark.parametrize("shape", RESNET_SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -72,6 +72,12 @@ def test_resnet_layout_follows_sngan():
     assert len(G.blocks) == 5 and G.blocks[0].conv1.in_channels == 1024
     assert [b.conv1.out_channels for b in D.blocks] == [64, 128, 256, 512, 1024, 1024]
     assert D.head.in_features == 1024
+    # 256 pixels: BigGAN's layout, no stage past 16w; a default width of 32 (512 channels)
+    G, D = build_models("resnet", 128, 0, (3, 256, 256))
+    assert len(G.blocks) == 6 and G.blocks[0].conv1.in_channels == 16 * 32
+    assert [b.conv1.out_channels for b in G.blocks] == [512, 256, 256, 128, 64, 32]
+    assert [b.conv1.out_channels for b in D.blocks] == [32, 64, 128, 256, 256, 512, 512]
+    assert [b.down for b in D.blocks] == [True] * 6 + [False]
 
 
 @pytest.mark.parametrize("shape", [(1, 16, 16), (1, 48, 48), (2, 32, 32), (1, 32, 28)])
@@ -79,7 +85,7 @@ def test_resnet_refuses_unserved_shapes(shape):
     with pytest.raises(ValueError) as info:
         build_models("resnet", Z_DIM, 2, shape)
     message = str(info.value)
-    assert "28×28, 32×32, 64×64 or 128×128" in message and "1 or 3 channels" in message
+    assert "28×28, 32×32, 64×64, 128×128 or 256×256" in message and "1 or 3 channels" in message
     assert "×".join(map(str, shape)) in message
 
 

@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from distgan.train.follow import wait_seconds
     from distgan.train.launch import check_storage, ray_session
     from distgan.train.outputs import new_run_dir, storage_home, write_resolved, write_status
-    from distgan.tune.results import RESULTS, format_table, trial_rows, write_results
     from distgan.tune.front import FRONT, write_front
+    from distgan.tune.results import RESULTS, format_table, trial_rows, write_results
     from distgan.tune.search import check_search, run_search, searched_job
     from distgan.tune.trials import TRIALS
 

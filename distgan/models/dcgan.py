@@ -1,9 +1,12 @@
-"""DCGAN (Radford et al. 2016) for 28×28, 32×32 and 64×64 images, 1 or 3 channels.
+"""DCGAN (Radford et al. 2016) for 28×28, 32×32, 64×64, 128×128 and 256×256 images, 1 or 3
+channels.
 
 G: z -> linear to (8w or 4w, 4×4 or 7×7) -> [ConvTranspose 4/2/1, BatchNorm, ReLU] ... -> tanh.
 D: [Conv 4/2/1, LeakyReLU(0.2)] ... -> linear to one logit. D has no BatchNorm: its statistics
 would mix real and fake batches and trip DDP's buffer broadcast (see DESIGN.md).
-``width`` is the base channel count w (default 64).
+``width`` is the base channel count w (default 64). Channels halve at each 2× upsampling of G
+(and double at each of D's halvings) from at most ``MAX_MULTIPLE`` w: the paper's 64×64 layout
+(8w at 4×4) stays as it is, and 128 and 256 pixels add layers of 8w rather than 16w and 32w.
 
 Options (``ModelOptions``): spectral norm, minibatch std (before D's head), packing (D's first
 conv reads m× the channels), classes (G's BatchNorms conditional, D a projection head) and
@@ -27,23 +30,31 @@ from distgan.models.layers import (
 from distgan.models.registry import ModelOptions, register_model
 
 # resolution -> (size of the first feature map, number of 2× upsamplings)
-_LAYOUT = {28: (7, 2), 32: (4, 3), 64: (4, 4)}
+_LAYOUT = {28: (7, 2), 32: (4, 3), 64: (4, 4), 128: (4, 5), 256: (4, 6)}
+MAX_MULTIPLE = 8  # the most channels of a layer, in units of the width w
 
 
 def _layout(shape: tuple[int, int, int]) -> tuple[int, int]:
     c, h, w = shape
     if h != w or h not in _LAYOUT or c not in (1, 3):
         raise ValueError(
-            f"dcgan serves 28×28, 32×32 or 64×64 images with 1 or 3 channels, not {c}×{h}×{w}"
+            "dcgan serves 28×28, 32×32, 64×64, 128×128 or 256×256 images with 1 or 3 channels, "
+            f"not {c}×{h}×{w}"
         )
     return _LAYOUT[h]
+
+
+def _channels(width: int, ups: int) -> list[int]:
+    """Channels of G's feature maps, from the first (smallest) to the last: (ups,)."""
+    return [width * min(MAX_MULTIPLE, 2 ** (ups - 1 - i)) for i in range(ups)]
 
 
 class DCGANGenerator(nn.Module):
     def __init__(self, z_dim: int, width: int, shape: tuple[int, int, int], num_classes: int = 0):
         super().__init__()
         start, ups = _layout(shape)
-        ch = width * 2 ** (ups - 1)  # channels of the first feature map
+        chs = _channels(width, ups)
+        ch = chs[0]
         self.start = (ch, start, start)
         self.num_classes = num_classes
         self.project = LabelSequential(
@@ -53,13 +64,12 @@ class DCGANGenerator(nn.Module):
             nn.ReLU(inplace=True),
         )
         blocks: list[nn.Module] = []
-        for _ in range(ups - 1):
+        for ch_in, ch in zip(chs, chs[1:]):
             blocks += [
-                nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
-                batch_norm(ch // 2, num_classes),
+                nn.ConvTranspose2d(ch_in, ch, 4, 2, 1, bias=False),
+                batch_norm(ch, num_classes),
                 nn.ReLU(inplace=True),
             ]
-            ch //= 2
         blocks += [nn.ConvTranspose2d(ch, shape[0], 4, 2, 1), nn.Tanh()]
         self.body = LabelSequential(*blocks)
 
@@ -72,10 +82,10 @@ class DCGANDiscriminator(nn.Module):
         super().__init__()
         start, ups = _layout(shape)
         layers: list[nn.Module] = []
-        ch_in, ch = shape[0] * options.pack, width
-        for _ in range(ups):
+        ch_in = shape[0] * options.pack
+        for ch in reversed(_channels(width, ups)):  # G's in mirror: w, 2w, ... up to 8w
             layers += [nn.Conv2d(ch_in, ch, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
-            ch_in, ch = ch, ch * 2
+            ch_in = ch
         self.pack = options.pack
         self.features = nn.Sequential(*layers)  # (B, C, H, W) -> (B, ch_in, start, start)
         self.mbstd = MinibatchStd(options.mbstd_group) if options.mbstd_group else None

@@ -1,5 +1,5 @@
 """The ResNet GAN of SNGAN (Miyato et al. 2018), built of Gulrajani et al.'s (2017) residual
-blocks, for 28, 32, 64 and 128 pixels, 1 or 3 channels.
+blocks, for 28, 32, 64, 128 and 256 pixels, 1 or 3 channels.
 
 G: z -> linear to (c0, 4×4; 7×7 for 28) -> up-blocks -> BatchNorm, ReLU, conv 3×3, tanh.
    up-block: [BN, ReLU, upsample 2×, conv 3×3, BN, ReLU, conv 3×3] + [upsample 2×, conv 1×1]
@@ -9,8 +9,9 @@ D: optimized block -> blocks -> ReLU -> sum over H, W -> linear to one logit.
 D has no BatchNorm (see DESIGN.md).
 
 Channels follow SNGAN's configurations, with w = ``width``: at 28 and 32 pixels G has 2w
-channels throughout and D w (CIFAR-10: w = 128, the default); at 64 and 128 pixels they grow
-and shrink by powers of 2 from 16w (ImageNet: w = 64, the default).
+channels throughout and D w (CIFAR-10: w = 128, the default); at 64, 128 and 256 pixels they
+grow and shrink by powers of 2 from 16w, never past it (ImageNet: w = 64, the default; at 256
+pixels w = 32, BigGAN's 256 layout at half its width: its 1,024 channels at 4×4 are GPU-sized).
 
 Options (``ModelOptions``): spectral norm (SNGAN's D has it: set ``model.spectral_norm: true``),
 minibatch std (before D's last block), packing (D's first conv reads m× the channels),
@@ -49,15 +50,21 @@ _LAYOUT = {
         (16, 16, 8, 4, 2, 1),
         ((1, True), (2, True), (4, True), (8, True), (16, True), (16, False)),
     ),
+    256: (
+        4,
+        (16, 16, 8, 8, 4, 2, 1),
+        ((1, True), (2, True), (4, True), (8, True), (8, True), (16, True), (16, False)),
+    ),
 }
-_DEFAULT_WIDTH = {28: 128, 32: 128, 64: 64, 128: 64}
+_DEFAULT_WIDTH = {28: 128, 32: 128, 64: 64, 128: 64, 256: 32}
 
 
 def _layout(shape: tuple[int, int, int]):
     c, h, w = shape
     if h != w or h not in _LAYOUT or c not in (1, 3):
         raise ValueError(
-            "resnet serves 28×28, 32×32, 64×64 or 128×128 images with 1 or 3 channels, "
+            "resnet serves 28×28, 32×32, 64×64, 128×128 or 256×256 images with 1 or 3 "
+            "channels, "
             f"not {c}×{h}×{w}"
         )
     return _LAYOUT[h]

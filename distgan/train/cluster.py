@@ -64,11 +64,12 @@ def has_autoscaler() -> bool:
 
 
 def wanted_bundles(spec: JobSpec) -> list[dict[str, float]]:
-    """The resources the job's workers need, one bundle a worker, plus a CPU for Ray Data."""
+    """The resources the job's workers need, one bundle a worker (an elastic job's MIN), plus a
+    CPU for Ray Data."""
     s = spec.scale
     if s.use_gpu:
-        return [{"CPU": s.cpus_per_worker or 1.0, "GPU": 1.0}] * s.workers
-    return [{"CPU": s.cpus_per_worker or 1.0}] * s.workers + [{"CPU": 1.0}]
+        return [{"CPU": s.cpus_per_worker or 1.0, "GPU": 1.0}] * s.min_workers
+    return [{"CPU": s.cpus_per_worker or 1.0}] * s.min_workers + [{"CPU": 1.0}]
 
 
 def plan_with_autoscaler(spec: JobSpec, manifest: ShardManifest, job_source: str, out, plan):

@@ -196,7 +196,7 @@ def lost_message(lost: Lost, spec: JobSpec, run: Location, step: int, saved: int
         what = "the cluster has no room for the run's workers"
     if lost.not_placed:
         why = (
-            f"no capacity for its {s.workers} workers came back within scale.wait_minutes "
+            f"no capacity for its {s.min_workers} workers came back within scale.wait_minutes "
             f"({s.wait_minutes:g} min)"
         )
     else:

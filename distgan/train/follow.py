@@ -147,10 +147,12 @@ class Interrupts:
             signal.signal(s, handler)
 
 
-def fit_with_progress(trainer, run: Location, t, out, on_record=None) -> dict:
+def fit_with_progress(trainer, run: Location, t, out, on_record=None, workers=None) -> dict:
     """Runs ``trainer.fit()`` in a thread; prints rank 0's new metrics lines as they land in the
     run's storage (the driver may be on another machine than rank 0: it reads no local file).
-    ``t``: the job's train section (steps, max_minutes).
+    ``t``: the job's train section (steps, max_minutes). ``workers``: the count the run was
+    started with; None (an elastic job, whose count Ray Train picks): say the first one seen,
+    and say it again whenever it changes.
 
     A first SIGINT or SIGTERM asks the workers to stop: they agree on a step within about a
     second (``stopping.StopCheck``), write a final checkpoint there and end; then ``Stopped`` is
@@ -177,11 +179,13 @@ def fit_with_progress(trainer, run: Location, t, out, on_record=None) -> dict:
     # The steps this session's worker groups started from; a new run's first group says nothing.
     restarts: list[int] = [] if shown else [0]
     anchor = None  # the first record of this session: the ETA's speed is measured from it
+    told = workers  # the worker count last told (rank 0 writes its world size into each record)
 
     def show_new_lines() -> None:
-        nonlocal shown_step, anchor
+        nonlocal shown_step, anchor, told
         for line in _metrics_lines(run):
             m = json.loads(line)
+            count = m.get("workers", told)
             if m.get("started_at") is not None and m["started_at"] not in groups:
                 groups.add(m["started_at"])
                 if not restarts:  # this part's own start (a resume): the lines go on from there
@@ -189,14 +193,25 @@ def fit_with_progress(trainer, run: Location, t, out, on_record=None) -> dict:
                     shown_step = min(shown_step, m["resumed_from"])
                 elif m["resumed_from"] < shown_step:
                     # Ray Train restarted the worker group: its lines go on from the checkpoint.
+                    # With another count, an elastic job's cluster changed size (Ray resizes a
+                    # group by restarting it); with the same, a worker died.
+                    why = (
+                        f"the worker group restarted with {count} workers (was {told})"
+                        if count != told
+                        else "a training worker died"
+                    )
                     print(
-                        f"distgan: a training worker died after step {shown_step}; the workers "
-                        f"go on from the checkpoint at step {m['resumed_from']} in {run}",
+                        f"distgan: {why} after step {shown_step}; the workers go on from the "
+                        f"checkpoint at step {m['resumed_from']} in {run}",
                         file=out,
                         flush=True,
                     )
-                    shown_step, anchor = m["resumed_from"], None
+                    shown_step, anchor, told = m["resumed_from"], None, count
             if m["step"] > shown_step:
+                if count != told:
+                    print(f"distgan: training on {count} worker{'s' * (count != 1)}",
+                          file=out, flush=True)  # fmt: skip
+                    told = count
                 anchor = anchor or m
                 print(progress_line(m, t.steps, t.max_minutes, anchor), file=out, flush=True)
                 shown_step = m["step"]

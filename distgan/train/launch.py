@@ -24,6 +24,7 @@ from pathlib import Path
 
 from distgan.config import METRIC_NAMES, JobSpec, to_dict
 from distgan.data import ShardManifest, data_location, read_manifest, verify_shards
+from distgan.data.folders import FolderManifest, list_folder
 from distgan.errors import ClusterError, DataError, JobError, StorageError
 from distgan.models import models_for_job
 from distgan.models.own import check_own_models
@@ -59,15 +60,41 @@ class Plan:
     use_gpu: bool
     cache: bool
     evaluation: dict | None = None  # the workers' evaluation config (train/evaluation.py)
+    elastic_min: int = 0  # Ray Train picks the count from elastic_min to workers; 0 = fixed
+
+    @property
+    def num_workers(self) -> int | tuple[int, int]:
+        """What ScalingConfig(num_workers=...) takes: a count, or an elastic (min, max)."""
+        return (self.elastic_min, self.workers) if self.elastic_min else self.workers
+
+    @property
+    def counts(self) -> str:
+        """The worker count as the user reads it: '2', or '1-4' for an elastic job."""
+        return f"{self.elastic_min}-{self.workers}" if self.elastic_min else str(self.workers)
 
 
 def resolve_data(spec: JobSpec, job_source: str) -> ShardManifest:
+    """The data's manifest: read from ``manifest.json``, or for an image folder (data.resolution
+    set) built from its listing (data/folders.py)."""
+    d = spec.data
     try:
-        if is_uri(spec.data.source):
-            check_reachable(open_location(spec.data.source, "data.source"), "data.source", True)
-        return read_manifest(data_location(spec.data.source))
+        if is_uri(d.source):
+            check_reachable(open_location(d.source, "data.source"), "data.source", True)
+        if d.resolution:
+            _check_folder_job(spec, job_source)
+            return list_folder(data_location(d.source), d.resolution, d.channels)
+        return read_manifest(data_location(d.source))
     except (DataError, StorageError) as e:
         raise type(e)(f"{job_source}: {_field_first(e, 'data.source')}") from None
+
+
+def _check_folder_job(spec: JobSpec, job_source: str) -> None:
+    if spec.eval.every and not spec.eval.real:
+        raise JobError(
+            f"{job_source}: eval.every: an image folder (data.resolution set) is not a reference "
+            "for the metrics; set eval.real to a dataset imported from it (`distgan data import "
+            "FOLDER --out DIR --resolution N`), or eval.every: 0"
+        )
 
 
 def _field_first(error: Exception, field: str) -> str:
@@ -110,40 +137,50 @@ def check_model(spec: JobSpec, manifest: ShardManifest, job_source: str) -> None
 
 
 def plan(spec: JobSpec, manifest: ShardManifest, cluster_cpus: float, cluster_gpus: float) -> Plan:
-    """Sizes the workers so that Ray Data always keeps a CPU (DESIGN.md: CPU starvation)."""
+    """Sizes the workers so that Ray Data always keeps a CPU (DESIGN.md: CPU starvation). An
+    elastic job (scale.workers: [MIN, MAX]) needs room for MIN, and is given to Ray Train with as
+    many as fit beside that CPU now, at most MAX: Ray counts a node's whole CPUs, not those left."""
     s = spec.scale
+    need = s.min_workers
     if s.use_gpu:
-        if cluster_gpus < s.workers:
+        if cluster_gpus < need:
             raise ClusterError(
-                f"scale.workers: {s.workers} workers with one GPU each need {s.workers} GPUs; the "
+                f"scale.workers: {need} workers with one GPU each need {need} GPUs; the "
                 f"Ray cluster has {cluster_gpus:g}. Lower scale.workers or set scale.use_gpu: false"
             )
         cpus = s.cpus_per_worker or 1.0
     else:
-        cpus = s.cpus_per_worker or min(1.0, (cluster_cpus - 1) / s.workers)
+        share = (cluster_cpus - 1) / s.max_workers  # MAX beside Ray Data's CPU
+        cpus = s.cpus_per_worker or min(1.0, max(share, 0.1) if s.elastic else share)
         if cpus < 0.1:
             raise ClusterError(
-                f"scale.workers: {s.workers} CPU workers need more than the {cluster_cpus:g} CPUs "
+                f"scale.workers: {need} CPU workers need more than the {cluster_cpus:g} CPUs "
                 "of the Ray cluster (one CPU stays free for Ray Data). Lower scale.workers"
             )
-    if cpus * s.workers > cluster_cpus - 1:
+    if cpus * need > cluster_cpus - 1:
         # Ray Data's read tasks each ask for a CPU: with none left the job would wait forever.
         raise ClusterError(
-            f"scale.cpus_per_worker: {s.workers} workers × {cpus:g} CPUs leave "
-            f"{max(0.0, cluster_cpus - cpus * s.workers):g} of the {cluster_cpus:g} CPUs of the "
+            f"scale.cpus_per_worker: {need} workers × {cpus:g} CPUs leave "
+            f"{max(0.0, cluster_cpus - cpus * need):g} of the {cluster_cpus:g} CPUs of the "
             "Ray cluster, and Ray Data needs one to read the shards. Lower "
             "scale.cpus_per_worker or scale.workers, or set cpus_per_worker to 0 (it then "
             "leaves that CPU)"
         )
     c, h, w = manifest.shape
-    per_worker_bytes = manifest.count * c * h * w // s.workers
+    per_worker_bytes = manifest.count * c * h * w // need
     if spec.data.cache == "auto":
         cache = per_worker_bytes <= MEMORY_CACHE_LIMIT
     else:
         cache = spec.data.cache == "memory"
     # Class-balanced draws need the shard in memory (config.py refuses data.cache: stream).
     cache = cache or spec.train.class_balance != "none"
-    return Plan(s.workers, cpus, s.use_gpu, cache)
+    # An image folder is decoded into memory once (train/folder_data.py), never streamed.
+    cache = cache or isinstance(manifest, FolderManifest)
+    if not s.elastic:
+        return Plan(need, cpus, s.use_gpu, cache)
+    fit = int((cluster_cpus - 1) / cpus + 1e-9)
+    fit = min(fit, int(cluster_gpus)) if s.use_gpu else fit
+    return Plan(min(s.max_workers, fit), cpus, s.use_gpu, cache, elastic_min=need)
 
 
 @contextmanager
@@ -227,7 +264,8 @@ def check_job(spec: JobSpec, job_source: str) -> ShardManifest:
     check_storage(spec, job_source)
     manifest = resolve_data(spec, job_source)
     try:
-        verify_shards(manifest, hashes=False)
+        if not isinstance(manifest, FolderManifest):  # a folder's images are checked as decoded
+            verify_shards(manifest, hashes=False)
     except DataError as e:
         raise DataError(f"{job_source}: data.source: {e}") from None
     check_model(spec, manifest, job_source)
@@ -291,6 +329,7 @@ def launch(
         failure_config_for,
         lost_message,
     )  # fmt: skip
+    from distgan.train.folder_data import folder_dataset
     from distgan.train.process_group import BoundStoreTorchConfig
     from distgan.train.worker import train_loop_per_worker
 
@@ -301,17 +340,20 @@ def launch(
     data = open_location(manifest.root, field="data.source")
     labelled = spec.model.conditional or spec.train.class_balance != "none"
     columns = ["image", "label"] if labelled else ["image"]
-    # Whole shard files, each checked against the manifest's sha256 as it is read, then cut
-    # into rows by Parquet row group: the workers train on no byte the manifest did not hash.
-    dataset = ray.data.read_binary_files(
-        [data.child(s.file).path for s in manifest.shards],
-        include_paths=True,
-        filesystem=None if data.is_local else data.fs,
-    ).map_batches(
-        verified_shard_rows,
-        batch_size=1,
-        fn_kwargs={"sha256": {s.file: s.sha256 for s in manifest.shards}, "columns": columns},
-    )
+    if isinstance(manifest, FolderManifest):
+        dataset, manifest = folder_dataset(manifest, out)
+    else:
+        # Whole shard files, each checked against the manifest's sha256 as it is read, then cut
+        # into rows by Parquet row group: the workers train on no byte the manifest did not hash.
+        dataset = ray.data.read_binary_files(
+            [data.child(s.file).path for s in manifest.shards],
+            include_paths=True,
+            filesystem=None if data.is_local else data.fs,
+        ).map_batches(
+            verified_shard_rows,
+            batch_size=1,
+            fn_kwargs={"sha256": {s.file: s.sha256 for s in manifest.shards}, "columns": columns},
+        )
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -322,6 +364,7 @@ def launch(
             "class_counts": manifest.label_counts,
             "run_dir": run.uri,
             "cache": p.cache,
+            "count": manifest.count,
             # A streaming worker reads its own shard files (data/reader.py: StreamingBatches).
             "data": manifest.root,
             "shards": [dataclasses.asdict(s) for s in manifest.shards],
@@ -330,7 +373,7 @@ def launch(
         },
         torch_config=BoundStoreTorchConfig(backend="nccl" if p.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=p.workers,
+            num_workers=p.num_workers,
             use_gpu=p.use_gpu,
             resources_per_worker={"CPU": p.cpus_per_worker, **({"GPU": 1} if p.use_gpu else {})},
             placement_strategy=spec.scale.placement,
@@ -353,7 +396,7 @@ def launch(
     device = "GPU" if p.use_gpu else "CPU"
     print(
         f"distgan: {run} · {spec.model.arch} · {spec.loss.kind} · "
-        f"{p.workers} {device} worker{'s' * (p.workers > 1)} · "
+        f"{p.counts} {device} worker{'s' * (p.workers > 1)} · "
         f"{manifest.count:,} images {'×'.join(map(str, manifest.shape))}"
         + (f" · resuming from {display(resume_from)}" if resume_from else ""),
         file=out,
@@ -364,7 +407,8 @@ def launch(
     request_stop(run, clear=True)  # an earlier part's request does not stop this one
     write_status(run, "running", step)
     try:
-        metrics = fit_with_progress(trainer, run, spec.train, out, on_record)
+        fixed = None if p.elastic_min else p.workers
+        metrics = fit_with_progress(trainer, run, spec.train, out, on_record, fixed)
     except Stopped as e:  # Ctrl-C, SIGTERM, distgan stop: what was saved, and by what
         write_status(run, "stopped", last_step(run, step), signal=str(e), at_once=e.at_once,
                      checkpoint_step=checkpoint_step(run))  # fmt: skip

@@ -232,6 +232,7 @@ def run(
             step=step,
             epoch=state.epoch,
             images_seen=state.images_seen,
+            workers=world,  # an elastic run's count changes when Ray Train resizes its group
             images_per_s=(state.images_seen - last_images) / max(now - last_time, 1e-9),
             elapsed_s=earlier + now - started,
             lr_g=state.nets.opt_g.param_groups[0]["lr"],

@@ -16,7 +16,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "loss": ("d_loss", "g_loss", "gp", "d_ac", "g_ac"),
     "D": ("d_real", "d_fake"),  # D's mean output on real and generated images (σ for logistic)
     "grad_norm": ("d_grad_norm", "g_grad_norm"),  # before clipping, at log steps
-    "speed": ("images_per_s", "gpu_mem_gb"),  # gpu_mem_gb: rank 0's peak (CUDA only)
+    # gpu_mem_gb: rank 0's peak (CUDA only); workers: the world size (an elastic run's changes)
+    "speed": ("images_per_s", "gpu_mem_gb", "workers"),
     "eval": METRIC_NAMES,  # in-training evaluation, at eval and checkpoint steps
     "optim": ("lr_g", "lr_d"),  # the rates in use (optim.lr_decay, the guard's lr_scale)
     "guard": ("skipped", "rollbacks", "lr_scale", "d_wins"),  # the divergence guard

@@ -30,14 +30,15 @@ from distgan.train.outputs import RunOutputs
 
 
 def batch_source(
-    spec, shard, data, shards, shape, cache: bool, rank: int, world: int, device, class_counts
-):
+    spec, shard, data, shards, shape, cache: bool, rank: int, world: int, device, class_counts,
+    count: int,
+):  # fmt: skip
     """This worker's real batches: kept in memory (``cache``, or class-balanced draws, which
     read the labels even for an unconditional G), from its Ray Data ``shard`` (a DataIterator
     over the whole dataset in file order), or streamed from the ``shards`` (ShardInfo) in ``data``
     (a Location) every epoch. Which rows, and in what order, depend on (seed, epoch, rank) alone
     (data/reader.py). ``class_counts``: label -> images of the whole dataset (None for data
-    without labels)."""
+    without labels); ``count``: its images."""
     per_worker = spec.train.batch_size // world
     labelled = spec.model.conditional  # batches of (images, labels)
     weighted = spec.train.class_balance != "none"
@@ -46,7 +47,6 @@ def batch_source(
         return StreamingBatches(
             data, shards, shape, per_worker, seed, rank, world, device, with_labels=labelled
         )
-    count = sum(s.count for s in shards)
     images, labels = load_rows(shard, shape, rank_rows(count, world, rank), labelled or weighted)
     return memory_batches(spec, images, labels, class_counts, device, rank, per_worker)
 
@@ -93,8 +93,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     data = open_location(config["data"], field="data.source")
     shards = [ShardInfo(**s) for s in config["shards"]]
     source = batch_source(
-        spec, shard, data, shards, shape, config["cache"], rank, world, device, counts
-    )
+        spec, shard, data, shards, shape, config["cache"], rank, world, device, counts,
+        config["count"],
+    )  # fmt: skip
 
     def report(metrics: dict[str, float], snapshot: dict | None) -> None:
         name = ckpts.checkpoint_dir_name(int(metrics["step"]))

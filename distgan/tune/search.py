@@ -49,6 +49,14 @@ def check_search(spec: JobSpec, source: str) -> None:
             f"{source}: eval.every: 0, so trials never measure tune.metric; set eval.every "
             f"(e.g. {max(1, spec.train.steps // 5)})"
         )
+    if spec.scale.elastic:
+        # Trials are sized to share the cluster, and Ray Train's elastic count takes whatever a
+        # node holds; trials on different counts would also not be compared like for like.
+        raise JobError(
+            f"{source}: scale.workers: {spec.scale.workers} is a range, and a search's trials "
+            "each hold a fixed share of the cluster; set a count, e.g. --set "
+            f"scale.workers={spec.scale.min_workers}"
+        )
     domains = parse_space(spec, source)
     grid = [k for k, d in domains.items() if d.kind == "grid"]
     if t.objectives and grid:

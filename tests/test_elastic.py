@@ -1,0 +1,166 @@
+"""Elastic workers without Ray: ``scale.workers: [MIN, MAX]`` parsed, the rules that must hold for
+every count Ray Train may pick, and the plan that sizes the workers beside Ray Data's CPU.
+(Training on a real Ray head, and resuming on another count: test_elastic_ray.py.)"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from distgan.config import JobSpec, ScaleSpec, TrainSpec, load_job
+from distgan.data import EMBEDDED_DIR, read_manifest
+from distgan.errors import ClusterError, JobError
+from distgan.storage import open_location
+from distgan.train.cluster import wanted_bundles
+from distgan.train.follow import fit_with_progress
+from distgan.train.launch import plan
+from distgan.train.outputs import METRICS
+from distgan.tune.search import check_search
+
+MANIFEST = read_manifest(EMBEDDED_DIR)
+
+
+def job(tmp_path: Path, text: str, overrides: tuple[str, ...] = ()) -> JobSpec:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return load_job(path, list(overrides))
+
+
+def job_error(tmp_path: Path, text: str, overrides: tuple[str, ...] = ()) -> str:
+    with pytest.raises(JobError) as info:
+        job(tmp_path, text, overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_workers_take_a_count_or_a_range(tmp_path):
+    s = job(tmp_path, "train: {batch_size: 12}\nscale: {workers: [1, 4]}\n").scale
+    assert (s.workers, s.min_workers, s.max_workers, s.elastic) == ([1, 4], 1, 4, True)
+    s = job(tmp_path, "train: {batch_size: 12}\n", ("scale.workers=[2, 3]",)).scale
+    assert (s.min_workers, s.max_workers, s.elastic) == (2, 3, True)
+    s = job(tmp_path, "scale: {workers: [2, 2]}\n").scale  # one count is no range
+    assert (s.workers, s.elastic) == (2, False)
+    s = job(tmp_path, "scale: {workers: 4}\n").scale
+    assert (s.min_workers, s.max_workers, s.elastic) == (4, 4, False)
+
+
+@pytest.mark.parametrize("value", ["[0, 2]", "[3, 1]", "[1, 2, 3]", "[1.5, 2]", "[]", "many"])
+def test_a_bad_range_is_one_line_naming_scale_workers(tmp_path, value):
+    message = job_error(tmp_path, f"scale: {{workers: {value}}}\n")
+    assert message.startswith(f"{tmp_path / 'job.yaml'}: scale.workers: expected an integer of ")
+    assert "[MIN, MAX] with 1 <= MIN <= MAX" in message
+
+
+def test_the_global_batch_must_split_for_every_count_in_the_range(tmp_path):
+    # 64 splits across 1, 2 and 4 workers but not 3: Ray Train may pick 3.
+    message = job_error(tmp_path, "train: {batch_size: 64}\nscale: {workers: [1, 4]}\n")
+    assert "train.batch_size: 64 does not split evenly across 3 workers" in message
+    assert "use a multiple of 12 (e.g. 72) or narrow scale.workers" in message
+    job(tmp_path, "train: {batch_size: 64}\nscale: {workers: [1, 2]}\n")
+    message = job_error(tmp_path, "train: {batch_size: 12}\n", ("scale.workers=[4, 5]",))
+    assert "12 does not split evenly across 5 workers" in message and "multiple of 20" in message
+
+
+def test_pack_and_eval_samples_are_checked_for_every_count(tmp_path):
+    # 24 images over 3 workers is 8 a worker: packs of 3 do not divide it.
+    message = job_error(
+        tmp_path, "train: {batch_size: 24}\nmodel: {pack: 3}\nscale: {workers: [2, 4]}\n"
+    )
+    assert "model.pack: 3 does not divide the per-worker batch of 8 with 3 workers" in message
+    message = job_error(
+        tmp_path, "train: {batch_size: 12}\neval: {every: 10}\nscale: {workers: [1, 4]}\n"
+    )
+    assert "eval.n_samples: 5000 does not split evenly across 3 workers" in message
+    # Without in-training evaluations nothing is generated across the workers.
+    job(tmp_path, "train: {batch_size: 12}\nscale: {workers: [1, 4]}\n")
+
+
+def elastic(workers: list[int], cpus: float = 0.0, gpu: bool = False) -> JobSpec:
+    return JobSpec(
+        train=TrainSpec(batch_size=12),
+        scale=ScaleSpec(workers=workers, cpus_per_worker=cpus, use_gpu=gpu),
+    )
+
+
+def test_ray_gets_as_many_workers_as_fit_beside_ray_datas_cpu():
+    # Ray Train's elastic policy counts a node's whole CPUs: given MAX 4 at 0.5 CPU on 2 CPUs it
+    # would take all of them, and Ray Data's read tasks would never start.
+    p = plan(elastic([1, 4], cpus=0.5), MANIFEST, cluster_cpus=2, cluster_gpus=0)
+    assert (p.elastic_min, p.workers, p.num_workers, p.counts) == (1, 2, (1, 2), "1-2")
+    assert 2 - p.workers * p.cpus_per_worker >= 1.0
+    # cpus_per_worker 0: a share that fits MAX beside that CPU.
+    p = plan(elastic([1, 4]), MANIFEST, cluster_cpus=2, cluster_gpus=0)
+    assert (p.cpus_per_worker, p.num_workers) == (0.25, (1, 4))
+    p = plan(elastic([2, 8]), MANIFEST, cluster_cpus=5, cluster_gpus=0)
+    assert (p.cpus_per_worker, p.num_workers) == (0.5, (2, 8))
+    p = plan(elastic([1, 4], gpu=True), MANIFEST, cluster_cpus=16, cluster_gpus=3)
+    assert p.num_workers == (1, 3)
+    fixed = plan(JobSpec(scale=ScaleSpec(workers=2)), MANIFEST, 2, 0)
+    assert (fixed.num_workers, fixed.counts) == (2, "2")
+
+
+def test_an_elastic_job_needs_room_for_its_minimum():
+    with pytest.raises(ClusterError, match="scale.cpus_per_worker: 3 workers × 0.5 CPUs"):
+        plan(elastic([3, 4], cpus=0.5), MANIFEST, cluster_cpus=2, cluster_gpus=0)
+    with pytest.raises(ClusterError, match="2 workers with one GPU each need 2 GPUs"):
+        plan(elastic([2, 4], gpu=True), MANIFEST, cluster_cpus=16, cluster_gpus=1)
+    # An autoscaler is asked for the minimum, and Ray Data's CPU.
+    assert wanted_bundles(elastic([2, 6], cpus=1)) == [{"CPU": 1.0}] * 3
+
+
+def test_a_search_refuses_a_range_in_one_line(tmp_path):
+    spec = job(
+        tmp_path,
+        "train: {batch_size: 12}\neval: {every: 10, n_samples: 1200}\n"
+        "scale: {workers: [1, 4]}\ntune: {space: {optim.lr_g: 'loguniform(1e-5, 1e-3)'}}\n",
+    )
+    with pytest.raises(JobError, match=r"scale.workers: \[1, 4\] is a range.*scale.workers=1$"):
+        check_search(spec, "job.yaml")
+
+
+class ResizedRun:
+    """Stands in for Ray Train's TorchTrainer: its fit() writes the metrics records of an elastic
+    run that Ray resized from 2 to 3 workers after step 30 (restarted from step 20's checkpoint),
+    as rank 0 writes them (train/loop.py)."""
+
+    def __init__(self, run: Path):
+        self.run = run
+
+    def fit(self):
+        time.sleep(0.5)  # Ray starts its workers well after the driver has read the run's lines
+        records = [
+            {"step": 10, "workers": 2},
+            {"step": 20, "workers": 2},
+            {"step": 30, "workers": 2},
+            {"step": 30, "workers": 3, "resumed_from": 20, "started_at": 1.0},
+            {"step": 40, "workers": 3},
+        ]
+        (self.run / METRICS).write_text("".join(json.dumps(m) + "\n" for m in records))
+        return SimpleNamespace(return_value=records[-1])
+
+
+def test_the_driver_says_the_count_ray_picked_and_when_it_changes(tmp_path):
+    out = io.StringIO()
+    t = TrainSpec(steps=40)
+    fit_with_progress(
+        ResizedRun(tmp_path), open_location(str(tmp_path), "run.storage"), t, out, workers=None
+    )
+    lines = [line for line in out.getvalue().splitlines() if not line.startswith("step")]
+    assert lines == [
+        "distgan: training on 2 workers",
+        "distgan: the worker group restarted with 3 workers (was 2) after step 30; the workers "
+        f"go on from the checkpoint at step 20 in {tmp_path}",
+    ]
+    # A fixed count is in the run's first line already: nothing more is said unless it changes.
+    out = io.StringIO()
+    (tmp_path / METRICS).unlink()
+    fit_with_progress(
+        ResizedRun(tmp_path), open_location(str(tmp_path), "run.storage"), t, out, workers=2
+    )
+    assert "training on" not in out.getvalue()
