@@ -13,7 +13,7 @@ from distgan.cli import main
 from distgan.train import checkpoint as ckpts
 from distgan.train.outputs import STATUS, read_metrics
 
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray-a")]  # conftest.py
+pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray-b")]  # conftest.py
 
 BATCH = 12  # splits evenly across 1, 2, 3 and 4 workers, as a [1, 4] range needs
 

@@ -59,9 +59,12 @@ def test_every_data_folder_the_docs_name_is_one_make_or_the_benchmarks_split_imp
     named = {m for doc in docs for m in re.findall(r"\bdata/fashion-mnist[\w-]*", doc.read_text())}
     imported = set(re.findall(r"--out (data/[\w-]+)", make_recipe("fashion-mnist")))
     assert imported == {"data/fashion-mnist", "data/fashion-mnist-test"}
+    # make judge-b imports the half of the training images the second judge is fitted on
+    judge_b = set(re.findall(r"--out (data/[\w-]+)", make_recipe("judge-b")))
+    assert judge_b == {"data/fashion-mnist-30k"}
     # benchmarks/splits.py holds out a validation split of the training images (BENCHMARKS.md)
     splits = (REPO / "benchmarks" / "splits.py").read_text()
     made = {"data/fashion-mnist-train50k", "data/fashion-mnist-val10k"}
     assert all(f'"{name.split("/")[1]}"' in splits for name in made)
     long_tails = {m for m in named if re.fullmatch(r"data/fashion-mnist-train50k-lt\d*", m)}
-    assert named and named <= imported | made | long_tails, named - imported - made
+    assert named and named <= imported | judge_b | made | long_tails, named - imported - made

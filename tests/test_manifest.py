@@ -162,7 +162,7 @@ def test_the_reader_refuses_a_shard_with_a_flipped_byte(tmp_path):
 
 
 @pytest.mark.ray
-@pytest.mark.xdist_group("ray-a")
+@pytest.mark.xdist_group("ray-b")
 @pytest.mark.parametrize("cache", ["memory", "stream"])
 def test_train_refuses_a_shard_whose_bytes_changed_in_one_line(
     ray_cluster, tmp_path, capsys, cache
