@@ -165,14 +165,9 @@ def _last_part(run_dir) -> str:
 def run(args: argparse.Namespace) -> int:
     from distgan.train import checkpoint as ckpts
     from distgan.train.follow import wait_seconds
-    from distgan.train.launch import (
-        check_job,
-        end_local_ray_now,
-        launch,
-        preflight,
-        ray_session,
-    )  # fmt: skip
+    from distgan.train.launch import check_job, launch, preflight
     from distgan.train.outputs import new_run_dir, sample_grids, storage_home, write_resolved
+    from distgan.train.session import end_local_ray_now, ray_session
 
     if args.resume:
         spec, run_dir, resume_from = _resume_spec(args)

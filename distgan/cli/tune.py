@@ -71,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
     from distgan.cli.train import try_write_report
     from distgan.report import REPORT
     from distgan.train.follow import wait_seconds
-    from distgan.train.launch import check_storage, ray_session
+    from distgan.train.launch import check_storage
     from distgan.train.outputs import new_run_dir, storage_home, write_resolved, write_status
+    from distgan.train.session import ray_session
     from distgan.tune.front import FRONT, write_front
     from distgan.tune.results import RESULTS, format_table, trial_rows, write_results
     from distgan.tune.search import check_search, run_search, searched_job
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
         # In place of Tune's own pointers (its experiment folder, a TensorBoard of Ray's temp
-        # dir: RAY_ENV in train/launch.py keeps those off the screen), the search's own.
+        # dir: RAY_ENV in train/session.py keeps those off the screen), the search's own.
         print(
             f"TensorBoard: tensorboard --logdir {search.child(TRIALS)}  (each trial's tb/)",
             flush=True,

@@ -22,7 +22,7 @@ import math
 from distgan.config import JobSpec, dump_yaml
 from distgan.objectives import cost_mode, pareto_front, split_objectives
 from distgan.storage import Location
-from distgan.tune.results import TrialRow, best_job, write_table
+from distgan.tune.results import TrialRow, best_job, train_target, write_table
 from distgan.tune.search import search_mode
 
 PARETO = "pareto.csv"
@@ -66,9 +66,8 @@ def write_front(rows: list[TrialRow], spec: JobSpec, search: Location) -> list[s
         job = dataclasses.replace(
             job, run=dataclasses.replace(job.run, name=f"{spec.run.name}-{row.trial_id}")
         )
-        # `distgan train` reads a job file on this machine's disk.
         here = search.child(name)
-        train_it = here if search.is_local else f"{row.trial_id}.yaml (copied from {here})"
+        train_it = train_target(search, name)
         header = (
             f"# Trial {row.trial_id}, on the front of the search {search} ({len(front)} trials):\n"
             f"# {metric} {value:.6g} at step {row.best_step}, {cost} {price:.6g}, with "

@@ -107,6 +107,15 @@ def best_job(spec: JobSpec, row: TrialRow) -> JobSpec:
     return dataclasses.replace(best, tune=TuneSpec(), run=run)
 
 
+def train_target(search: Location, name: str) -> str:
+    """What a job file ``name`` of the search is trained as: its path, or, for a search in
+    object storage, the local copy to make (`distgan train` reads a job file on this disk)."""
+    job_file = search.child(name)
+    if search.is_local:
+        return str(job_file)
+    return f"{posixpath.basename(name)} (copied from {job_file})"
+
+
 def write_table(rows: list[TrialRow], spec: JobSpec, search: Location) -> None:
     """results.csv: a row per trial, its values, its best figure and what its models cost
     (``reason``: why a trial was skipped)."""
@@ -136,8 +145,7 @@ def write_results(rows: list[TrialRow], spec: JobSpec, search: Location) -> str 
     # A PBT trial's values change at its exploits: best.yaml takes those of its best step.
     winner = dataclasses.replace(rows[0], values=_values_at_best(trial_dir, spec, rows[0]))
     best_job_file = search.child(BEST_JOB)
-    # `distgan train` reads a job file on this machine's disk.
-    train_it = best_job_file if search.is_local else f"{BEST_JOB} (copied from {best_job_file})"
+    train_it = train_target(search, BEST_JOB)
     header = (
         f"# The best trial ({winner.trial_id}) of the search {search}:\n"
         f"# {metric} {winner.best:.6g} at step {winner.best_step}, with "
