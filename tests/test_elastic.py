@@ -164,3 +164,33 @@ def test_the_driver_says_the_count_ray_picked_and_when_it_changes(tmp_path):
         ResizedRun(tmp_path), open_location(str(tmp_path), "run.storage"), t, out, workers=2
     )
     assert "training on" not in out.getvalue()
+
+
+def test_the_watch_says_once_a_wait_that_it_waits_and_ends_it_after_wait_minutes(monkeypatch):
+    from distgan.train import failures
+
+    alive = iter([False, False, False, True, False, False, None])
+    monkeypatch.setattr(failures, "worker_group_alive", lambda: next(alive))
+    now = [0.0]
+    spec = JobSpec(
+        train=TrainSpec(batch_size=12), scale=ScaleSpec(workers=[2, 4], wait_minutes=0.5)
+    )
+    out = io.StringIO()
+    watch = failures.CapacityWatch(spec, 0.5, out, clock=lambda: now[0])
+    for t in (10, 16, 25, 28, 40):  # a group alive at 28 s: a new wait counts from there
+        now[0] = t
+        watch.check()
+    line = (
+        "distgan: no worker group is running: Ray Train waits for room for at least 2 workers "
+        "(1 CPUs); the run ends if the cluster has none within 30 s (scale.wait_minutes: 0.5)"
+    )
+    assert out.getvalue().splitlines() == [line]
+    now[0] = 59
+    with pytest.raises(failures.NoWorkerGroup) as info:
+        watch.check()
+    assert out.getvalue().splitlines() == [line, line]
+    lost = failures.classify(info.value)
+    assert (lost.reason, lost.not_placed) == (failures.NOT_PLACED, True)
+    # Where Ray's State API cannot answer, the run waits as Ray has it.
+    now[0] = 100
+    watch.check()

@@ -1,9 +1,11 @@
 """Elastic workers on a real Ray head (2 CPUs): ``scale.workers: [1, 4]`` trains on as many as fit
-beside Ray Data's CPU, and a resume on one worker goes on with the same run."""
+beside Ray Data's CPU, and a resume on one worker goes on with the same run; a range whose MIN
+finds no room says it waits, then ends in one line after ``scale.wait_minutes``."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import yaml
 from distgan.cli import main
 from distgan.train import checkpoint as ckpts
 from distgan.train.outputs import STATUS, read_metrics
+from distgan.train.session import ray_session
 
 pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray-b")]  # conftest.py
 
@@ -60,3 +63,65 @@ def test_a_range_trains_on_what_fits_and_resumes_on_another_count(ray_cluster, t
     assert (status["status"], status["step"]) == ("done", 40)
     assert ckpts.step_of(ckpts.latest(str(run))) == 40
     assert Path(run, "checkpoints").is_dir()
+
+
+def test_a_range_whose_minimum_finds_no_room_ends_in_one_line(ray_cluster, tmp_path, capsys):
+    import ray
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+        ResourceRequestPriority,
+        get_or_create_autoscaling_coordinator,
+    )
+
+    # Ray Train's elastic policy counts only the room its autoscaling coordinator reserves for
+    # it: with another run holding both of the head's CPUs there (as a second elastic job on the
+    # cluster would), it has room for 0 workers, as after a node lost, and waits for MIN in
+    # silence with no timeout of its own.
+    with ray_session():
+        coordinator = get_or_create_autoscaling_coordinator()
+        ray.get(
+            coordinator.request_resources.remote(
+                "another-run",
+                [{"CPU": 2.0}],
+                expire_after_s=120,
+                priority=ResourceRequestPriority.HIGH,
+            )
+        )
+    job = tmp_path / "no-room.yaml"
+    job.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"source": "embedded"},
+                "model": {"arch": "dcgan", "width": 8, "z_dim": 16},
+                "train": {"steps": 20, "batch_size": BATCH},
+                "scale": {"workers": [2, 3], "cpus_per_worker": 0.25, "wait_minutes": 0.1},
+                "run": {"name": "no-room", "root": str(tmp_path / "runs")},
+            }
+        )
+    )
+    t0 = time.monotonic()
+    try:
+        code = main(["train", str(job)])
+    finally:
+        with ray_session():
+            ray.get(get_or_create_autoscaling_coordinator().cancel_request.remote("another-run"))
+    took = time.monotonic() - t0
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    assert (
+        "distgan: no worker group is running: Ray Train waits for room for at least 2 workers "
+        "(0.5 CPUs); the run ends if the cluster has none within 20 s (scale.wait_minutes: 0.1)"
+    ) in out, out
+    assert "Traceback" not in out + err
+    (run,) = (tmp_path / "runs").iterdir()
+    assert err == (
+        "error: the cluster has no room for the run's workers, and no capacity for its 2 workers "
+        "came back within scale.wait_minutes (0.1 min); it reached step 0, before its first "
+        f"checkpoint (run {run})\n"
+    ), err
+    status = json.loads((run / STATUS).read_text())
+    assert (status["status"], status["error"], status["step"]) == (
+        "failed",
+        "workers not placed",
+        0,
+    )
+    assert took < 60, took  # the 20 s floor of scale.wait_minutes and start-up, not forever

@@ -12,6 +12,15 @@ worker dies, up to ``scale.max_failures`` times. Each restart waits for its plac
 most ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`` (set here from ``scale.wait_minutes``), and with
 ``controller_failure_limit=0`` a group that cannot be placed in that time ends the run, where
 Ray's default (-1) would retry forever in silence (DESIGN.md, Ray 2.60 facts).
+
+An elastic job (``scale.workers: [MIN, MAX]``) needs a watch in the driver besides: while Ray
+Train's autoscaling coordinator reserves it room for fewer than MIN workers (a node lost, another
+run holding the cluster), its elastic policy tries no group at all, so that timeout never runs,
+and it waits forever without a word. ``CapacityWatch`` says once that it waits, and ends the run
+after the same time without a worker group::
+
+    watch = CapacityWatch(spec, plan.cpus_per_worker, out)
+    watch.check()                                 # in the driver's poll loop; raises NoWorkerGroup
 """
 
 from __future__ import annotations
@@ -43,11 +52,77 @@ def failure_config_for(spec: JobSpec):
     failures, with the same limit."""
     import ray.train
 
-    os.environ[START_TIMEOUT_ENV] = f"{max(60 * spec.scale.wait_minutes, MIN_START_S):g}"
+    os.environ[START_TIMEOUT_ENV] = f"{start_timeout_s(spec):g}"
     n = spec.scale.max_failures
     return ray.train.FailureConfig(
         max_failures=n, max_preemption_failures=n, controller_failure_limit=0
     )
+
+
+def start_timeout_s(spec: JobSpec) -> float:
+    """How long a run may be without a worker group before it ends: ``scale.wait_minutes``."""
+    return max(60 * spec.scale.wait_minutes, MIN_START_S)
+
+
+class NoWorkerGroup(Exception):
+    """An elastic run has had no worker group for ``scale.wait_minutes`` (``CapacityWatch``)."""
+
+
+class CapacityWatch:
+    """Ends an elastic run that has had no live worker group for ``start_timeout_s``, having
+    said once, after ``TELL_AFTER_S``, that it waits and for what. ``check()`` asks Ray's State
+    API at most every ``CHECK_S`` seconds; when that cannot answer (a cluster without its
+    dashboard), the run waits as Ray has it. Ray Train's controller, an actor this driver owns,
+    ends with the driver's Ray connection (no API hands the driver its handle to abort it)."""
+
+    CHECK_S = 2.0
+    TELL_AFTER_S = 15.0  # a group normally starts within seconds, a restarted one too
+
+    def __init__(self, spec: JobSpec, cpus_per_worker: float, out, clock=time.monotonic):
+        self.spec, self.cpus, self.out, self.clock = spec, cpus_per_worker, out, clock
+        self.limit = start_timeout_s(spec)
+        self.since = clock()  # when a worker group was last seen alive (or the run began)
+        self.next_check, self.told = 0.0, False
+
+    def check(self) -> None:
+        now = self.clock()
+        if now < self.next_check:
+            return
+        self.next_check = now + self.CHECK_S
+        if worker_group_alive() is not False:
+            self.since, self.told = now, False
+            return
+        if not self.told and now - self.since >= self.TELL_AFTER_S:
+            need = self.spec.scale.min_workers
+            print(
+                f"distgan: no worker group is running: Ray Train waits for room for at least "
+                f"{need} workers ({need * self.cpus:g} CPUs); the run ends if the cluster has "
+                f"none within {_minutes(self.limit)} (scale.wait_minutes: "
+                f"{self.spec.scale.wait_minutes:g})",
+                file=self.out,
+                flush=True,
+            )
+            self.told = True
+        if now - self.since >= self.limit:
+            raise NoWorkerGroup(f"no worker group for {now - self.since:.0f} s")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:g} min"
+
+
+def worker_group_alive() -> bool | None:
+    """Whether a Ray Train worker of this driver's job is alive; None when Ray cannot say."""
+    try:
+        import ray
+        from ray.util.state import list_actors
+
+        job = ray.get_runtime_context().get_job_id()
+        filters = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE"),
+                   ("job_id", "=", job)]  # fmt: skip
+        return bool(list_actors(filters=filters, limit=1, raise_on_missing_output=False))
+    except Exception:  # noqa: BLE001 - without the State API the watch does nothing
+        return None
 
 
 @dataclass(frozen=True)
@@ -99,7 +174,7 @@ def classify(error: BaseException) -> Lost | None:
     from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
     errors = list(_chain(error))
-    not_placed = any(isinstance(e, WorkerGroupStartupTimeoutError) for e in errors)
+    not_placed = any(isinstance(e, (WorkerGroupStartupTimeoutError, NoWorkerGroup)) for e in errors)
     died = any(isinstance(e, (RayActorError, NodeDiedError)) for e in errors)
     if not (not_placed or died):
         return None

@@ -147,12 +147,15 @@ class Interrupts:
             signal.signal(s, handler)
 
 
-def fit_with_progress(trainer, run: Location, t, out, on_record=None, workers=None) -> dict:
+def fit_with_progress(
+    trainer, run: Location, t, out, on_record=None, workers=None, watch=None
+) -> dict:
     """Runs ``trainer.fit()`` in a thread; prints rank 0's new metrics lines as they land in the
     run's storage (the driver may be on another machine than rank 0: it reads no local file).
     ``t``: the job's train section (steps, max_minutes). ``workers``: the count the run was
     started with; None (an elastic job, whose count Ray Train picks): say the first one seen,
-    and say it again whenever it changes.
+    and say it again whenever it changes. ``watch``: an elastic run's ``CapacityWatch``, which
+    ends it (``NoWorkerGroup``) when no worker group runs for ``scale.wait_minutes``.
 
     A first SIGINT or SIGTERM asks the workers to stop: they agree on a step within about a
     second (``stopping.StopCheck``), write a final checkpoint there and end; then ``Stopped`` is
@@ -236,6 +239,8 @@ def fit_with_progress(trainer, run: Location, t, out, on_record=None, workers=No
             polls += 1
             if polls % (4 if run.is_local else 8) == 0:  # every second; object storage: 2 s
                 show_new_lines()
+                if watch is not None:
+                    watch.check()
         show_new_lines()  # the lines written since the last poll
     if "error" in outcome:
         raise user_error_in(outcome["error"]) or outcome["error"]

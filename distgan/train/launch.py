@@ -233,6 +233,7 @@ def launch(
 
     from distgan.data.reader import verified_shard_rows
     from distgan.train.failures import (
+        CapacityWatch,
         classify,
         disk_full,
         disk_full_message,
@@ -318,7 +319,9 @@ def launch(
     write_status(run, "running", step)
     try:
         fixed = None if p.elastic_min else p.workers
-        metrics = fit_with_progress(trainer, run, spec.train, out, on_record, fixed)
+        # Below MIN, Ray Train's elastic policy waits with no timeout of its own (failures.py).
+        watch = CapacityWatch(spec, p.cpus_per_worker, out) if p.elastic_min else None
+        metrics = fit_with_progress(trainer, run, spec.train, out, on_record, fixed, watch)
     except Stopped as e:  # Ctrl-C, SIGTERM, distgan stop: what was saved, and by what
         write_status(run, "stopped", last_step(run, step), signal=str(e), at_once=e.at_once,
                      checkpoint_step=checkpoint_step(run))  # fmt: skip
