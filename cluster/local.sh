@@ -50,11 +50,12 @@ token_env() {
 }
 
 # Starts one node with `ray start --block` in its own session, so that `down` can end the node
-# and everything it spawned by process group.
+# and everything it spawned by process group. `python -m distgan.loopback` is `ray` for a node
+# that listens on 127.0.0.1 only: plain `ray start` binds every interface (distgan/loopback.py).
 start_node() {
   local name=$1; shift
   mkdir -p "$DIR/$name"
-  setsid "$RAY" start --block --disable-usage-stats --node-ip-address=127.0.0.1 \
+  setsid python -m distgan.loopback start --block --disable-usage-stats --node-ip-address=127.0.0.1 \
     --temp-dir="$DIR/$name" --num-cpus="$CPUS" --num-gpus=0 "$@" \
     >"$DIR/$name.log" 2>&1 </dev/null &
   echo $! >"$DIR/$name.pid"
@@ -67,7 +68,7 @@ wait_nodes() {
       kill -0 "$(cat "$f")" 2>/dev/null || die "$(basename "$f" .pid) exited; see ${f%.pid}.log"
     done
     local have
-    have=$(RAY_ADDRESS="127.0.0.1:$BASE" python - <<'EOF' 2>/dev/null || echo 0
+    have=$(RAY_ADDRESS="127.0.0.1:$BASE" RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 python - <<'EOF' 2>/dev/null || echo 0
 import ray
 ray.init(logging_level="error", log_to_driver=False)
 print(sum(1 for n in ray.nodes() if n["Alive"]))

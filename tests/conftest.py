@@ -37,6 +37,7 @@ worker with its own Ray head), and the other tests fill in around them.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -49,14 +50,24 @@ import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # distgan.loopback.LOCAL_ONLY
 CHROMEDRIVER = Path("/usr/bin/chromedriver")  # Debian's chromium-driver (.ci/run installs it)
+
+
+# ``ray`` for a node that listens on 127.0.0.1 only (Ray 2.60 binds a node started by plain
+# ``ray start --node-ip-address=127.0.0.1`` to every interface: distgan/loopback.py).
+RAY_ON_LOOPBACK = [sys.executable, "-m", "distgan.loopback"]
+# This process (the ray_cluster fixture's check) and the drivers it starts reach those nodes at
+# 127.0.0.1, where Ray would look for them at the machine's own address.
+os.environ[LOOPBACK_SWITCH] = "0"
 
 
 def ray_port_base() -> int:
     """The first port of this pytest process's Ray instances: DISTGAN_TEST_RAY_PORT (default
     46379), 1,000 higher for each xdist worker, so two workers never share a port. From there:
-    +0..+400 ``ray_cluster``, +500..+789 test_cluster.py's cluster, +800..+949 ``split_cluster``,
-    +990 ``s3_server``; +999 stays closed (a test expects nothing there)."""
+    +0..+400 ``ray_cluster``, +401..+498 and +950..+989 test_autoscaler_ray.py's cluster,
+    +500..+789 test_cluster.py's cluster, +800..+949 ``split_cluster``, +990 ``s3_server``; +999
+    stays closed (a test expects nothing there)."""
     base = int(os.environ.get("DISTGAN_TEST_RAY_PORT", "46379"))
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # gw0, gw1, ...
     return base + 1000 * int(worker.removeprefix("gw") or 0)
@@ -83,10 +94,9 @@ def ray_head_command(
     """``ray start --head --block`` on 127.0.0.1: the GCS at ``base_port``, the dashboard (and
     Jobs API) at +1, the Ray Client server at +2, the node's own ports from +3; its workers take
     ``worker_ports`` (default +100 to +400)."""
-    ray = str(Path(sys.executable).with_name("ray"))
     workers = worker_ports or range(base_port + 100, base_port + 401)
     return [
-        ray, "start", "--head", "--block", "--disable-usage-stats",
+        *RAY_ON_LOOPBACK, "start", "--head", "--block", "--disable-usage-stats",
         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
         f"--port={base_port}",
         f"--dashboard-port={base_port + 1}",
@@ -95,6 +105,22 @@ def ray_head_command(
         f"--num-cpus={num_cpus}", "--num-gpus=0",
         f"--temp-dir={temp_dir}",
     ]  # fmt: skip
+
+
+def listening(procs: list[psutil.Process]) -> list[tuple[str, str]]:
+    """(address, process name) of every listening TCP socket of ``procs``."""
+    pids = {p.pid: p.name() for p in procs if p.is_running()}
+    return [
+        (c.laddr.ip, pids[c.pid])
+        for c in psutil.net_connections("tcp")
+        if c.status == psutil.CONN_LISTEN and c.pid in pids
+    ]
+
+
+def is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 def stop_tree(*pids: int, timeout: float = 15.0) -> None:

@@ -35,7 +35,14 @@ from pathlib import Path
 
 import psutil
 import requests
-from conftest import REPO, ray_head_command, ray_node_ports, stop_tree
+from conftest import (
+    RAY_ON_LOOPBACK,
+    REPO,
+    is_loopback,
+    ray_head_command,
+    ray_node_ports,
+    stop_tree,
+)
 
 WORKER_CPUS = 2
 
@@ -96,6 +103,27 @@ class SplitCluster:
         nodes = reply.json()["data"]["result"]["result"]
         return [n for n in nodes if n["state"] == "ALIVE"]
 
+    def off_loopback(self) -> list[str]:
+        """``ADDRESS (process)`` for each listening socket, and the far end of each connection,
+        of this cluster's processes that is not on loopback: none, on a cluster that keeps to
+        127.0.0.1 (the Train workers' gloo rings and the S3 client included)."""
+        procs = {p.pid: p for p in self.our_processes()}
+        for popen in self.processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                root = psutil.Process(popen.pid)
+                procs.update((p.pid, p) for p in [root, *root.children(recursive=True)])
+        names = {}
+        for pid, p in procs.items():
+            with contextlib.suppress(psutil.Error):
+                names[pid] = p.name()
+        found = []
+        for c in psutil.net_connections("tcp"):
+            if c.pid in names:
+                ip = c.laddr.ip if c.status == psutil.CONN_LISTEN else (c.raddr or c.laddr).ip
+                if not is_loopback(ip):
+                    found.append(f"{ip} ({names[c.pid]}, {c.status})")
+        return found
+
     def our_processes(self) -> list[psutil.Process]:
         """Every process whose command line names this cluster's temp dirs (Ray moves some of
         its helpers out of the ``ray start`` process tree)."""
@@ -133,18 +161,22 @@ def _hidden_paths(root: Path, pytest_temp: Path) -> list[Path]:
     return [root, pytest_temp, *local] if lives_in_tmp else [tmp, *local]
 
 
-def _worker_node_command(cluster: SplitCluster) -> list[str]:
+def _worker_node_command(
+    cluster: SplitCluster, temp_dir: Path | None = None, ports: tuple[int, range] | None = None
+) -> list[str]:
     """``ray start`` for the worker node, inside its own mount namespace with private tmpfs over
     ``cluster.hidden``. The token file is copied into the worker node's own /tmp, under the same
-    path, so ``RAY_AUTH_TOKEN_PATH`` is right on both sides and the token is on no command line."""
-    base = cluster.base
-    ray = str(Path(sys.executable).with_name("ray"))
+    path, so ``RAY_AUTH_TOKEN_PATH`` is right on both sides and the token is on no command line.
+    ``temp_dir`` and ``ports`` (the node's first port, its workers' range) default to the worker
+    node's; tests/autoscaling.py starts further nodes with their own."""
+    temp_dir = temp_dir or cluster.worker_temp_dir
+    port, worker_ports = ports or (cluster.base + 10, range(cluster.base + 70, cluster.base + 150))
     start = [
-        ray, "start", "--block", "--disable-usage-stats",
+        *RAY_ON_LOOPBACK, "start", "--block", "--disable-usage-stats",
         f"--address={cluster.gcs_address}", "--node-ip-address=127.0.0.1",
-        *ray_node_ports(base + 10, range(base + 70, base + 150)),
+        *ray_node_ports(port, worker_ports),
         f"--num-cpus={WORKER_CPUS}", "--num-gpus=0",
-        f"--temp-dir={cluster.worker_temp_dir}",
+        f"--temp-dir={temp_dir}",
     ]  # fmt: skip
     token = shlex.quote(str(cluster.token_path))
     mounts = "\n".join(
@@ -153,7 +185,7 @@ def _worker_node_command(cluster: SplitCluster) -> list[str]:
     script = f"""set -e
 token=$(cat {token})
 {mounts}
-mkdir -p {shlex.quote(str(cluster.worker_temp_dir))}
+mkdir -p {shlex.quote(str(temp_dir))}
 (umask 077 && printf %s "$token" > {token})
 exec {shlex.join(start)}
 """
@@ -199,17 +231,24 @@ def kill_worker_node(cluster: SplitCluster) -> int:
     does (no drain, no goodbye to the GCS); returns how many. The cluster then has the head
     alone until ``replace_worker_node``."""
     popen = cluster.processes[-1]
-    mark = f"{cluster.worker_temp_dir}/"
+    killed = kill_node(cluster, popen.pid, cluster.worker_temp_dir)
+    popen.wait(timeout=10)
+    return killed
+
+
+def kill_node(cluster: SplitCluster, pid: int, temp_dir: Path) -> int:
+    """SIGKILLs, all at once, the process tree of a node's ``ray start`` (``pid``) and every
+    process that names the node's Ray temp dir; returns how many."""
+    mark = f"{temp_dir}/"
     doomed: dict[int, psutil.Process] = {}
     with contextlib.suppress(psutil.NoSuchProcess):
-        root = psutil.Process(popen.pid)
+        root = psutil.Process(pid)
         doomed.update((p.pid, p) for p in [root, *root.children(recursive=True)])
     doomed.update((p.pid, p) for p in cluster.our_processes() if _names(p, mark))
     for p in doomed.values():
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
     psutil.wait_procs(list(doomed.values()), timeout=10)
-    popen.wait(timeout=10)
     return len(doomed)
 
 

@@ -1,9 +1,9 @@
 """Waiting for an autoscaler (train/cluster.py), without one: Ray's request_resources and the
 cluster's resources are stood in for, so the wait's decisions can be watched step by step.
 
-A real autoscaling cluster (cloud nodes, or Ray's fake multi-node provider, which starts nodes on
-random ports and on the machine's own address) is out of reach of these tests; ``has_autoscaler``
-is checked on a real head in ``test_a_plain_head_has_no_autoscaler``.
+Ray's real autoscaler, with a node provider of the project's own that starts nodes on 127.0.0.1
+(tests/autoscaling.py), runs a job end to end in test_autoscaler_ray.py; ``has_autoscaler`` is
+checked on a plain head in ``test_a_plain_head_has_no_autoscaler``.
 """
 
 from __future__ import annotations

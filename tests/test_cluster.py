@@ -8,6 +8,7 @@ by ``cluster/local.sh down`` at the end, and the teardown checks that nothing is
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -16,9 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
-from conftest import ray_port_base
+from conftest import is_loopback, listening, ray_port_base
 from readme_commands import commands
 
 from distgan import submit as submit_module
@@ -48,6 +50,15 @@ class Cluster:
             ["bash", str(LOCAL_SH), *args], env=self.env, capture_output=True, text=True,
             timeout=180,
         )  # fmt: skip
+
+    def processes(self) -> list[psutil.Process]:
+        """Every process of the nodes' ``ray start`` sessions (local.sh's pid files)."""
+        found = []
+        for pid_file in self.state_dir.glob("*.pid"):
+            with contextlib.suppress(psutil.NoSuchProcess, ValueError):
+                root = psutil.Process(int(pid_file.read_text()))
+                found += [root, *root.children(recursive=True)]
+        return found
 
     def our_processes(self) -> list[str]:
         found = subprocess.run(
@@ -146,6 +157,17 @@ def test_two_node_job_succeeds_and_leaves_checkpoints(with_token, tmp_path, caps
     ]
     assert len(workers) == 2
     assert len({a["node_id"] for a in workers}) == 2
+    # Both nodes, and the workers on them, are reached and listen at loopback only.
+    nodes = requests.get(
+        f"{cluster.dashboard}/api/v0/nodes",
+        headers={"Authorization": f"Bearer {cluster.token}"},
+        timeout=30,
+    ).json()["data"]["result"]["result"]
+    assert {n["node_ip"] for n in nodes if n["node_id"] in {a["node_id"] for a in workers}} == {
+        "127.0.0.1"
+    }
+    sockets = listening(cluster.processes())
+    assert sockets and all(is_loopback(ip) for ip, _ in sockets), sockets
 
     # distgan logs shows the progress, and the token appears nowhere the job left text.
     assert main(["logs", job_id]) == 0

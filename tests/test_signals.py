@@ -9,7 +9,6 @@ at once and says what is lost. No traceback, no Ray stack dump, and no process o
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import signal
@@ -22,7 +21,9 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from conftest import LOOPBACK_SWITCH, is_loopback, listening
 
+from distgan.cli import main
 from distgan.storage import open_location
 from distgan.train import checkpoint as ckpts
 from distgan.train.outputs import read_status
@@ -33,16 +34,17 @@ DISTGAN = Path(sys.executable).with_name("distgan")
 
 
 def start_local_run(
-    tmp_path: Path, env: dict | None = None, **train
+    tmp_path: Path, env: dict | None = None, workers: int = 2, **train
 ) -> tuple[subprocess.Popen, Path, Path]:
-    """``distgan train`` of a small 2-worker job on a Ray instance of its own: (process, runs
-    folder, log folder). Ray's temp dir is short and the test's own (socket paths are limited)."""
+    """``distgan train`` of a small job (2 workers unless told) on a Ray instance of its own:
+    (process, runs folder, log folder). Ray's temp dir is short and the test's own (socket paths
+    are limited)."""
     job = {
         "data": {"source": "embedded"},
         "model": {"arch": "dcgan", "width": 8, "z_dim": 16},
         "train": {"steps": 100_000, "batch_size": 32, "log_every": 20, "sample_every": 100_000,
                   "checkpoint_every": 100_000, "max_minutes": 5.0, **train},
-        "scale": {"workers": 2},
+        "scale": {"workers": workers},
         "run": {"storage": str(tmp_path / "runs")},
     }  # fmt: skip
     path = tmp_path / "job.yaml"
@@ -56,9 +58,10 @@ def start_local_run(
 
 
 def env_of(tmp_path: Path) -> dict:
-    """No RAY_ADDRESS (each run starts its own local Ray), and a short Ray temp dir of the test's
-    own (socket paths are limited)."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    """No RAY_ADDRESS (each run starts its own local Ray), nor the tests' loopback switch (which
+    a local run must set by itself), and a short Ray temp dir of the test's own (socket paths are
+    limited)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", LOOPBACK_SWITCH)}
     temp = tmp_path / "ray-temp"
     if not temp.exists():
         temp.symlink_to(tempfile.mkdtemp(prefix="dgsig-", dir="/tmp"))
@@ -79,22 +82,6 @@ def wait_for_progress(proc: subprocess.Popen, logs: Path, timeout: float = 180) 
 def tree(proc: subprocess.Popen) -> list[psutil.Process]:
     root = psutil.Process(proc.pid)
     return [root, *root.children(recursive=True)]
-
-
-def listening(procs: list[psutil.Process]) -> list[tuple[str, str]]:
-    """(address, process name) of every listening TCP socket of ``procs``."""
-    pids = {p.pid: p.name() for p in procs if p.is_running()}
-    return [
-        (c.laddr.ip, pids[c.pid])
-        for c in psutil.net_connections("tcp")
-        if c.status == psutil.CONN_LISTEN and c.pid in pids
-    ]
-
-
-def is_loopback(ip: str) -> bool:
-    address = ipaddress.ip_address(ip.split("%")[0])
-    mapped = getattr(address, "ipv4_mapped", None)
-    return (mapped or address).is_loopback
 
 
 def finish(proc: subprocess.Popen, procs: list[psutil.Process], timeout: float) -> int:
@@ -151,27 +138,31 @@ def test_ctrl_c_stops_a_local_run_that_listens_on_loopback_only(tmp_path):
     check_stopped(proc, procs, runs, logs, signal.SIGINT)
 
 
-def test_sigterm_stops_a_run_on_a_cluster_and_its_resume_says_why_it_ended(ray_cluster, tmp_path):
+def test_sigterm_stops_a_run_on_a_cluster_and_its_resume_says_why_it_ended(
+    ray_cluster, tmp_path, capfd
+):
     """SIGTERM (a scheduler, Ray's job stop) to a run on a Ray cluster (RAY_ADDRESS: ray.init
-    puts its own SIGTERM handler in place there too), then the printed resume command."""
+    puts its own SIGTERM handler in place there too), then the printed resume command, in this
+    process (its file descriptors captured: what Ray writes there too)."""
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
     proc, runs, logs = start_local_run(tmp_path, env=env)
     wait_for_progress(proc, logs)
     procs = tree(proc)
     proc.send_signal(signal.SIGTERM)
     run_dir, step = check_stopped(proc, procs, runs, logs, signal.SIGTERM)
-    more = subprocess.run(
-        [str(DISTGAN), "train", "--resume", str(run_dir), "--set", f"train.steps={step + 40}"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
-    assert more.returncode == 0, more.stderr[-3000:]
-    assert f"the run's last part was stopped (SIGTERM) at step {step}" in more.stderr
-    assert "worker died" not in more.stdout, more.stdout
+    capfd.readouterr()
+    code = main(["train", "--resume", str(run_dir), "--set", f"train.steps={step + 40}"])
+    more = capfd.readouterr()
+    assert code == 0, more.err[-3000:]
+    assert f"the run's last part was stopped (SIGTERM) at step {step}" in more.err
+    assert "worker died" not in more.out, more.out
     assert ckpts.load(ckpts.latest(run_dir))["step"] == step + 40
 
 
 def test_a_second_ctrl_c_stops_at_once_and_says_what_is_lost(tmp_path):
-    proc, runs, logs = start_local_run(tmp_path, checkpoint_every=20)
+    # One worker: the hard stop ends the local instance's processes whatever their number
+    # (the graceful stop of two workers at one step: the tests above).
+    proc, runs, logs = start_local_run(tmp_path, workers=1, checkpoint_every=20)
     wait_for_progress(proc, logs)
     procs = tree(proc)
     proc.send_signal(signal.SIGINT)

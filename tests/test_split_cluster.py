@@ -373,9 +373,10 @@ def _wait_for_checkpoint(s3, prefix: str, step: int, deadline: float) -> str:
 
 
 def test_a_lost_worker_node_is_survived_when_a_new_one_comes(split_cluster, in_bucket, client):
-    """Every process of the worker node SIGKILLed mid-run (a preemption), a fresh node (empty
-    disk) 15 s later: with the default scale.max_failures the job goes on by itself from the
-    last checkpoint in the bucket and succeeds, one metrics line per log step, no traceback."""
+    """Mid-run, nothing of the cluster is off loopback. Then every process of the worker node
+    SIGKILLed (a preemption), a fresh node (empty disk) 15 s later: with the default
+    scale.max_failures the job goes on by itself from the last checkpoint in the bucket and
+    succeeds, one metrics line per log step, no traceback."""
     from split import kill_worker_node, replace_worker_node
 
     from distgan.submit import connect
@@ -388,6 +389,8 @@ def test_a_lost_worker_node_is_survived_when_a_new_one_comes(split_cluster, in_b
     job_id = _submit_quietly(["jobs/quickstart.yaml"], overrides)
     run = _wait_for_checkpoint(s3, "lost/", 40, time.monotonic() + 180)
     killed_after = _metrics(s3, run)[-1]["step"]
+    # Mid-run, every process of the cluster listens on and talks to loopback only.
+    assert cluster.off_loopback() == []
     try:
         assert kill_worker_node(cluster) > 3
         time.sleep(15)

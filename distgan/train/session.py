@@ -16,6 +16,7 @@ import threading
 from contextlib import contextmanager
 
 from distgan.errors import ClusterError
+from distgan.loopback import loopback_only
 from distgan.train.follow import quiet_worker_deaths
 
 # Quiet Ray's internals so the user sees distgan's progress (see DESIGN.md, "Log noise").
@@ -51,7 +52,7 @@ def ray_session():
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
             logging.ERROR
         )
-        _loopback_only()
+        loopback_only()
     kwargs = dict(
         log_to_driver=False,
         logging_level=logging.WARNING,
@@ -76,22 +77,6 @@ def ray_session():
         yield
     finally:
         ray.shutdown()
-
-
-# Ray takes a local node's address from this switch, not from ray.init's _node_ip_address:
-# with it off (as on a laptop OS) every process of the local instance binds 127.0.0.1.
-LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-
-
-def _loopback_only() -> None:
-    """Makes the local Ray instance about to start listen on loopback only: its GCS, raylet,
-    workers, dashboard and agents (Ray 2.60 binds them to the machine's own address otherwise,
-    and its metrics on 0.0.0.0). The variable reaches the processes Ray starts; the constant
-    is this process's copy, read when ray was imported."""
-    from ray._private import ray_constants
-
-    os.environ[LOCAL_ONLY] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def end_local_ray_now() -> None:
