@@ -4,6 +4,7 @@ table: five trainers, each once a seed, scored at the same minutes of wall time 
     .venv/bin/python benchmarks/time_to_quality.py                 # every row, seeds 0 1 2
     .venv/bin/python benchmarks/time_to_quality.py --only plain-classic distgan --seeds 0
     .venv/bin/python benchmarks/time_to_quality.py --marks 0.75 1 --every 20 --n 500 --seeds 0
+    .venv/bin/python benchmarks/time_to_quality.py --rescore --features fashion-mnist-b  # judge 2
 
 | row             | trainer                                       | recipe                       |
 |-----------------|-----------------------------------------------|------------------------------|
@@ -49,6 +50,7 @@ import sys
 import time
 from pathlib import Path
 
+import cli_runs
 import splits
 import torch
 from cli_runs import ROOT, evaluate, protocol_line, run_in, score_images, spread, train
@@ -276,6 +278,9 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench-time_to_quality", help="scratch (emptied)")
     ap.add_argument("--rescore", action="store_true",
                     help="score the runs already in --out again, without training")  # fmt: skip
+    ap.add_argument("--features", default=cli_runs.FEATURES,
+                    help="the judge: fashion-mnist (shipped) or fashion-mnist-b (the second, "
+                         "trained apart)")  # fmt: skip
     ap.add_argument("--plain-worker", help=argparse.SUPPRESS)
     ap.add_argument("--recipe", help=argparse.SUPPRESS)
     ap.add_argument("--launched", type=float, help=argparse.SUPPRESS)
@@ -285,6 +290,7 @@ def main() -> None:
         plain_loop(Path(args.plain_worker), args.recipe, args.seeds[0], marks, args.launched)
         return
 
+    cli_runs.FEATURES = args.features  # what evaluate and score_images judge with
     _, test = splits.imported()
     out = (ROOT / args.out).resolve()
     if not args.rescore:

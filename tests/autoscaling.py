@@ -68,6 +68,7 @@ from split import (
 HEAD_TYPE, WORKER_TYPE = "ray.head.default", "worker"
 NODE_ID_ENV = "RAY_OVERRIDE_NODE_ID_FOR_TESTING"  # read by `ray start` (ray/_private/node.py)
 SLOT_PORTS = 44
+REPLACEMENT_BOOT_S = 15  # a lost node's replacement starts this long after it is asked for
 
 
 class LoopbackNodeProvider(NodeProvider):
@@ -93,6 +94,8 @@ class LoopbackNodeProvider(NodeProvider):
         }
         self._nodes: dict[str, tuple[subprocess.Popen, Path]] = {}  # the workers' ray start
         self._started = 0
+        # A cloud machine takes a while to boot: a replacement joins this long after it is asked.
+        self._boot_s = provider_config.get("replacement_boot_s", 0)
 
     def non_terminated_nodes(self, tag_filters: dict) -> list[str]:
         with self._lock:
@@ -131,6 +134,8 @@ class LoopbackNodeProvider(NodeProvider):
         self, node_config: dict, tags: dict, count: int, resources: dict, labels: dict
     ) -> None:
         for _ in range(count):
+            if self._started:
+                time.sleep(self._boot_s)  # in the autoscaler's launcher thread, not its loop
             with self._lock:
                 n, node_id = self._started, secrets.token_hex(28)  # a Ray node id: 28 bytes
                 self._started += 1
@@ -206,6 +211,7 @@ def _autoscaling_config(cluster: SplitCluster, head_node_id: str) -> dict:
             "hidden": [str(p) for p in cluster.hidden],
             "head_node_id": head_node_id,
             "node_ports": [[p, p + 6, p + SLOT_PORTS] for p in slots],
+            "replacement_boot_s": REPLACEMENT_BOOT_S,
         },
         "available_node_types": {
             HEAD_TYPE: {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},

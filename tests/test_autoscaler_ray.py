@@ -5,9 +5,10 @@ The cluster starts with a head that has no CPUs and no worker node; a job submit
 ``distgan submit`` finds it short of CPUs, asks the autoscaler for them
 (``request_resources``) and waits ``scale.wait_minutes``; the autoscaler starts a worker node in
 a mount namespace of its own and the job trains there, its run in the S3 server's bucket. Every
-process of that node is then SIGKILLed after the first checkpoint: the provider reports the node
-gone, the autoscaler starts another (new ports, empty disk), and Ray Train resumes the run there
-from the checkpoint to the end.
+process of that node is then SIGKILLed after the first checkpoint (a preemption): the provider
+reports the node gone, the autoscaler asks for another, which boots 15 s later (new ports, empty
+disk), and with the default scale.max_failures Ray Train resumes the run there by itself from the
+last checkpoint in the bucket to the end, one metrics line per log step, no traceback.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def _metrics(s3, prefix: str) -> tuple[str, list[dict]]:
 def test_the_autoscaler_adds_the_jobs_node_and_replaces_a_lost_one(
     autoscaling_cluster, s3_server, monkeypatch
 ):
-    from autoscaling import created_nodes, monitor_log, node_events
+    from autoscaling import REPLACEMENT_BOOT_S, created_nodes, monitor_log, node_events
     from split import kill_node
 
     from distgan.cli import main
@@ -103,6 +104,8 @@ def test_the_autoscaler_adds_the_jobs_node_and_replaces_a_lost_one(
     assert rows and rows[-1]["step"] > 40, connect().logs(job_id)[-3000:]
     (first,) = created_nodes(cluster)
     killed_after = rows[-1]["step"]
+    # Mid-run, every process of the cluster listens on and talks to loopback only.
+    assert cluster.off_loopback() == []
     assert kill_node(cluster, first["pid"], Path(first["temp_dir"])) > 3
 
     jobs = connect()
@@ -127,5 +130,9 @@ def test_the_autoscaler_adds_the_jobs_node_and_replaces_a_lost_one(
     steps = [r["step"] for r in rows]
     assert steps == sorted(set(steps)) and steps[-1] == 120
     resumed = [r["resumed_from"] for r in rows if r.get("resumed_from")]
+    assert {s for s in steps if s % 20 == 0} == set(range(20, 121, 20))  # every log step
     assert resumed and resumed[-1] % 40 == 0 and 40 <= resumed[-1] <= killed_after, resumed
     assert json.loads(s3.read(BUCKET, f"{run}/status.json"))["status"] == "done"
+    assert "a training worker died after step" in logs and "Traceback" not in logs, logs[-3000:]
+    # The replacement booted REPLACEMENT_BOOT_S after the loss: the job waited for it.
+    assert second["time"] - events[1]["time"] >= REPLACEMENT_BOOT_S

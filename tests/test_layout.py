@@ -26,7 +26,7 @@ LAYERS = [
     {"models", "losses", "augment", "ada", "images", "dist", "progress"},  # plain PyTorch; bars
     # the adversarial step, the EMA, the learning rates and ADA's augmentation strength
     {"step", "ema", "schedule", "ada_tuner", "path_length"},
-    {"storage", "data", "metrics"},  # files of a run, data, scoring
+    {"storage", "data", "metrics", "loopback"},  # files of a run, data, scoring; Ray on 127.0.0.1
     {"train", "generators"},  # training, and generators read back from its checkpoints
     # consumers of the above
     {"tune", "submit", "upload", "report", "export", "explore", "rate", "cli"},

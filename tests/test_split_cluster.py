@@ -372,42 +372,8 @@ def _wait_for_checkpoint(s3, prefix: str, step: int, deadline: float) -> str:
     raise AssertionError(f"the run under {prefix} did not pass step {step} in time")
 
 
-def test_a_lost_worker_node_is_survived_when_a_new_one_comes(split_cluster, in_bucket, client):
-    """Mid-run, nothing of the cluster is off loopback. Then every process of the worker node
-    SIGKILLed (a preemption), a fresh node (empty disk) 15 s later: with the default
-    scale.max_failures the job goes on by itself from the last checkpoint in the bucket and
-    succeeds, one metrics line per log step, no traceback."""
-    from split import kill_worker_node, replace_worker_node
-
-    from distgan.submit import connect
-
-    cluster, s3 = split_cluster, in_bucket
-    overrides = [
-        "train.steps=160", "train.checkpoint_every=40", "scale.wait_minutes=2", *TINY,
-        f"run.storage={s3.uri('runs', 'lost')}", f"data.source={s3.uri('data', 'embedded')}",
-    ]  # fmt: skip
-    job_id = _submit_quietly(["jobs/quickstart.yaml"], overrides)
-    run = _wait_for_checkpoint(s3, "lost/", 40, time.monotonic() + 180)
-    killed_after = _metrics(s3, run)[-1]["step"]
-    # Mid-run, every process of the cluster listens on and talks to loopback only.
-    assert cluster.off_loopback() == []
-    try:
-        assert kill_worker_node(cluster) > 3
-        time.sleep(15)
-    finally:
-        replace_worker_node(cluster)
-    jobs = connect()
-    assert jobs.wait(job_id, timeout=240) == "SUCCEEDED", jobs.logs(job_id)[-3000:]
-
-    rows = _metrics(s3, run)
-    steps = [r["step"] for r in rows]
-    assert steps == sorted(set(steps)) and steps[-1] == 160  # no step twice, to the end
-    assert {s for s in steps if s % 20 == 0} == set(range(20, 161, 20))  # every log step
-    resumed = [r["resumed_from"] for r in rows if r.get("resumed_from")]
-    assert resumed and resumed[-1] % 40 == 0 and 40 <= resumed[-1] <= killed_after, resumed
-    assert json.loads(s3.read("runs", f"{run}/status.json"))["status"] == "done"
-    logs = jobs.logs(job_id)
-    assert "a training worker died after step" in logs and "Traceback" not in logs, logs[-3000:]
+# A lost worker node replaced by a fresh one while the job waits: tests/test_autoscaler_ray.py,
+# where Ray's autoscaler starts the replacement.
 
 
 def test_a_lost_worker_node_with_no_replacement_ends_with_the_resume_line(

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from PIL import Image, ImageOps
 
-from distgan.data.importers import _IMAGE_ERRORS, _square
+from distgan.data.importers import IMAGE_ERRORS, square_pixels
 from distgan.data.manifest import ShardManifest
 from distgan.errors import DataError
 from distgan.storage import display, open_location
@@ -113,10 +113,10 @@ def decode_images(
         labels.append(NO_LABEL if classes is None else classes[rel.split("/", 1)[0]])
         try:
             with Image.open(io.BytesIO(raw)) as image:
-                pixels = _square(ImageOps.exif_transpose(image), resolution, channels)
+                pixels = square_pixels(ImageOps.exif_transpose(image), resolution, channels)
             images.append(pixels.tobytes())  # (C, R, R) in C order, as a shard's row
             errors.append("")
-        except _IMAGE_ERRORS as e:
+        except IMAGE_ERRORS as e:
             images.append(b"")
             errors.append(f"{rel}: unreadable image ({e})")
     return pa.table(

@@ -41,7 +41,7 @@ IDX_CLASS_NAMES = {
 _IDX_IMAGES_NAME = re.compile(r"(train|t10k)-images[-.]idx3-ubyte(\.gz)?")
 # What Pillow raises for a file it cannot decode (SyntaxError and ValueError come from some
 # corrupt PNG chunks and JPEG markers).
-_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def read_idx(
@@ -158,10 +158,10 @@ def read_image_folder(
         try:
             with Image.open(path) as image:
                 upright = ImageOps.exif_transpose(image)
-                images.append(_square(upright, resolution, channels))
+                images.append(square_pixels(upright, resolution, channels))
             if changes is not None:
                 changes.update(_changes(upright, resolution, channels))
-        except _IMAGE_ERRORS as e:
+        except IMAGE_ERRORS as e:
             # Under "fail" the scan goes on, so that the error can say how many there are.
             first_error = first_error or (path, e)
             skipped.append(path.relative_to(root).as_posix())
@@ -226,11 +226,11 @@ def _peek_mode(path: Path) -> str | None:
     try:
         with Image.open(path) as image:
             return image.mode
-    except _IMAGE_ERRORS:
+    except IMAGE_ERRORS:
         return None
 
 
-def _square(image: Image.Image, resolution: int, channels: int) -> np.ndarray:
+def square_pixels(image: Image.Image, resolution: int, channels: int) -> np.ndarray:
     """Converts, resizes the shorter side to ``resolution``, centre-crops; (C, R, R) uint8."""
     image = image.convert("L" if channels == 1 else "RGB")
     scale = resolution / min(image.size)
@@ -244,7 +244,7 @@ def _square(image: Image.Image, resolution: int, channels: int) -> np.ndarray:
 
 
 def _changes(image: Image.Image, resolution: int, channels: int) -> list[str]:
-    """What ``_square`` does to ``image`` besides copying its pixels."""
+    """What ``square_pixels`` does to ``image`` besides copying its pixels."""
     done = []
     if min(image.size) != resolution:
         done.append("resized")

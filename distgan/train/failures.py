@@ -69,11 +69,12 @@ class NoWorkerGroup(Exception):
 
 
 class CapacityWatch:
-    """Ends an elastic run that has had no live worker group for ``start_timeout_s``, having
-    said once, after ``TELL_AFTER_S``, that it waits and for what. ``check()`` asks Ray's State
-    API at most every ``CHECK_S`` seconds; when that cannot answer (a cluster without its
-    dashboard), the run waits as Ray has it. Ray Train's controller, an actor this driver owns,
-    ends with the driver's Ray connection (no API hands the driver its handle to abort it)."""
+    """Ends an elastic run that has had no worker group (alive or starting) for
+    ``start_timeout_s``, having said once, after ``TELL_AFTER_S``, that it waits and for what.
+    ``check()`` asks Ray's State API at most every ``CHECK_S`` seconds; when that cannot answer
+    (a cluster without its dashboard), the run waits as Ray has it. Ray Train's controller, an
+    actor this driver owns, ends with the driver's Ray connection (no API hands the driver its
+    handle to abort it)."""
 
     CHECK_S = 2.0
     TELL_AFTER_S = 15.0  # a group normally starts within seconds, a restarted one too
@@ -112,13 +113,15 @@ def _minutes(seconds: float) -> str:
 
 
 def worker_group_alive() -> bool | None:
-    """Whether a Ray Train worker of this driver's job is alive; None when Ray cannot say."""
+    """Whether Ray Train has a worker group for this driver's job, alive or on its way (its
+    actors being placed or started: Ray's own start timeout covers those); None when Ray
+    cannot say. Below MIN, the elastic policy creates no worker actor at all."""
     try:
         import ray
         from ray.util.state import list_actors
 
         job = ray.get_runtime_context().get_job_id()
-        filters = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE"),
+        filters = [("class_name", "=", "RayTrainWorker"), ("state", "!=", "DEAD"),
                    ("job_id", "=", job)]  # fmt: skip
         return bool(list_actors(filters=filters, limit=1, raise_on_missing_output=False))
     except Exception:  # noqa: BLE001 - without the State API the watch does nothing
