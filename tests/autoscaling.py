@@ -38,7 +38,6 @@ import json
 import os
 import secrets
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -58,10 +57,11 @@ from ray.autoscaler.tags import (
 from split import (
     WORKER_CPUS,
     SplitCluster,
-    _hidden_paths,
     _node_env,
     _worker_node_command,
     kill_node,
+    new_cluster,
+    start_node,
     stop_split_cluster,
 )
 
@@ -142,14 +142,8 @@ class LoopbackNodeProvider(NodeProvider):
                 temp_dir = self._cluster.root / f"n{n}"
                 port, worker_ports = self._slots[n % len(self._slots)]
                 cmd = _worker_node_command(self._cluster, temp_dir, (port, worker_ports))
-                with open(self._cluster.root / f"n{n}.log", "w") as log:
-                    popen = subprocess.Popen(
-                        cmd,
-                        env={**os.environ, NODE_ID_ENV: node_id},
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                    )
+                env = {**os.environ, NODE_ID_ENV: node_id}
+                popen = start_node(cmd, env, self._cluster.root / f"n{n}.log")
                 self._nodes[node_id] = (popen, temp_dir)
                 self._tags[node_id] = {
                     **tags,
@@ -245,14 +239,8 @@ def start_autoscaling_cluster(
     """Starts the head with its autoscaler and returns once the autoscaler reports the head
     (what distgan's ``has_autoscaler`` reads), with no worker node yet. On failure, stops what it
     started."""
-    root = Path(tempfile.mkdtemp(prefix="dgas-", dir="/tmp"))  # short: socket paths are limited
-    cluster = SplitCluster(
-        root, base, secrets.token_hex(32), _hidden_paths(root, pytest_temp), dict(s3_env)
-    )
-    cluster.token_path.write_text(cluster.token)
-    cluster.token_path.chmod(0o600)
-    for p in cluster.hidden:
-        p.mkdir(exist_ok=True)  # mount points; runs/ and data/ are gitignored
+    cluster = new_cluster("dgas-", base, s3_env, pytest_temp)
+    root = cluster.root
     head_node_id = secrets.token_hex(28)
     config = root / "autoscaling.json"
     config.write_text(json.dumps(_autoscaling_config(cluster, head_node_id), indent=1))
@@ -267,16 +255,8 @@ def start_autoscaling_cluster(
         base, str(cluster.head_temp_dir), num_cpus=0, worker_ports=head_worker_ports
     )
     try:
-        with open(root / "head.log", "w") as log:
-            cluster.processes.append(
-                subprocess.Popen(
-                    [*cmd, f"--autoscaling-config={config}"],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
-            )
+        cmd = [*cmd, f"--autoscaling-config={config}"]
+        cluster.processes.append(start_node(cmd, env, root / "head.log"))
         _wait_for_autoscaler(cluster, timeout=90)
         return cluster
     except BaseException:

@@ -192,10 +192,10 @@ exec {shlex.join(start)}
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
 
 
-def start_split_cluster(base: int, s3_env: dict[str, str], pytest_temp: Path) -> SplitCluster:
-    """Starts the head and the worker node (at once: the worker node retries until the GCS
-    answers) and returns when both are ALIVE. On failure, stops what it started."""
-    root = Path(tempfile.mkdtemp(prefix="dgsp-", dir="/tmp"))  # short: socket paths are limited
+def new_cluster(prefix: str, base: int, s3_env: dict[str, str], pytest_temp: Path) -> SplitCluster:
+    """A cluster's temp dir (``/tmp/PREFIX...``), its token file and the mount points of the
+    worker nodes' private tmpfs; no process yet."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))  # short: socket paths are limited
     cluster = SplitCluster(
         root, base, secrets.token_hex(32), _hidden_paths(root, pytest_temp), dict(s3_env)
     )
@@ -203,22 +203,28 @@ def start_split_cluster(base: int, s3_env: dict[str, str], pytest_temp: Path) ->
     cluster.token_path.chmod(0o600)
     for p in cluster.hidden:
         p.mkdir(exist_ok=True)  # mount points; runs/ and data/ are gitignored
+    return cluster
+
+
+def start_node(cmd: list[str], env: dict[str, str], log_path: Path, mode: str = "w"):
+    """A node's ``ray start`` (``cmd``), its output into ``log_path``; the Popen."""
+    with open(log_path, mode) as log:
+        return subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+
+
+def start_split_cluster(base: int, s3_env: dict[str, str], pytest_temp: Path) -> SplitCluster:
+    """Starts the head and the worker node (at once: the worker node retries until the GCS
+    answers) and returns when both are ALIVE. On failure, stops what it started."""
+    cluster = new_cluster("dgsp-", base, s3_env, pytest_temp)
     env = _node_env(cluster, s3_env)
     head_cmd = ray_head_command(
         base, str(cluster.head_temp_dir), num_cpus=0, worker_ports=range(base + 20, base + 70)
     )
     try:
         for name, cmd in (("head", head_cmd), ("worker", _worker_node_command(cluster))):
-            with open(root / f"{name}.log", "w") as log:
-                cluster.processes.append(
-                    subprocess.Popen(
-                        cmd,
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                    )
-                )
+            cluster.processes.append(start_node(cmd, env, cluster.root / f"{name}.log"))
         _wait_for_nodes(cluster, timeout=120)
         return cluster
     except BaseException:
@@ -262,14 +268,12 @@ def replace_worker_node(cluster: SplitCluster, timeout: float = 120) -> None:
     """Starts a fresh worker node (a new machine: empty disk, same ports) in place of one that
     ``kill_worker_node`` ended, and returns when the cluster has two ALIVE nodes again."""
     old = cluster.worker_node_id
-    with open(cluster.root / "worker.log", "a") as log:
-        cluster.processes[-1] = subprocess.Popen(
-            _worker_node_command(cluster),
-            env=_node_env(cluster, cluster.s3_env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    cluster.processes[-1] = start_node(
+        _worker_node_command(cluster),
+        _node_env(cluster, cluster.s3_env),
+        cluster.root / "worker.log",
+        mode="a",
+    )
     _wait_for_nodes(cluster, timeout, not_worker=old)
 
 
