@@ -37,6 +37,7 @@ worker with its own Ray head), and the other tests fill in around them.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import ipaddress
 import os
 import shutil
@@ -60,6 +61,38 @@ RAY_ON_LOOPBACK = [sys.executable, "-m", "distgan.loopback"]
 # This process (the ray_cluster fixture's check) and the drivers it starts reach those nodes at
 # 127.0.0.1, where Ray would look for them at the machine's own address.
 os.environ[LOOPBACK_SWITCH] = "0"
+
+
+# --- What a crashed pytest-xdist worker leaves ----------------------------------------------
+# xdist says only "worker 'gwN' crashed". Each worker writes Python's fatal-error trace (a
+# segfault, an abort) into a file of its own; the controller prints those, and the kernel's
+# out-of-memory kills, at the end of the run.
+CRASH_DIR = Path(tempfile.gettempdir()) / "distgan-pytest-crashes"
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's faulthandler plugin, which writes to stderr
+def pytest_configure(config) -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        CRASH_DIR.mkdir(exist_ok=True)
+        trace = open(CRASH_DIR / f"{worker}-{os.getpid()}.txt", "w")  # noqa: SIM115 - for life
+        faulthandler.enable(trace, all_threads=True)
+    elif hasattr(config.option, "numprocesses"):
+        shutil.rmtree(CRASH_DIR, ignore_errors=True)  # a new run: no old traces
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER") or not terminalreporter.stats.get("failed"):
+        return
+    traces = [p for p in sorted(CRASH_DIR.glob("*.txt")) if p.stat().st_size]
+    kernel = subprocess.run(["dmesg"], capture_output=True, text=True, check=False).stdout
+    oom = [line for line in kernel.splitlines() if "Out of memory" in line or "oom-kill" in line]
+    if traces or oom:
+        terminalreporter.section("what crashed workers left")
+        for p in traces:
+            terminalreporter.write_line(f"{p.name}:\n{p.read_text(errors='replace')[-4000:]}")
+        for line in oom[-10:]:
+            terminalreporter.write_line(line)
 
 
 def ray_port_base() -> int:

@@ -323,7 +323,7 @@ def assert_no_token(*places: Path) -> None:
 @pytest.mark.ray
 @pytest.mark.xdist_group("ray-a")  # conftest.py
 def test_two_workers_killed_mid_run_lose_at_most_one_interval_each(ray_cluster, tmp_path):
-    steps, every, log_every = 300, 50, 10
+    steps, every, log_every = 400, 50, 10
     job = write_job(
         tmp_path,
         "kill",
@@ -334,18 +334,21 @@ def test_two_workers_killed_mid_run_lose_at_most_one_interval_each(ray_cluster, 
     proc = start_training(["train", str(job)], tmp_path, "kill.log")
     killed: list[set[int]] = []  # the worker group each kill hit
     last_before_kill: list[int] = []  # the last step logged when each kill landed
+    pids: set[int] = set()
     try:
-        deadline = time.monotonic() + 400
+        deadline, next_look = time.monotonic() + 400, 0.0
         while proc.poll() is None and len(killed) < 2 and time.monotonic() < deadline:
-            logged = logged_steps(tmp_path / "kill")
+            # The live workers, looked up while the files below are not yet ready (a State API
+            # call costs the head far more CPU than reading them, and takes longer than a
+            # restarted group needs for its 350 steps on an idle machine).
+            if time.monotonic() >= next_look:
+                pids, next_look = train_worker_pids(ray_cluster), time.monotonic() + 1.0
             # First kill: after the first checkpoint. Second: once the restarted group (new
             # PIDs) has logged a step of its own. A step logged after the first checkpoint
-            # means Ray registered that checkpoint. (The files first: a State API call costs
-            # the head far more CPU.)
+            # means Ray registered that checkpoint.
+            logged = logged_steps(tmp_path / "kill")
             ready = logged and logged[-1] > every
-            ready = ready and (not killed or resumed_steps(tmp_path / "kill"))
             ready = ready and len(resumed_steps(tmp_path / "kill")) == len(killed)
-            pids = train_worker_pids(ray_cluster) if ready else set()
             ready = ready and len(pids) == 2 and all(not (pids & group) for group in killed)
             if ready:
                 time.sleep(rng.uniform(0, 0.5))  # a random moment in the run
@@ -359,6 +362,7 @@ def test_two_workers_killed_mid_run_lose_at_most_one_interval_each(ray_cluster, 
         if proc.poll() is None:
             proc.kill()
     assert len(killed) == 2, "the run ended before both kills"
+    assert last_before_kill[-1] < steps, "the second kill came after the last step"
     run_dir = only_run(tmp_path / "kill")
     final = ckpts.load(ckpts.latest(run_dir))
     assert final["step"] == steps
@@ -386,21 +390,27 @@ def wait_for_no_train_workers(address: str, timeout: float = 90) -> None:
 
 @pytest.mark.ray
 @pytest.mark.xdist_group("ray-a")  # conftest.py
-def test_nan_on_one_rank_then_a_killed_driver_resume_to_the_run_never_stopped(
+def test_nan_on_one_rank_then_a_killed_driver_a_streamed_resume_ends_where_the_run_never_stopped(
     ray_cluster, tmp_path
 ):
-    """Two runs of one job, at once: NaN on rank 0 at steps 13-15 makes both ranks skip those
-    steps, then roll back with halved learning rates; one run is never stopped, the other loses
-    its driver (SIGKILL) after step 60 and is resumed. The resumed run must end bit for bit
-    where the other did: G, D, G_ema, Adam moments, and the guard's state."""
-    train = {"steps": 150, "checkpoint_every": 30, "log_every": 10, "deterministic": True}
+    """Two runs of one streamed job (data.cache: stream) with default settings, at once: NaN on
+    rank 0 at steps 13-15 makes both ranks skip those steps, then roll back with halved learning
+    rates; one run is never stopped, the other loses its driver (SIGKILL) after a checkpoint at
+    step 40 or later and is resumed. 600 images in shards of 250, 250 and 100: each of the 2
+    workers reads its own 300 rows an epoch, 18 batches of 16 (the rest left out), so the runs
+    cross epochs, whose rows are cut among the workers anew, and the resume starts mid-epoch.
+    The resumed run must end bit for bit where the other did: G, D, G_ema, Adam moments, the
+    data position and the guard's state."""
+    images, labels = load_arrays(read_manifest(EMBEDDED_DIR))
+    write_shards(images[:600], labels[:600], tmp_path / "data", shard_size=250, source="test")
+    data = {"source": str(tmp_path / "data"), "cache": "stream"}
+    train = {"steps": 120, "checkpoint_every": 20, "log_every": 10}
     guard = {"inject_nan": "13-15", "max_bad_steps": 3, "max_rollbacks": 1}
-    # Both runs at once on the 2-CPU head (a quarter CPU a worker, a CPU left for Ray Data):
-    # with train.deterministic their results do not depend on what else runs.
-    scale = {"cpus_per_worker": 0.25}
-    straight = write_job(tmp_path, "straight", train=train, scale=scale, guard=guard)
-    stopped = write_job(tmp_path, "stopped", train=train, scale=scale, guard=guard)
-    run_dir = kill_one_driver_and_resume(ray_cluster, tmp_path, straight, stopped, after=60)
+    scale = {"cpus_per_worker": 0.25}  # both runs at once on the 2-CPU head
+    jobs = {"train": train, "scale": scale, "guard": guard, "data": data}
+    straight = write_job(tmp_path, "straight", **jobs)
+    stopped = write_job(tmp_path, "stopped", **jobs)
+    run_dir = kill_one_driver_and_resume(ray_cluster, tmp_path, straight, stopped, after=40)
     # The divergence: skipped on both ranks, rolled back once, learning rates halved.
     a = ckpts.load(ckpts.latest(only_run(tmp_path / "straight")))
     assert a["guard"] == {"lr_scale": 0.5, "rollbacks": 1}
@@ -411,36 +421,11 @@ def test_nan_on_one_rank_then_a_killed_driver_resume_to_the_run_never_stopped(
 
     b = ckpts.load(ckpts.latest(run_dir))
     assert b["guard"] == a["guard"]
-    assert a["step"] == b["step"] == 150
-    assert_same_state(a, b)
-    assert_no_token(run_dir, tmp_path / "stopped.log")
-
-
-@pytest.mark.ray
-@pytest.mark.xdist_group("ray-a")  # conftest.py
-def test_a_streamed_run_whose_driver_is_killed_resumes_to_the_run_never_stopped(
-    ray_cluster, tmp_path
-):
-    """Two runs of one streamed job (data.cache: stream) with default settings, at once: one is
-    never stopped, the other loses its driver (SIGKILL) after a checkpoint at step 40 or later
-    and is resumed. 600 images in shards of 250, 250 and 100: each of the 2 workers reads its
-    own 300 rows an epoch, 18 batches of 16 (the rest left out), so the runs cross epochs, whose
-    rows are cut among the workers anew, and the resume starts mid-epoch. It must end bit for
-    bit where the other did."""
-    images, labels = load_arrays(read_manifest(EMBEDDED_DIR))
-    write_shards(images[:600], labels[:600], tmp_path / "data", shard_size=250, source="test")
-    data = {"source": str(tmp_path / "data"), "cache": "stream"}
-    train = {"steps": 120, "checkpoint_every": 20, "log_every": 10}
-    scale = {"cpus_per_worker": 0.25}  # both runs at once on the 2-CPU head
-    straight = write_job(tmp_path, "straight", train=train, scale=scale, data=data)
-    stopped = write_job(tmp_path, "stopped", train=train, scale=scale, data=data)
-    run_dir = kill_one_driver_and_resume(ray_cluster, tmp_path, straight, stopped, after=40)
-    a = ckpts.load(ckpts.latest(only_run(tmp_path / "straight")))
-    b = ckpts.load(ckpts.latest(run_dir))
     assert a["step"] == b["step"] == 120 and a["epoch"] >= 3  # 18 steps an epoch
     resumed = [m["resumed_from"] for m in read_metrics(run_dir) if "resumed_from" in m]
     assert resumed and resumed[-1] % 18, f"the resume started at an epoch's start: {resumed}"
     assert_same_state(a, b)
+    assert_no_token(run_dir, tmp_path / "stopped.log")
 
 
 def kill_one_driver_and_resume(

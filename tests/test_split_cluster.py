@@ -159,37 +159,99 @@ def run_prefix(s3, bucket: str, prefix: str) -> str:
     return resolved.removesuffix("/job.resolved.yaml")
 
 
-def test_submitted_run_lives_in_the_storage(split_cluster, in_bucket, client, capsys, tmp_path):
-    """A job submitted to the split cluster reads its data from the bucket and writes every
-    file of its run there, with the bucket's credentials from the nodes' own environment (none
-    travel with the job); nothing of the run is on the head's disk, and the run is sampled and
-    evaluated through its URI."""
+def test_a_run_lives_in_the_storage_through_a_lost_node_a_stop_and_two_resumes(
+    split_cluster, in_bucket, client, capsys, tmp_path
+):
+    """One submitted run's bad days on the split cluster, every file of it in the bucket.
+
+    1. Its worker node is SIGKILLed and none comes back within scale.wait_minutes: the job ends
+       with one line naming the lost node, the step and checkpoint reached and the submit
+       --resume line (the run's URI with its endpoint query); status.json says "node lost".
+    2. With a node back, that line continues the run, until distgan stop (Ray's job stop:
+       SIGTERM to the job's driver, which Ray then gives 60 s): the workers agree on a step,
+       write a final checkpoint there into the bucket, and the run is marked stopped there.
+    3. distgan submit --resume RUN --wait continues it to the end.
+    4. The run read its data from the bucket and wrote every file there, with the bucket's
+       credentials from the nodes' own environment (none travel with the job); nothing of it is
+       on the head's disk; it is sampled, evaluated and listed through its URI. (A worker node
+       lost and replaced while the job waits: tests/test_autoscaler_ray.py.)"""
+    from split import kill_worker_node, replace_worker_node
+
     from distgan.cli import main
+    from distgan.submit import connect
 
     cluster, s3 = split_cluster, in_bucket
     local_runs = sorted((REPO / "runs").iterdir())
     overrides = [
-        "train.steps=60", "train.checkpoint_every=30", *TINY,
+        "train.steps=100000", "train.checkpoint_every=20", "scale.wait_minutes=0.35", *TINY,
         f"run.storage={s3.uri('runs', 'a')}", f"data.source={s3.uri('data', 'embedded')}",
     ]  # fmt: skip
-    code, job_id, out, err = submit(["jobs/quickstart.yaml", "--wait"], overrides, capsys)
-    assert code == 0, out[-3000:] + err
-    assert f"job {job_id} SUCCEEDED" in out
+    job_id = _submit_quietly(["jobs/quickstart.yaml"], overrides)
+    run = _wait_for_checkpoint(s3, "a/", 20, time.monotonic() + 180)
+    jobs = connect()
+    (node,) = [n for n in cluster.alive_nodes() if n["node_id"] == cluster.worker_node_id]
+    try:
+        assert kill_worker_node(cluster) > 3
+        killed = time.monotonic()
+        assert jobs.wait(job_id, timeout=150) == "FAILED", jobs.logs(job_id)[-3000:]
+        waited = time.monotonic() - killed
+    finally:
+        replace_worker_node(cluster)
+    logs = jobs.logs(job_id)
+    assert "Traceback" not in logs, logs[-3000:]
+    line = logs.rstrip().splitlines()[-1]
+    status = json.loads(s3.read("runs", f"{run}/status.json"))
+    saved = status["checkpoint_step"]
+    uri = s3.uri("runs", run)
+    assert status["status"] == "failed" and status["error"] == "node lost", status
+    lost = f"{node['node_ip']} (2 CPUs)"
+    assert status["lost"] == [lost], status
+    assert line.startswith(f"error: the run lost node {lost}, and no capacity"), line
+    assert "scale.wait_minutes (0.35 min)" in line, line
+    assert f"it reached step {status['step']}, its last checkpoint is at step {saved}." in line
+    assert line.endswith(f"Continue with: distgan submit --resume '{uri}'"), line
+    assert saved >= 20 and saved % 20 == 0 and status["step"] >= saved
+    assert 21 <= waited < 100, waited  # scale.wait_minutes, not Ray's endless retries
 
-    # The run is in the bucket: its job, its metrics up to the last step, samples, checkpoints.
-    run = run_prefix(s3, "runs", "a/")
-    keys = s3.keys("runs", f"{run}/")
-    assert s3.uri("runs", "a") in s3.read("runs", f"{run}/job.resolved.yaml").decode()
-    rows = [json.loads(line) for line in s3.read("runs", f"{run}/metrics.jsonl").splitlines()]
-    steps = [row["step"] for row in rows]
-    assert steps[-1] == 60 and 20 in steps and steps == sorted(set(steps))
-    assert [k for k in keys if k.startswith(f"{run}/samples/") and k.endswith(".png")]
-    checkpoints = sorted(k.split("/")[-2] for k in keys if k.endswith("/state.pt"))
-    assert checkpoints == ["step_0000030", "step_0000060"]
+    # 2. The line it printed continues the run on the new node (checkpoints 1,000 steps apart
+    # from here, so that the stop's own is told apart), until distgan stop.
+    resume = shlex.split(line.split("Continue with: ", 1)[1])
+    assert resume[:3] == ["distgan", "submit", "--resume"]
+    job_id = _submit_quietly(resume[2:], ["train.checkpoint_every=1000"])
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and _metrics(s3, run)[-1]["step"] < saved + 40:
+        time.sleep(0.5)
+    rows = _metrics(s3, run)
+    assert rows[-1]["step"] >= saved + 40, rows[-3:]
+    assert next(r for r in rows if r["step"] > saved)["resumed_from"] == saved
+    capsys.readouterr()
+    assert main(["stop", job_id]) == 0
+    assert capsys.readouterr().out.strip() == f"{job_id}: STOPPED"
+    status = json.loads(s3.read("runs", f"{run}/status.json"))
+    assert status["status"] == "stopped" and status["signal"] == "SIGTERM", status
+    last = status["checkpoint_step"]
+    # The final checkpoint is at the step reached, not at an interval's.
+    assert last == status["step"] == _metrics(s3, run)[-1]["step"] and last % 1000, status
+    assert s3.keys("runs", f"{run}/checkpoints/step_{last:07d}/state.pt")
+
+    # 3. Resumed from the bucket: it goes on from the last checkpoint to the end.
+    end = last + 20
+    code, job_id, out, err = submit(["--resume", uri, "--wait"], [f"train.steps={end}"], capsys)
+    assert code == 0, out[-3000:] + err
+    rows = _metrics(s3, run)
+    steps = [r["step"] for r in rows]
+    assert steps[-1] == end and next(r for r in rows if r["step"] > last)["resumed_from"] == last
+    assert steps == sorted(set(steps))  # one line a step, a checkpoint's never twice
     assert json.loads(s3.read("runs", f"{run}/status.json"))["status"] == "done"
 
+    # 4. The run is in the bucket: its job, its metrics, samples, checkpoints.
+    keys = s3.keys("runs", f"{run}/")
+    assert s3.uri("runs", "a") in s3.read("runs", f"{run}/job.resolved.yaml").decode()
+    assert [k for k in keys if k.startswith(f"{run}/samples/") and k.endswith(".png")]
+    checkpoints = sorted(int(k.split("/")[-2][5:]) for k in keys if k.endswith("/state.pt"))
+    assert {saved, last, end} <= set(checkpoints), checkpoints
     # Nothing of the run on the head's disk: not in the project's runs/, not in the head's
-    # Ray temp dir (where the job's driver ran).
+    # Ray temp dir (where the job's drivers ran).
     assert sorted((REPO / "runs").iterdir()) == local_runs
     head_files = {p.name for p in cluster.head_temp_dir.rglob("*")}
     assert not head_files & {"job.resolved.yaml", "metrics.jsonl", "state.pt", "status.json"}
@@ -197,19 +259,18 @@ def test_submitted_run_lives_in_the_storage(split_cluster, in_bucket, client, ca
     # distgan logs shows the job's progress.
     assert main(["logs", job_id]) == 0
     logs = capsys.readouterr().out
-    assert "step 20/60" in logs and "step 60/60" in logs and "done: step 60" in logs
+    assert f"step {end}/{end}" in logs and f"done: step {end}" in logs
 
     # The run's URI serves distgan sample, eval and runs.
-    uri = s3.uri("runs", run)
     assert main(["sample", uri, "--n", "16", "--out", str(tmp_path / "grid.png")]) == 0
     assert (tmp_path / "grid.png").stat().st_size > 0
     code = main(["eval", uri, "--n", "200", "--n-real", "200", "--metrics", "fid"])
     shown = capsys.readouterr().out
     assert code == 0 and "fid" in shown
-    assert json.loads(s3.read("runs", f"{run}/eval.json"))["step"] == 60
+    assert json.loads(s3.read("runs", f"{run}/eval.json"))["step"] == end
     assert main(["runs", s3.uri("runs", "a")]) == 0
     listed = capsys.readouterr().out
-    assert run.split("/")[-1] in listed and "done" in listed and " 60 " in listed
+    assert run.split("/")[-1] in listed and "done" in listed and f" {end} " in listed
 
     # The secret in the submitting shell's environment is in no output and in no file of the
     # run: submit sends no variable of the client's with the job.
@@ -248,55 +309,6 @@ def _metrics(s3, run: str) -> list[dict]:
     except Exception:  # noqa: BLE001 - not written yet
         return []
     return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def test_distgan_stop_writes_a_final_checkpoint_then_submit_resume_finishes(
-    split_cluster, in_bucket, client, capsys
-):
-    """distgan stop (Ray's job stop: SIGTERM to the job's driver, which Ray then gives 60 s): the
-    workers agree on a step, write a final checkpoint there into the bucket, and the run is
-    marked stopped at that step; distgan submit --resume RUN continues it to the end. (A worker
-    killed mid-run, and its whole node: the lost-node tests below.)"""
-    from distgan.cli import main
-
-    s3 = in_bucket
-    overrides = [
-        "train.steps=100000", "train.checkpoint_every=1000", *TINY,
-        f"run.storage={s3.uri('runs', 'k')}", f"data.source={s3.uri('data', 'embedded')}",
-    ]  # fmt: skip
-    code, job_id, out, err = submit(["jobs/quickstart.yaml"], overrides, capsys)
-    assert code == 0, err
-    deadline = time.monotonic() + 240
-    run, rows = "", []
-    while time.monotonic() < deadline and not (rows and rows[-1]["step"] >= 40):
-        time.sleep(0.5)
-        keys = s3.keys("runs", "k/")
-        run = run or next(
-            (k.rsplit("/", 1)[0] for k in keys if k.endswith("/job.resolved.yaml")), ""
-        )
-        rows = _metrics(s3, run) if run else []
-    assert rows and rows[-1]["step"] >= 40, rows
-    assert main(["stop", job_id]) == 0
-    assert capsys.readouterr().out.strip() == f"{job_id}: STOPPED"
-    status = json.loads(s3.read("runs", f"{run}/status.json"))
-    assert status["status"] == "stopped" and status["signal"] == "SIGTERM", status
-    last = status["checkpoint_step"]
-    # The final checkpoint is at the step reached, not at an interval's (1,000 steps).
-    assert last == status["step"] == _metrics(s3, run)[-1]["step"] and last % 1000, status
-    assert s3.keys("runs", f"{run}/checkpoints/step_{last:07d}/state.pt")
-
-    # Resumed from the bucket on the cluster: it goes on from the last checkpoint to the end.
-    end = last + 20
-    code, job_id, out, err = submit(
-        ["--resume", s3.uri("runs", run), "--wait"], [f"train.steps={end}"], capsys
-    )
-    assert code == 0, out[-3000:] + err
-    rows = _metrics(s3, run)
-    first_new = next(r for r in rows if r["step"] > last)
-    assert rows[-1]["step"] == end and first_new["resumed_from"] == last
-    steps = [r["step"] for r in rows]
-    assert steps == sorted(set(steps))  # one line a step, the checkpoint's not twice
-    assert json.loads(s3.read("runs", f"{run}/status.json"))["status"] == "done"
 
 
 def test_submitted_search_lives_in_the_storage(split_cluster, in_bucket, client, capsys):
@@ -370,66 +382,6 @@ def _wait_for_checkpoint(s3, prefix: str, step: int, deadline: float) -> str:
         if rows and rows[-1]["step"] > step:
             return run
     raise AssertionError(f"the run under {prefix} did not pass step {step} in time")
-
-
-# A lost worker node replaced by a fresh one while the job waits: tests/test_autoscaler_ray.py,
-# where Ray's autoscaler starts the replacement.
-
-
-def test_a_lost_worker_node_with_no_replacement_ends_with_the_resume_line(
-    split_cluster, in_bucket, client
-):
-    """The worker node SIGKILLed and none comes back within scale.wait_minutes: the job ends
-    with one line naming the lost node, the step and checkpoint reached and the submit --resume
-    line (the run's URI with its endpoint query), status.json says "node lost"; with a node
-    back, that line finishes the run."""
-    from split import kill_worker_node, replace_worker_node
-
-    from distgan.cli import main
-    from distgan.submit import connect
-
-    cluster, s3 = split_cluster, in_bucket
-    overrides = [
-        "train.steps=100000", "train.checkpoint_every=20", "scale.wait_minutes=0.35", *TINY,
-        f"run.storage={s3.uri('runs', 'gone')}", f"data.source={s3.uri('data', 'embedded')}",
-    ]  # fmt: skip
-    job_id = _submit_quietly(["jobs/quickstart.yaml"], overrides)
-    run = _wait_for_checkpoint(s3, "gone/", 20, time.monotonic() + 180)
-    jobs = connect()
-    (node,) = [n for n in cluster.alive_nodes() if n["node_id"] == cluster.worker_node_id]
-    try:
-        assert kill_worker_node(cluster) > 3
-        killed = time.monotonic()
-        assert jobs.wait(job_id, timeout=150) == "FAILED", jobs.logs(job_id)[-3000:]
-        waited = time.monotonic() - killed
-    finally:
-        replace_worker_node(cluster)
-    logs = jobs.logs(job_id)
-    assert "Traceback" not in logs, logs[-3000:]
-    line = logs.rstrip().splitlines()[-1]
-    status = json.loads(s3.read("runs", f"{run}/status.json"))
-    saved = status["checkpoint_step"]
-    uri = s3.uri("runs", run)
-    assert status["status"] == "failed" and status["error"] == "node lost", status
-    lost = f"{node['node_ip']} (2 CPUs)"
-    assert status["lost"] == [lost], status
-    assert line.startswith(f"error: the run lost node {lost}, and no capacity"), line
-    assert "scale.wait_minutes (0.35 min)" in line, line
-    assert f"it reached step {status['step']}, its last checkpoint is at step {saved}." in line
-    assert line.endswith(f"Continue with: distgan submit --resume '{uri}'"), line
-    assert saved >= 20 and saved % 20 == 0 and status["step"] >= saved
-    assert 21 <= waited < 100, waited  # scale.wait_minutes, not Ray's endless retries
-
-    # The line it printed continues the run to its end, on the new node.
-    resume = shlex.split(line.split("Continue with: ", 1)[1])
-    assert resume[:3] == ["distgan", "submit", "--resume"]
-    end = saved + 20
-    assert main([*resume[1:], "--wait", "--set", f"train.steps={end}"]) == 0
-    rows = _metrics(s3, run)
-    steps = [r["step"] for r in rows]
-    assert steps[-1] == end and steps == sorted(set(steps))
-    assert next(r for r in rows if r["step"] > saved)["resumed_from"] == saved
-    assert json.loads(s3.read("runs", f"{run}/status.json"))["status"] == "done"
 
 
 def _submit_quietly(argv: list[str], overrides: list[str]) -> str:
