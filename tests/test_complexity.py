@@ -1,5 +1,6 @@
 """What a model costs: complexity.json's figures, the budgets and objectives of a search, and
-the Pareto front. No Ray (a search over both, end to end: test_tune_costs_ray.py).
+the Pareto front. No Ray (a search over both, end to end, submitted to a two-node cluster:
+test_split_cluster.py).
 """
 
 from __future__ import annotations

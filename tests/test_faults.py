@@ -161,9 +161,12 @@ def test_a_discriminator_that_wins_outright_is_flagged(tmp_path):
 BATCH = 32
 
 
-def write_job(tmp_path: Path, name: str, *, train=None, scale=None, guard=None, data=None) -> Path:
+def write_job(
+    tmp_path: Path, name: str, *, train=None, scale=None, guard=None, data=None, optim=None
+) -> Path:
     job = {
         "data": {"source": "embedded", **(data or {})},
+        "optim": optim or {},
         "model": {"arch": "mlp", "width": 16, "z_dim": 16},
         "train": {
             "steps": 40,
@@ -393,31 +396,37 @@ def wait_for_no_train_workers(address: str, timeout: float = 90) -> None:
 def test_nan_on_one_rank_then_a_killed_driver_a_streamed_resume_ends_where_the_run_never_stopped(
     ray_cluster, tmp_path
 ):
-    """Two runs of one streamed job (data.cache: stream) with default settings, at once: NaN on
-    rank 0 at steps 13-15 makes both ranks skip those steps, then roll back with halved learning
-    rates; one run is never stopped, the other loses its driver (SIGKILL) after a checkpoint at
-    step 40 or later and is resumed. 600 images in shards of 250, 250 and 100: each of the 2
-    workers reads its own 300 rows an epoch, 18 batches of 16 (the rest left out), so the runs
-    cross epochs, whose rows are cut among the workers anew, and the resume starts mid-epoch.
-    The resumed run must end bit for bit where the other did: G, D, G_ema, Adam moments, the
-    data position and the guard's state."""
+    """Two runs of one streamed job (data.cache: stream; train.deterministic off, as by default)
+    at once: NaN on rank 0 at steps 13-15 makes both ranks skip those steps, then roll back with
+    halved learning rates, which also fall linearly to a tenth by the last step
+    (optim.lr_decay); one run is never stopped, the other loses its driver (SIGKILL) after a
+    checkpoint at step 40 or later and is resumed. 600 images in shards of 250, 250 and 100:
+    each of the 2 workers reads its own 300 rows an epoch (read ahead by its thread), 18 batches
+    of 16 (the rest left out), so the runs cross epochs, whose rows are cut among the workers
+    anew, and the resume starts mid-epoch. The resumed run must end bit for bit where the other
+    did: G, D, G_ema, Adam moments, the data position and the guard's state."""
     images, labels = load_arrays(read_manifest(EMBEDDED_DIR))
     write_shards(images[:600], labels[:600], tmp_path / "data", shard_size=250, source="test")
     data = {"source": str(tmp_path / "data"), "cache": "stream"}
     train = {"steps": 120, "checkpoint_every": 20, "log_every": 10}
     guard = {"inject_nan": "13-15", "max_bad_steps": 3, "max_rollbacks": 1}
+    optim = {"lr_decay": "linear", "lr_final": 0.1}
     scale = {"cpus_per_worker": 0.25}  # both runs at once on the 2-CPU head
-    jobs = {"train": train, "scale": scale, "guard": guard, "data": data}
+    jobs = {"train": train, "scale": scale, "guard": guard, "data": data, "optim": optim}
     straight = write_job(tmp_path, "straight", **jobs)
     stopped = write_job(tmp_path, "stopped", **jobs)
     run_dir = kill_one_driver_and_resume(ray_cluster, tmp_path, straight, stopped, after=40)
     # The divergence: skipped on both ranks, rolled back once, learning rates halved.
     a = ckpts.load(ckpts.latest(only_run(tmp_path / "straight")))
     assert a["guard"] == {"lr_scale": 0.5, "rollbacks": 1}
-    assert a["opt_g"]["param_groups"][0]["lr"] == 1e-4  # 2e-4 halved
     metrics = read_metrics(only_run(tmp_path / "straight"))
     assert any(m["skipped"] > 0 and m["rollbacks"] == 1 for m in metrics), metrics[:3]
     assert "rollbacks 1 lr ×0.5" in (tmp_path / "straight.log").read_text()
+    for m in metrics:  # 2e-4 × the guard's factor × the decay set before the step
+        halved = 0.5 if m["rollbacks"] else 1.0
+        assert math.isclose(m["lr_g"], 2e-4 * halved * (1 - 0.9 * (m["step"] - 1) / 120)), m
+    assert [m["step"] for m in metrics] == list(range(10, 121, 10))
+    assert all(m["images_seen"] == m["step"] * BATCH for m in metrics), metrics[-1]
 
     b = ckpts.load(ckpts.latest(run_dir))
     assert b["guard"] == a["guard"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ import yaml
 
 from distgan.cli import main
 from distgan.data import load_arrays, read_manifest, verify_shards, write_shards
-from distgan.data.reader import verified_shard_rows
+from distgan.data.verify import verified_shard_rows
 from distgan.errors import DataError
 
 # Each lie, as the manifest fields it changes in a dataset of 64 1×28×28 images labelled 0..3
@@ -159,6 +161,14 @@ def test_the_reader_refuses_a_shard_with_a_flipped_byte(tmp_path):
     with pytest.raises(DataError, match=f"{shard}: sha256 is {flipped}, manifest says .*re-create"):
         next(rows)
     verify_shards(manifest, hashes=False)  # the footer checks cannot see it: only the hash does
+
+
+def test_the_check_ray_data_runs_before_the_first_step_imports_no_pytorch():
+    # Ray Data runs verified_shard_rows in a task worker of its own at the start of every run
+    # that keeps its data in memory: PyTorch there cost about 1.5 s of CPU before the first step.
+    probe = "import sys, distgan.data.verify; print(sorted({'torch', 'pandas'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 @pytest.mark.ray

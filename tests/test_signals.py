@@ -142,21 +142,21 @@ def test_sigterm_stops_a_run_on_a_cluster_and_its_resume_says_why_it_ended(
     ray_cluster, tmp_path, capfd
 ):
     """SIGTERM (a scheduler, Ray's job stop) to a run on a Ray cluster (RAY_ADDRESS: ray.init
-    puts its own SIGTERM handler in place there too), then the printed resume command, in this
-    process (its file descriptors captured: what Ray writes there too)."""
+    puts its own SIGTERM handler in place there too), then the printed resume command, checked
+    in this process (its file descriptors captured: what Ray writes there too)."""
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
     proc, runs, logs = start_local_run(tmp_path, env=env)
     wait_for_progress(proc, logs)
     procs = tree(proc)
     proc.send_signal(signal.SIGTERM)
     run_dir, step = check_stopped(proc, procs, runs, logs, signal.SIGTERM)
+    # The resume says why the last part ended (a stopped run resumed and trained on: the split
+    # cluster's stop and resume in test_split_cluster.py).
     capfd.readouterr()
-    code = main(["train", "--resume", str(run_dir), "--set", f"train.steps={step + 40}"])
+    code = main(["train", "--resume", str(run_dir), "--dry-run"])
     more = capfd.readouterr()
     assert code == 0, more.err[-3000:]
-    assert f"the run's last part was stopped (SIGTERM) at step {step}" in more.err
-    assert "worker died" not in more.out, more.out
-    assert ckpts.load(ckpts.latest(run_dir))["step"] == step + 40
+    assert more.err == f"distgan: the run's last part was stopped (SIGTERM) at step {step}\n"
 
 
 def test_a_second_ctrl_c_stops_at_once_and_says_what_is_lost(tmp_path):

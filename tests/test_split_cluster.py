@@ -5,7 +5,10 @@ runs on it, end to end.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 import secrets
 import shlex
 import shutil
@@ -15,6 +18,11 @@ import time
 
 import pytest
 from conftest import REPO
+
+from distgan.config import parse_job
+from distgan.objectives import COST_FIGURES, MODEL_FIGURES, dominates
+from distgan.train.complexity import COMPLEXITY
+from distgan.tune.front import FRONT, PARETO
 
 pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("ray-b")]  # conftest.py
 
@@ -141,6 +149,7 @@ def client(split_cluster, in_bucket, s3_env, monkeypatch):
 
 
 TINY = ["train.log_every=20", "train.sample_every=30", "eval.every=0"]
+BUDGET = 300_000  # G's parameters: an MLP G of width 64 has 243,920, of width 256 1,464,848
 
 
 def submit(argv: list[str], overrides: list[str], capsys) -> tuple[int, str, str, str]:
@@ -311,56 +320,100 @@ def _metrics(s3, run: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def test_submitted_search_lives_in_the_storage(split_cluster, in_bucket, client, capsys):
+def test_a_submitted_search_over_quality_and_cost_lives_in_the_storage(
+    split_cluster, in_bucket, client, capsys
+):
     """A search submitted to the split cluster keeps all of it in the bucket: Tune's state, each
-    trial's run directory (written on the worker node), results.csv, best.yaml, best_samples/;
-    nothing of it is on the head's disk, where the search's driver runs."""
-    from distgan.config import parse_job
+    trial's run directory (written on the worker node), results.csv, pareto.csv and front/;
+    nothing of it is on the head's disk, where the search's driver runs.
 
+    It searches over quality and cost: Optuna samples the widths of an MLP, the widest breaks
+    the job's budget and is never trained, and the two trained trials make the front (the wider
+    scores better, the narrower costs less)."""
     cluster, s3 = split_cluster, in_bucket
     s3.create_bucket("searches")
     local_runs = sorted((REPO / "runs").iterdir())
 
-    # Two trials one after the other, one worker each, two evaluations of a few images each.
+    # Three trials one after the other, one worker each; Optuna's first trials are random
+    # draws: with seed 1 they are widths 64, 8 and 256. Training is deterministic on CPU, so the
+    # figures come out the same every time.
     overrides = [
-        "train.steps=40", "train.log_every=20", "train.sample_every=20",
-        "eval.every=20", "eval.n_samples=64", "eval.n_real=256", "scale.workers=1",
-        "tune.space={optim.lr_g: 'grid([2e-4, 1e-3])'}", "tune.num_samples=1",
-        "tune.scheduler=fifo", "tune.max_concurrent_trials=1",
+        "model.z_dim=16", "optim.lr_g=2e-3", "optim.lr_d=2e-3",
+        "train.steps=40", "train.batch_size=32", "train.log_every=10", "train.sample_every=40",
+        "train.ema=false", "eval.every=40", "eval.n_samples=128", "eval.n_real=500",
+        "scale.workers=1", "tune.space={model.width: 'choice([8, 64, 256])'}",
+        "tune.num_samples=3", "tune.seed=1", "tune.scheduler=fifo", "tune.max_concurrent_trials=1",
+        "tune.objectives=[fid, g_gflops]", f"tune.constraints=['g_params <= {BUDGET}']",
         f"run.storage={s3.uri('searches', 's')}", f"data.source={s3.uri('data', 'embedded')}",
     ]  # fmt: skip
     code, _, out, err = submit(["jobs/tune_quickstart.yaml", "--wait"], overrides, capsys)
     assert code == 0, out[-3000:] + err
-    assert "best: s3://searches/s/" in out
 
     keys = s3.keys("searches", "s/")
     (resolved,) = [k for k in keys if k.count("/") == 2 and k.endswith("/job.resolved.yaml")]
     search = resolved.removesuffix("/job.resolved.yaml")
     assert search.endswith("-tune_quickstart-tune")
-    rows = s3.read("searches", f"{search}/results.csv").decode().splitlines()
-    assert len(rows) == 3 and rows[0].startswith("trial_id,status,optim.lr_g,best_fid")
-    best = parse_job(s3.read("searches", f"{search}/best.yaml"), "best.yaml")
-    assert best.optim.lr_g in (2e-4, 1e-3) and best.tune.space == {}
-    assert [k for k in keys if k.startswith(f"{search}/best_samples/step_")]
+    rows = list(csv.DictReader(io.StringIO(s3.read("searches", f"{search}/results.csv").decode())))
+    assert sorted(int(r["model.width"]) for r in rows) == [8, 64, 256]
     # Tune's experiment state (what --resume reads) is there too.
     assert f"{search}/tune/tuner.pkl" in keys
-    # Each trial's run directory was written on the worker node, into the bucket.
-    trials = {k.split("/")[3] for k in keys if k.startswith(f"{search}/trials/")} - {""}
-    assert len(trials) == 2
-    for trial in trials:
-        run = f"{search}/trials/{trial}"
+
+    # The trial over budget was counted, never trained: its folder holds its complexity.json
+    # alone, results.csv says why, and so does the search's line for it.
+    (skipped,) = [r for r in rows if r["status"] == "skipped"]
+    assert int(skipped["model.width"]) == 256 and int(skipped["g_params"]) > BUDGET
+    assert skipped["reason"] == f"g_params 1.465e+06 breaks g_params <= {BUDGET}"
+    assert s3.keys("searches", f"{search}/trials/{skipped['trial_id']}/") == [
+        f"{search}/trials/{skipped['trial_id']}/{COMPLEXITY}"
+    ]
+    assert f"trial {skipped['trial_id']} skipped: g_params 1.465e+06 breaks" in out
+    trained = [r for r in rows if r["status"] == "done"]
+    assert len(trained) == 2
+    for r in trained:
+        # Each trial's run directory was written on the worker node, into the bucket; nothing
+        # over budget trained, and every figure of each was measured.
+        run = f"{search}/trials/{r['trial_id']}"
         metrics = [
             json.loads(line) for line in s3.read("searches", f"{run}/metrics.jsonl").splitlines()
         ]
-        assert [m["step"] for m in metrics if "fid" in m] == [20, 40]
+        assert [m["step"] for m in metrics if "fid" in m] == [40]
         assert "step 40/40" in s3.read("searches", f"{run}/progress.log").decode()
         assert f"{run}/job.resolved.yaml" in keys and f"{run}/best/state.pt" in keys
+        assert int(r["g_params"]) <= BUDGET and r["reason"] == ""
+        cost = json.loads(s3.read("searches", f"{run}/{COMPLEXITY}"))
+        assert all(cost[k] > 0 for k in COST_FIGURES) and cost["peak_mem_kind"] == "cpu-rss"
+        assert all(float(r[k]) == cost[k] for k in MODEL_FIGURES)
+
+    # pareto.csv: at least two trials, none beaten on both objectives by any trial of
+    # results.csv, and every measured trial it leaves out is beaten by one of them.
+    def point(row: dict) -> tuple[float, float]:
+        return float(row["best_fid"]), float(row["g_gflops"])
+
+    front = list(csv.DictReader(io.StringIO(s3.read("searches", f"{search}/{PARETO}").decode())))
+    measured = [r for r in rows if not math.isnan(float(r["best_fid"]))]
+    assert len(front) >= 2
+    for p in front:
+        assert not any(dominates(point(r), point(p), ["min", "min"]) for r in measured), p
+    on_front = {p["trial_id"] for p in front}
+    for r in measured:
+        if r["trial_id"] not in on_front:
+            assert any(dominates(point(p), point(r), ["min", "min"]) for p in front), r
+    # A job per point of the front in place of best.yaml, each with that trial's width.
+    assert f"{search}/best.yaml" not in keys
+    assert sorted(k for k in keys if k.startswith(f"{search}/{FRONT}/")) == sorted(
+        f"{search}/{FRONT}/{t}.yaml" for t in on_front
+    )
+    widths = {r["trial_id"]: int(r["model.width"]) for r in rows}
+    for trial in on_front:
+        job = parse_job(s3.read("searches", f"{search}/{FRONT}/{trial}.yaml"), f"{trial}.yaml")
+        assert job.model.width == widths[trial] and job.tune.objectives == []
+    assert f"front: {len(front)} trial(s)" in out
 
     # Nothing of the search on the head's disk: not in the project's runs/, not in the head's
     # Ray temp dir (where the search's driver ran).
     assert sorted((REPO / "runs").iterdir()) == local_runs
     head_files = {p.name for p in cluster.head_temp_dir.rglob("*")}
-    names = {"job.resolved.yaml", "metrics.jsonl", "results.csv", "best.yaml", "progress.log"}
+    names = {"job.resolved.yaml", "metrics.jsonl", "results.csv", PARETO, "progress.log"}
     assert not head_files & names
 
 

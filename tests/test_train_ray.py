@@ -143,20 +143,3 @@ def test_a_job_that_cannot_be_placed_fails_at_once(ray_cluster, tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(job) in err and words in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
-
-
-def test_streamed_batches_carry_two_workers_across_epochs_with_decaying_rates(
-    ray_cluster, tmp_path
-):
-    """data.cache: stream, each worker reading its own share of the shards: 700 steps of 16
-    images a worker are more than two epochs of the 10,000 embedded images, read ahead by each
-    worker's thread; the rates fall linearly to lr_final by the last step (optim.lr_decay)."""
-    job = write_job(tmp_path, steps=700, log_every=100, checkpoint_every=700, sample_every=700)
-    sets = ["data.cache=stream", "optim.lr_g=1e-3", "optim.lr_decay=linear", "optim.lr_final=0.1"]
-    assert main(["train", str(job)] + [a for s in sets for a in ("--set", s)]) == 0
-    metrics = read_metrics(only_run(tmp_path))
-    assert [m["step"] for m in metrics] == list(range(100, 701, 100))
-    assert metrics[-1]["epoch"] == 2  # 312 steps an epoch (10,000 // 32)
-    assert all(m["images_seen"] == m["step"] * BATCH for m in metrics)
-    for m in metrics:
-        assert math.isclose(m["lr_g"], 1e-3 * (1 - 0.9 * (m["step"] - 1) / 700)), m

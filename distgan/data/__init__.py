@@ -9,14 +9,32 @@ Fashion-MNIST training images (1×28×28) with their labels and class names
 (``class_name(manifest, 0) == "T-shirt/top"``).
 """
 
+from __future__ import annotations
+
+import importlib
 from pathlib import Path
 
-from distgan.data.importers import import_source, read_idx, read_image_folder, read_npz
-from distgan.data.manifest import ShardInfo, ShardManifest, class_name, read_manifest
-from distgan.data.reading import load_arrays, read_labels, read_rows, verify_shards
-from distgan.data.shards import write_shards
-
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
+
+# Each name below is imported from its module when first asked for: a Ray Data task that only
+# checks shard files (data/verify.py) then imports no PyTorch (importers.py does).
+_HOME = {
+    "import_source": "importers", "read_idx": "importers", "read_image_folder": "importers",
+    "read_npz": "importers",
+    "ShardInfo": "manifest", "ShardManifest": "manifest", "class_name": "manifest",
+    "read_manifest": "manifest",
+    "load_arrays": "reading", "read_labels": "reading", "read_rows": "reading",
+    "verify_shards": "reading",
+    "write_shards": "shards",
+}  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    globals()[name] = value
+    return value
 
 
 def data_location(source: str) -> str:

@@ -231,7 +231,7 @@ def launch(
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from distgan.data.reader import verified_shard_rows
+    from distgan.data.verify import verified_shard_rows
     from distgan.train.failures import (
         CapacityWatch,
         classify,
