@@ -317,7 +317,7 @@ def test_the_example_learns_the_datas_mean_image():
 
 
 @pytest.mark.ray
-@pytest.mark.xdist_group("ray-b")  # conftest.py
+@pytest.mark.xdist_group("ray-a")  # conftest.py
 def test_an_own_model_trains_from_another_folder_and_samples_until_its_module_changes(
     ray_cluster, tmp_path, elsewhere, capsys
 ):

@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import time
 from dataclasses import dataclass
 
@@ -72,9 +73,8 @@ class CapacityWatch:
     """Ends an elastic run that has had no worker group (alive or starting) for
     ``start_timeout_s``, having said once, after ``TELL_AFTER_S``, that it waits and for what.
     ``check()`` asks Ray's State API at most every ``CHECK_S`` seconds; when that cannot answer
-    (a cluster without its dashboard), the run waits as Ray has it. Ray Train's controller, an
-    actor this driver owns, ends with the driver's Ray connection (no API hands the driver its
-    handle to abort it)."""
+    (a cluster without its dashboard), the run waits as Ray has it. The driver that gives up
+    ends Ray Train's controller (``end_train_controller``)."""
 
     CHECK_S = 2.0
     TELL_AFTER_S = 15.0  # a group normally starts within seconds, a restarted one too
@@ -126,6 +126,33 @@ def worker_group_alive() -> bool | None:
         return bool(list_actors(filters=filters, limit=1, raise_on_missing_output=False))
     except Exception:  # noqa: BLE001 - without the State API the watch does nothing
         return None
+
+
+def end_train_controller() -> int:
+    """SIGKILLs the Ray Train controller of this driver's job, which Ray Train places on the
+    driver's own node, and returns how many it ended (0 when the State API cannot say). For a
+    driver that gives up on a run whose ``trainer.fit()`` still waits in another thread: the
+    controller's death ends that wait. A thread left inside ``ray.get`` when Ray shuts down
+    crashes the process (a segfault) once it connects to Ray again, and no API hands the driver
+    the controller's handle to abort it."""
+    try:
+        import ray
+        from ray.util.state import list_actors
+
+        job = ray.get_runtime_context().get_job_id()
+        filters = [("class_name", "=", "TrainController"), ("state", "=", "ALIVE"),
+                   ("job_id", "=", job)]  # fmt: skip
+        actors = list_actors(filters=filters, detail=True, raise_on_missing_output=False)
+    except Exception:  # noqa: BLE001 - without the State API Ray's shutdown ends it
+        return 0
+    ended = 0
+    for actor in actors:
+        try:
+            os.kill(int(actor.pid), signal.SIGKILL)
+            ended += 1
+        except (OSError, TypeError, ValueError):  # gone already, or not a pid of this machine
+            pass
+    return ended
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from distgan.config import METRIC_NAMES
 from distgan.errors import UserError
 from distgan.progress import duration
 from distgan.storage import Location
-from distgan.train.failures import user_error_in
+from distgan.train.failures import end_train_controller, user_error_in
 from distgan.train.outputs import METRICS, read_metrics, request_stop, write_status
 
 
@@ -104,6 +104,11 @@ def last_step(run: Location, default: int) -> int:
 
 
 POLL_S = 0.25  # how soon a signal is answered
+STOPPING = (
+    "distgan: stopping: the workers write a final checkpoint at the step they reach (a second "
+    "Ctrl-C stops at once, losing the steps since the last one)"
+)
+ABANDON_WAIT_S = 15.0  # how long a driver that gives up waits for fit() to return
 
 
 class Stopped(KeyboardInterrupt):
@@ -222,26 +227,30 @@ def fit_with_progress(
                     on_record(m)
 
     polls, asked = 0, False
-    with Interrupts() as interrupts:
-        while not done.wait(timeout=POLL_S):
-            if interrupts.signum is not None and not asked:
-                asked = True
-                request_stop(run)
-                # Marked now, in case the process is killed before the final checkpoint lands:
-                # the run is whole up to its last checkpoint either way.
-                write_status(run, "stopped", last_step(run, 0))
-                print(
-                    "distgan: stopping: the workers write a final checkpoint at the step they "
-                    "reach (a second Ctrl-C stops at once, losing the steps since the last one)",
-                    file=out,
-                    flush=True,
-                )
-            polls += 1
-            if polls % (4 if run.is_local else 8) == 0:  # every second; object storage: 2 s
-                show_new_lines()
-                if watch is not None:
-                    watch.check()
-        show_new_lines()  # the lines written since the last poll
+    try:
+        with Interrupts() as interrupts:
+            while not done.wait(timeout=POLL_S):
+                if interrupts.signum is not None and not asked:
+                    asked = True
+                    request_stop(run)
+                    # Marked now, in case the process is killed before the final checkpoint lands:
+                    # the run is whole up to its last checkpoint either way.
+                    write_status(run, "stopped", last_step(run, 0))
+                    print(STOPPING, file=out, flush=True)
+                polls += 1
+                if polls % (4 if run.is_local else 8) == 0:  # every second; object storage: 2 s
+                    show_new_lines()
+                    if watch is not None:
+                        watch.check()
+            show_new_lines()  # the lines written since the last poll
+    except BaseException as e:
+        if not done.is_set() and not (isinstance(e, Stopped) and e.at_once):
+            # Given up while fit() still runs in its thread (no worker group for
+            # scale.wait_minutes, an error here): its controller is ended, so that fit()
+            # returns before Ray's connection does (failures.end_train_controller).
+            end_train_controller()
+            done.wait(timeout=ABANDON_WAIT_S)
+        raise
     if "error" in outcome:
         raise user_error_in(outcome["error"]) or outcome["error"]
     if asked:
