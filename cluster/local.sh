@@ -82,6 +82,23 @@ EOF
   die "the cluster did not come up within 120 s; see $DIR/*.log"
 }
 
+# The nodes can be up before the head's dashboard, which serves the Jobs API (submit, status,
+# logs, stop): `up` returns once that answers too.
+wait_jobs_api() {
+  local deadline=$((SECONDS + 60))
+  while ((SECONDS < deadline)); do
+    python - "$DASH" <<'EOF' 2>/dev/null && return
+import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/api/version", timeout=5)
+except urllib.error.HTTPError:
+    pass  # it answers (asking for the token): it is up
+EOF
+    sleep 1
+  done
+  die "the Jobs API at http://127.0.0.1:$DASH did not answer within 60 s; see $DIR/head.log"
+}
+
 up() {
   local n=${1:-1}
   [[ -n "$RAY" ]] || die "ray is not on PATH; run 'make test' once to create .venv, or pip install distgan"
@@ -101,6 +118,7 @@ up() {
     start_node "worker$i" --address="127.0.0.1:$BASE" $(node_ports "$i")
   done
   wait_nodes $((n + 1))
+  wait_jobs_api
   echo "up: head + $n worker node(s) on 127.0.0.1, token auth on, state in $DIR"
   echo "  export RAY_ADDRESS=http://127.0.0.1:$DASH   # what distgan submit/status/logs/stop use"
 }
