@@ -139,14 +139,14 @@ def end_train_controller() -> int:
         import ray
         from ray.util.state import list_actors
 
-        job = ray.get_runtime_context().get_job_id()
+        context = ray.get_runtime_context()
         filters = [("class_name", "=", "TrainController"), ("state", "=", "ALIVE"),
-                   ("job_id", "=", job)]  # fmt: skip
+                   ("job_id", "=", context.get_job_id())]  # fmt: skip
         actors = list_actors(filters=filters, detail=True, raise_on_missing_output=False)
     except Exception:  # noqa: BLE001 - without the State API Ray's shutdown ends it
         return 0
     ended = 0
-    for actor in actors:
+    for actor in (a for a in actors if a.node_id == context.get_node_id()):  # pids of this node
         try:
             os.kill(int(actor.pid), signal.SIGKILL)
             ended += 1
