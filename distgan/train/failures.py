@@ -117,15 +117,20 @@ def worker_group_alive() -> bool | None:
     actors being placed or started: Ray's own start timeout covers those); None when Ray
     cannot say. Below MIN, the elastic policy creates no worker actor at all."""
     try:
-        import ray
-        from ray.util.state import list_actors
-
-        job = ray.get_runtime_context().get_job_id()
-        filters = [("class_name", "=", "RayTrainWorker"), ("state", "!=", "DEAD"),
-                   ("job_id", "=", job)]  # fmt: skip
-        return bool(list_actors(filters=filters, limit=1, raise_on_missing_output=False))
+        return bool(_job_actors("RayTrainWorker", ("state", "!=", "DEAD"), limit=1))
     except Exception:  # noqa: BLE001 - without the State API the watch does nothing
         return None
+
+
+def _job_actors(class_name: str, state: tuple[str, str, str], **options) -> list:
+    """The State API's actors of ``class_name`` in this driver's job whose state passes
+    ``state`` (a filter); raises what the State API raises."""
+    import ray
+    from ray.util.state import list_actors
+
+    job = ray.get_runtime_context().get_job_id()
+    filters = [("class_name", "=", class_name), state, ("job_id", "=", job)]
+    return list_actors(filters=filters, raise_on_missing_output=False, **options)
 
 
 def end_train_controller() -> int:
@@ -135,18 +140,15 @@ def end_train_controller() -> int:
     controller's death ends that wait. A thread left inside ``ray.get`` when Ray shuts down
     crashes the process (a segfault) once it connects to Ray again, and no API hands the driver
     the controller's handle to abort it."""
-    try:
-        import ray
-        from ray.util.state import list_actors
+    import ray
 
-        context = ray.get_runtime_context()
-        filters = [("class_name", "=", "TrainController"), ("state", "=", "ALIVE"),
-                   ("job_id", "=", context.get_job_id())]  # fmt: skip
-        actors = list_actors(filters=filters, detail=True, raise_on_missing_output=False)
+    try:
+        actors = _job_actors("TrainController", ("state", "=", "ALIVE"), detail=True)
     except Exception:  # noqa: BLE001 - without the State API Ray's shutdown ends it
         return 0
+    node = ray.get_runtime_context().get_node_id()
     ended = 0
-    for actor in (a for a in actors if a.node_id == context.get_node_id()):  # pids of this node
+    for actor in (a for a in actors if a.node_id == node):  # pids of this node only
         try:
             os.kill(int(actor.pid), signal.SIGKILL)
             ended += 1
