@@ -230,6 +230,25 @@ def test_a_report_is_written_through_object_storage(run_dir):
     assert "fid 47.43 at step 40 (best/)" in html and html.count('alt="step ') == 8
 
 
+def test_training_rewrites_the_report_at_a_checkpoint_at_most_once_a_minute(run_dir, tmp_path):
+    """distgan train's progress callback: the first checkpoint writes report.html, the next
+    only a minute after it; log steps between checkpoints never do (README, "Seeing a run")."""
+    from distgan.cli.train import CheckpointReports
+
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    now = [0.0]
+    reports = CheckpointReports(open_location(run, field="RUN"), every=20, clock=lambda: now[0])
+    written = []
+    for t, step in [(0, 20), (10, 30), (30, 40), (61, 50), (62, 60), (70, 80), (125, 100)]:
+        now[0] = t
+        (run / REPORT).unlink(missing_ok=True)
+        reports({"step": step})
+        if (run / REPORT).exists():
+            written.append(step)
+    assert written == [20, 60, 100]
+    assert "fid 47.43 at step 40 (best/)" in (run / REPORT).read_text()
+
+
 @pytest.mark.parametrize(
     "setup, expected",
     [

@@ -121,6 +121,23 @@ def try_write_report(run) -> None:
         sys.stderr.write(f"distgan: report.html not written ({type(e).__name__}: {first})\n")
 
 
+class CheckpointReports:
+    """The progress callback that rewrites report.html at a checkpoint: at the first one, then
+    at most every ``REPORT_EVERY_S`` (a report takes about a second of the driver's CPU, which
+    the workers share on a small machine); the run's end always writes one."""
+
+    REPORT_EVERY_S = 60.0
+
+    def __init__(self, run_dir, every: int, write=try_write_report, clock=time.monotonic):
+        self.run_dir, self.every, self.write, self.clock = run_dir, every, write, clock
+        self.last = -float("inf")
+
+    def __call__(self, m: dict) -> None:
+        if m["step"] % self.every == 0 and self.clock() - self.last >= self.REPORT_EVERY_S:
+            self.write(self.run_dir)
+            self.last = self.clock()
+
+
 def _interrupt(signum, frame) -> None:
     raise Stopped(signum)
 
@@ -203,16 +220,10 @@ def run(args: argparse.Namespace) -> int:
                 run_dir = new_run_dir(storage_home(spec.run), spec.run.name)
                 lease = RunLease(run_dir, "distgan train").acquire()
             write_resolved(spec, run_dir)
-            every = spec.train.checkpoint_every
-
-            def report_at_checkpoints(m: dict) -> None:
-                if m["step"] % every == 0 or m["step"] == spec.train.steps:
-                    try_write_report(run_dir)
-
             try:
                 metrics = launch(
                     spec, run_dir, manifest, plan, job_source, resume_from=resume_from,
-                    on_record=report_at_checkpoints,
+                    on_record=CheckpointReports(run_dir, spec.train.checkpoint_every),
                 )  # fmt: skip
             except Stopped as e:
                 if e.at_once:
