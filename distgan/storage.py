@@ -175,6 +175,22 @@ class Location:
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode())
 
+    def overwrite_in_place(self, rel: str, data: bytes) -> None:
+        """Writes a small file over the bytes of the one there, on a local disk: a full disk
+        has no room for write_bytes's temporary copy, but a file of under a block fits in its
+        old one. A reader may see it half-written, so it is kept for a run's last word on a full
+        disk. Object stores (one PUT, no disk of their own) and a missing file: write_bytes."""
+        target = self._full(rel)
+        if not (self.is_local and os.path.isfile(target)):
+            self.write_bytes(rel, data)
+            return
+        try:
+            with open(target, "r+b") as f:
+                f.write(data)
+                f.truncate()
+        except OSError as e:
+            raise storage_error(join(self.uri, rel), "location", e) from None
+
     def upload(self, local_file: str | Path, rel: str) -> None:
         """Copies a local file to ``rel`` (temporary name and rename on local storage)."""
         self.write_bytes(rel, Path(local_file).read_bytes())

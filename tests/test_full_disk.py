@@ -17,11 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from distgan.errors import StorageError
 from distgan.storage import open_location
 from distgan.train import checkpoint as ckpts
-from distgan.train.outputs import read_status
-
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray-b")]  # conftest.py
+from distgan.train.outputs import read_status, write_status
 
 DISTGAN = Path(sys.executable).with_name("distgan")
 
@@ -41,6 +40,8 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+@pytest.mark.ray
+@pytest.mark.xdist_group("ray-b")  # conftest.py
 def test_a_full_disk_loses_nothing_saved_and_says_how_to_go_on(ray_cluster, small_disk, tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({
@@ -83,3 +84,21 @@ def test_a_full_disk_loses_nothing_saved_and_says_how_to_go_on(ray_cluster, smal
         again.stderr
         == f"distgan: the run's last part failed (disk full) at step {status['step']}\n"
     )
+
+
+def test_a_disk_with_no_byte_left_still_takes_the_runs_last_status(small_disk):
+    """The run's last word (status.json "disk full") fits over the old status.json when no new
+    file does: without it the status stayed "running" whenever the failed write left no room."""
+    run = open_location(str(small_disk), "run")
+    write_status(run, "running", 0)
+    with open(small_disk / "filler", "wb", buffering=0) as f, pytest.raises(OSError) as full:
+        while True:
+            f.write(b"\0" * 4096)
+    assert "No space left" in str(full.value)
+    with pytest.raises(StorageError, match="No space left"):
+        write_status(run, "failed", 120, error="disk full", checkpoint_step=100)
+    write_status(run, "failed", 120, error="disk full", checkpoint_step=100, in_place=True)
+    status = read_status(run)
+    assert status["status"] == "failed" and status["error"] == "disk full", status
+    assert status["step"] == 120 and status["checkpoint_step"] == 100
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "status.json"]

@@ -195,7 +195,8 @@ def test_a_run_lives_in_the_storage_through_a_lost_node_a_stop_and_two_resumes(
         "train.steps=100000", "train.checkpoint_every=20", "scale.wait_minutes=0.35", *TINY,
         f"run.storage={s3.uri('runs', 'a')}", f"data.source={s3.uri('data', 'embedded')}",
     ]  # fmt: skip
-    job_id = _submit_quietly(["jobs/quickstart.yaml"], overrides)
+    code, job_id, out, err = submit(["jobs/quickstart.yaml"], overrides, capsys)
+    assert code == 0 and job_id, out + err
     run = _wait_for_checkpoint(s3, "a/", 20, time.monotonic() + 180)
     jobs = connect()
     (node,) = [n for n in cluster.alive_nodes() if n["node_id"] == cluster.worker_node_id]
@@ -226,7 +227,8 @@ def test_a_run_lives_in_the_storage_through_a_lost_node_a_stop_and_two_resumes(
     # from here, so that the stop's own is told apart), until distgan stop.
     resume = shlex.split(line.split("Continue with: ", 1)[1])
     assert resume[:3] == ["distgan", "submit", "--resume"]
-    job_id = _submit_quietly(resume[2:], ["train.checkpoint_every=1000"])
+    code, job_id, out, err = submit(resume[2:], ["train.checkpoint_every=1000"], capsys)
+    assert code == 0 and job_id, out + err
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and _metrics(s3, run)[-1]["step"] < saved + 40:
         time.sleep(0.5)
@@ -435,18 +437,3 @@ def _wait_for_checkpoint(s3, prefix: str, step: int, deadline: float) -> str:
         if rows and rows[-1]["step"] > step:
             return run
     raise AssertionError(f"the run under {prefix} did not pass step {step} in time")
-
-
-def _submit_quietly(argv: list[str], overrides: list[str]) -> str:
-    """``distgan submit`` without --wait, its output kept from the test's; the job id."""
-    import contextlib
-    import io
-
-    from distgan.cli import main
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(["submit", *argv] + [a for s in overrides for a in ("--set", s)])
-    assert code == 0, out.getvalue()
-    (job_id,) = [ln.split()[1] for ln in out.getvalue().splitlines() if ln.startswith("submitted:")]
-    return job_id

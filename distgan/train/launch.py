@@ -329,8 +329,9 @@ def launch(
     except BaseException as e:
         if isinstance(e, Exception) and disk_full(e):  # what is saved, and how to go on
             reached, saved = last_step(run, step), checkpoint_step(run)
-            with contextlib.suppress(StorageError):  # status.json may not fit either
-                write_status(run, "failed", reached, error="disk full", checkpoint_step=saved)
+            with contextlib.suppress(StorageError):  # over the old status.json: no new file fits
+                write_status(run, "failed", reached, error="disk full", checkpoint_step=saved,
+                             in_place=True)  # fmt: skip
             raise StorageError(disk_full_message(run, reached, saved)) from None
         lost = classify(e) if isinstance(e, Exception) else None
         if lost is not None:  # a node lost for good: one line, not Ray's traceback

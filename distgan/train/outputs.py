@@ -81,10 +81,15 @@ def existing_run_dir(source: str | Path) -> Location:
     return run
 
 
-def write_status(run: Location, status: str, step: int = 0, **extra) -> None:
-    """``status.json``: what ``distgan runs`` shows for the run (running, done, failed, stopped)."""
+def write_status(run: Location, status: str, step: int = 0, in_place: bool = False, **extra):
+    """``status.json``: what ``distgan runs`` shows for the run (running, done, failed, stopped).
+    ``in_place``: over the old file's bytes, on a disk too full for a new file."""
     record = {"status": status, "step": int(step), "updated": time.time(), **extra}
-    run.write_text(STATUS, json.dumps(record) + "\n")
+    data = (json.dumps(record) + "\n").encode()
+    if in_place:
+        run.overwrite_in_place(STATUS, data)
+    else:
+        run.write_bytes(STATUS, data)
 
 
 def request_stop(run: Location, clear: bool = False) -> None:
