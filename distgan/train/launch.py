@@ -329,7 +329,7 @@ def launch(
     except BaseException as e:
         if isinstance(e, Exception) and disk_full(e):  # what is saved, and how to go on
             reached, saved = last_step(run, step), checkpoint_step(run)
-            with contextlib.suppress(StorageError):  # over the old status.json: no new file fits
+            with contextlib.suppress(StorageError):  # in_place: over the old one if nothing fits
                 write_status(run, "failed", reached, error="disk full", checkpoint_step=saved,
                              in_place=True)  # fmt: skip
             raise StorageError(disk_full_message(run, reached, saved)) from None

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from distgan.config import RESOLVED_JOB, dump_yaml
-from distgan.errors import CheckpointError
+from distgan.errors import CheckpointError, StorageError
 from distgan.images import grid_png
 from distgan.storage import Location, display, open_location
 from distgan.train import checkpoint as ckpts
@@ -83,13 +83,15 @@ def existing_run_dir(source: str | Path) -> Location:
 
 def write_status(run: Location, status: str, step: int = 0, in_place: bool = False, **extra):
     """``status.json``: what ``distgan runs`` shows for the run (running, done, failed, stopped).
-    ``in_place``: over the old file's bytes, on a disk too full for a new file."""
+    ``in_place``: when the disk has no room for a new file, over the old file's bytes."""
     record = {"status": status, "step": int(step), "updated": time.time(), **extra}
     data = (json.dumps(record) + "\n").encode()
-    if in_place:
-        run.overwrite_in_place(STATUS, data)
-    else:
+    try:
         run.write_bytes(STATUS, data)
+    except StorageError:
+        if not in_place:
+            raise
+        run.overwrite_in_place(STATUS, data)
 
 
 def request_stop(run: Location, clear: bool = False) -> None:
