@@ -316,6 +316,12 @@ def resumed_steps(run_root: Path) -> list[int]:
     return [m["resumed_from"] for m in map(json.loads, lines) if "resumed_from" in m]
 
 
+def restarts_told(log: Path) -> list[int]:
+    """The checkpoint steps the driver said the restarted worker groups go on from."""
+    said = re.finditer(r"the workers go on from the checkpoint at step (\d+)", log.read_text())
+    return [int(m.group(1)) for m in said]
+
+
 def assert_no_token(*places: Path) -> None:
     for place in places:
         files = [place] if place.is_file() else [p for p in place.rglob("*") if p.is_file()]
@@ -347,11 +353,13 @@ def test_two_workers_killed_mid_run_lose_at_most_one_interval_each(ray_cluster, 
             if time.monotonic() >= next_look:
                 pids, next_look = train_worker_pids(ray_cluster), time.monotonic() + 1.0
             # First kill: after the first checkpoint. Second: once the restarted group (new
-            # PIDs) has logged a step of its own. A step logged after the first checkpoint
-            # means Ray registered that checkpoint.
+            # PIDs) has logged a step of its own and the driver has told of the first restart
+            # (two restarts within one of its polls read as one). A step logged after the first
+            # checkpoint means Ray registered that checkpoint.
             logged = logged_steps(tmp_path / "kill")
             ready = logged and logged[-1] > every
             ready = ready and len(resumed_steps(tmp_path / "kill")) == len(killed)
+            ready = ready and len(restarts_told(tmp_path / "kill.log")) == len(killed)
             ready = ready and len(pids) == 2 and all(not (pids & group) for group in killed)
             if ready:
                 time.sleep(rng.uniform(0, 0.5))  # a random moment in the run
@@ -375,8 +383,7 @@ def test_two_workers_killed_mid_run_lose_at_most_one_interval_each(ray_cluster, 
     # The driver says so, once a restart (metrics.jsonl keeps only the newest line of a step:
     # a second restart from the same checkpoint replaces the first one's lines).
     driver_log = (tmp_path / "kill.log").read_text()
-    said = re.finditer(r"the workers go on from the checkpoint at step (\d+)", driver_log)
-    restarts = [int(m.group(1)) for m in said]
+    restarts = restarts_told(tmp_path / "kill.log")
     assert len(restarts) == 2, driver_log[-3000:]
     for before, resumed_from in zip(last_before_kill, restarts):
         assert resumed_from % every == 0 and 0 <= before - resumed_from <= every, restarts
