@@ -183,51 +183,74 @@ def stop_tree(*pids: int, timeout: float = 15.0) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
+def _start_session_head(base: int) -> tuple[subprocess.Popen, str]:
+    """``ray start`` of the session's head (below), once more if it timed out starting (seen on
+    a loaded machine: "The current node timed out during startup"); (process, temp dir)."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    for attempt in (1, 2):
+        temp_dir = tempfile.mkdtemp(prefix="dgray-", dir="/tmp")  # short: socket paths are limited
+        with open(Path(temp_dir) / "head.log", "w") as log:
+            # No log monitor on this head, which runs every in-process test's jobs: it forwards
+            # worker output to drivers that ask for it (distgan's ask for none:
+            # log_to_driver=False), and it rescans the log files of every worker the session
+            # started, twice a second, at a growing cost (1.6 CPU-s a minute after ten
+            # minutes). The other clusters keep theirs, as a user's.
+            head = subprocess.Popen(
+                [*ray_head_command(base, temp_dir), "--include-log-monitor=false"],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while head.poll() is None and not _head_answers(base):
+            if time.monotonic() > deadline:
+                stop_tree(head.pid, timeout=5)
+                raise TimeoutError(f"ray start did not answer in 120 s: {temp_dir}/head.log")
+            time.sleep(1)
+        if head.poll() is None:
+            return head, temp_dir
+        said = (Path(temp_dir) / "head.log").read_text()
+        # What the failed start left (its GCS, raylet: no longer the head's children).
+        left = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if temp_dir in " ".join(p.info["cmdline"] or [])
+        ]
+        stop_tree(*(p.pid for p in left), timeout=5)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        if attempt == 2 or "timed out during startup" not in said:
+            raise RuntimeError(f"ray start failed: {said}")
+    raise AssertionError("unreachable")
+
+
+def _head_answers(base: int) -> bool:
+    import ray
+
+    try:
+        ray.init(address=f"127.0.0.1:{base}", log_to_driver=False, logging_level="warning")
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+    ray.shutdown()  # distgan connects by itself through RAY_ADDRESS
+    return True
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """The address of a 2-CPU Ray head on 127.0.0.1; RAY_ADDRESS points at it during the tests."""
-    import ray
-
     base = ray_port_base()
-    temp_dir = tempfile.mkdtemp(prefix="dgray-", dir="/tmp")  # short: socket paths are limited
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    log = open(Path(temp_dir) / "head.log", "w")  # noqa: SIM115 - open for the whole session
-    # No log monitor on this head, which runs every in-process test's jobs: it forwards worker
-    # output to drivers that ask for it (distgan's ask for none: log_to_driver=False), and it
-    # rescans the log files of every worker the session started, twice a second, at a growing
-    # cost (1.6 CPU-s a minute after ten minutes). The other clusters keep theirs, as a user's.
-    head = subprocess.Popen(
-        [*ray_head_command(base, temp_dir), "--include-log-monitor=false"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    address = f"127.0.0.1:{base}"
     saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-    os.environ.update(RAY_ADDRESS=address, RAY_AUTH_MODE="disabled")
+    os.environ.update(RAY_ADDRESS=f"127.0.0.1:{base}", RAY_AUTH_MODE="disabled")
+    head, temp_dir = None, ""
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if head.poll() is not None:
-                raise RuntimeError(f"ray start failed: {(Path(temp_dir) / 'head.log').read_text()}")
-            try:
-                ray.init(address=address, log_to_driver=False, logging_level="warning")
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1)
-        ray.shutdown()  # distgan connects by itself through RAY_ADDRESS
-        yield address
+        head, temp_dir = _start_session_head(base)
+        yield f"127.0.0.1:{base}"
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        stop_tree(head.pid, timeout=5)  # the test head holds nothing worth a longer wait
-        log.close()
+        if head is not None:
+            stop_tree(head.pid, timeout=5)  # the test head holds nothing worth a longer wait
+            shutil.rmtree(temp_dir, ignore_errors=True)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
