@@ -108,7 +108,8 @@ def ray_port_base() -> int:
     """The first port of this pytest process's Ray instances: DISTGAN_TEST_RAY_PORT (default
     46379), 1,000 higher for each xdist worker, so two workers never share a port. From there:
     +0..+400 ``ray_cluster``, +401..+498 and +950..+989 test_autoscaler_ray.py's cluster,
-    +500..+789 test_cluster.py's cluster, +800..+949 ``split_cluster``, +990 ``s3_server``; +999
+    +500..+789 test_cluster.py's cluster (its worker node's workers from +700), +790..+794
+    test_rate.py's servers, +800..+949 ``split_cluster``, +990 ``s3_server``; +999
     stays closed (a test expects nothing there)."""
     base = int(os.environ.get("DISTGAN_TEST_RAY_PORT", "46379"))
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # gw0, gw1, ...

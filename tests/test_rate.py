@@ -2,9 +2,9 @@
 run's ratings.jsonl, and back out as HYPE∞ error rates with bootstrap intervals.
 
 The run is a real tiny one (tests/tiny_runs.py) with a shard folder at its ``data.source``. The
-server runs as the real command in a subprocess on 127.0.0.1 at ray_port_base() + 700; the tests
-that bind in this process take +701 to +703; the tests that send it raw requests (a wrong Host, a
-bad Content-Length, 120 MB, 200 at once) run a second one at +704. Every test that serves checks
+server runs as the real command in a subprocess on 127.0.0.1 at ray_port_base() + 790; the tests
+that bind in this process take +791 to +793; the tests that send it raw requests (a wrong Host, a
+bad Content-Length, 120 MB, 200 at once) run a second one at +794. Every test that serves checks
 that nothing listens there once it is done.
 """
 
@@ -42,7 +42,7 @@ from distgan.rate import (
 )
 from distgan.storage import open_location
 
-PORT = ray_port_base() + 700
+PORT = ray_port_base() + 790  # conftest.ray_port_base: a range no cluster uses
 N = 10  # images per rater in these tests
 
 
