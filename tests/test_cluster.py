@@ -91,7 +91,11 @@ def cluster():
         if up.returncode != 0:  # a node that timed out on a loaded machine: once more
             c.local_sh("down")
             up = c.local_sh("up", "1")
-        assert up.returncode == 0, up.stderr + up.stdout
+        # The nodes' own logs in the message: the fixture's cleanup removes them.
+        said = "".join(
+            f"\n{p}:\n{p.read_text()[-3000:]}" for p in sorted(c.state_dir.glob("*.log"))
+        )
+        assert up.returncode == 0, up.stderr + up.stdout + said
         yield c
     finally:
         down = c.local_sh("down")
