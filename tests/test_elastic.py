@@ -5,21 +5,15 @@ every count Ray Train may pick, and the plan that sizes the workers beside Ray D
 from __future__ import annotations
 
 import io
-import json
-import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from distgan.config import JobSpec, ScaleSpec, TrainSpec, load_job
 from distgan.data import EMBEDDED_DIR, read_manifest
 from distgan.errors import ClusterError, JobError
-from distgan.storage import open_location
 from distgan.train.cluster import wanted_bundles
-from distgan.train.follow import fit_with_progress
 from distgan.train.launch import plan
-from distgan.train.outputs import METRICS
 from distgan.tune.search import check_search
 
 MANIFEST = read_manifest(EMBEDDED_DIR)
@@ -122,48 +116,6 @@ def test_a_search_refuses_a_range_in_one_line(tmp_path):
     )
     with pytest.raises(JobError, match=r"scale.workers: \[1, 4\] is a range.*scale.workers=1$"):
         check_search(spec, "job.yaml")
-
-
-class ResizedRun:
-    """Stands in for Ray Train's TorchTrainer: its fit() writes the metrics records of an elastic
-    run that Ray resized from 2 to 3 workers after step 30 (restarted from step 20's checkpoint),
-    as rank 0 writes them (train/loop.py)."""
-
-    def __init__(self, run: Path):
-        self.run = run
-
-    def fit(self):
-        time.sleep(0.5)  # Ray starts its workers well after the driver has read the run's lines
-        records = [
-            {"step": 10, "workers": 2},
-            {"step": 20, "workers": 2},
-            {"step": 30, "workers": 2},
-            {"step": 30, "workers": 3, "resumed_from": 20, "started_at": 1.0},
-            {"step": 40, "workers": 3},
-        ]
-        (self.run / METRICS).write_text("".join(json.dumps(m) + "\n" for m in records))
-        return SimpleNamespace(return_value=records[-1])
-
-
-def test_the_driver_says_the_count_ray_picked_and_when_it_changes(tmp_path):
-    out = io.StringIO()
-    t = TrainSpec(steps=40)
-    fit_with_progress(
-        ResizedRun(tmp_path), open_location(str(tmp_path), "run.storage"), t, out, workers=None
-    )
-    lines = [line for line in out.getvalue().splitlines() if not line.startswith("step")]
-    assert lines == [
-        "distgan: training on 2 workers",
-        "distgan: the worker group restarted with 3 workers (was 2) after step 30; the workers "
-        f"go on from the checkpoint at step 20 in {tmp_path}",
-    ]
-    # A fixed count is in the run's first line already: nothing more is said unless it changes.
-    out = io.StringIO()
-    (tmp_path / METRICS).unlink()
-    fit_with_progress(
-        ResizedRun(tmp_path), open_location(str(tmp_path), "run.storage"), t, out, workers=2
-    )
-    assert "training on" not in out.getvalue()
 
 
 def test_the_watch_says_once_a_wait_that_it_waits_and_ends_it_after_wait_minutes(monkeypatch):

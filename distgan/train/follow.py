@@ -184,23 +184,24 @@ def fit_with_progress(
     shown = [json.loads(line) for line in _metrics_lines(run)]  # earlier parts: not shown
     shown_step = int(shown[-1]["step"]) if shown else -1
     groups = {m["started_at"] for m in shown if "started_at" in m}  # worker groups seen
-    # The steps this session's worker groups started from; a new run's first group says nothing.
-    restarts: list[int] = [] if shown else [0]
+    # Whether this session's first worker group was seen (a new run's first says nothing).
+    started = not shown
     anchor = None  # the first record of this session: the ETA's speed is measured from it
     told = workers  # the worker count last told (rank 0 writes its world size into each record)
 
     def show_new_lines() -> None:
-        nonlocal shown_step, anchor, told
+        nonlocal shown_step, anchor, told, started
         for line in _metrics_lines(run):
             m = json.loads(line)
             count = m.get("workers", told)
             if m.get("started_at") is not None and m["started_at"] not in groups:
                 groups.add(m["started_at"])
-                if not restarts:  # this part's own start (a resume): the lines go on from there
-                    restarts.append(m["resumed_from"])
+                if not started:  # this part's own start (a resume): the lines go on from there
+                    started = True
                     shown_step = min(shown_step, m["resumed_from"])
-                elif m["resumed_from"] < shown_step:
-                    # Ray Train restarted the worker group: its lines go on from the checkpoint.
+                else:
+                    # Ray Train restarted the worker group: its lines go on from the checkpoint,
+                    # which may be the step shown last (a worker killed just after it).
                     # With another count, an elastic job's cluster changed size (Ray resizes a
                     # group by restarting it); with the same, a worker died.
                     why = (
