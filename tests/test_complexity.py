@@ -112,7 +112,7 @@ def test_rank_0_fills_in_throughput_and_memory_and_rewrites_only_when_they_move(
     first = read_complexity(run)
     assert (first["images_per_s"], first["sec_per_kimg"]) == (100.0, 10.0)
     assert (first["peak_mem_mb"], first["peak_mem_kind"]) == (512.0, "cuda-allocated")
-    assert first["g_params"] == model_complexity(spec, SHAPE)["g_params"]  # the driver's kept
+    assert first["g_params"] == model_complexity(spec, SHAPE)["g_params"]  # the count is kept
     # The median of [100, 102] and then [100, 102, 200] moves by 1-2%: the file stays as it was.
     cost.update({"step": 20, "images_per_s": 102.0, **gpu})
     cost.update({"step": 30, "images_per_s": 200.0, **gpu})
@@ -122,7 +122,7 @@ def test_rank_0_fills_in_throughput_and_memory_and_rewrites_only_when_they_move(
     cost.update({"step": 50, "images_per_s": 400.0, "gpu_mem_gb": 1.0})
     last = read_complexity(run)
     assert (last["images_per_s"], last["sec_per_kimg"], last["peak_mem_mb"]) == (200.0, 5.0, 1024)
-    # A resumed run's driver counts the models again and keeps what was measured.
+    # A restarted or resumed group's rank 0 counts the models again, keeping what was measured.
     record_model_cost(run, spec, SHAPE)
     assert read_complexity(run) == last
 

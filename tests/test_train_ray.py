@@ -95,7 +95,7 @@ def test_two_workers_write_checkpoints_and_samples_and_stop_on_time(
         assert ckpt[key] is not None, key
     assert ckpt["opt_g"]["state"], "the optimizer state (Adam moments) is saved"
 
-    # What the models cost (complexity.json: counted before training, measured by rank 0):
+    # What the models cost (complexity.json: counted and measured by rank 0):
     # every figure positive, and G's parameters those of the generator export writes (the
     # file's other numbers are BatchNorm's running statistics).
     cost = json.loads((run_dir / "complexity.json").read_text())

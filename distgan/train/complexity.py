@@ -6,8 +6,9 @@
     cost.update(metrics_record)         # peak memory and throughput, rewritten when they move
     read_complexity(run_dir)            # the file, as a dict
 
-The driver counts the models built for the job (on CPU, before any worker starts) and writes
-the file first; rank 0 fills in what only training shows. Its fields:
+Rank 0 counts the models built for the job (fresh ones, on CPU, before its first step) and
+writes the file first, each time a worker group starts; then it fills in what only
+training shows. Its fields:
 
 - ``g_params``, ``d_params``: parameters of G and D (``sum(p.numel() for p in
   module.parameters())``; buffers such as BatchNorm's running statistics are not parameters).

@@ -25,7 +25,6 @@ from distgan.models import models_for_job
 from distgan.models.own import check_own_models
 from distgan.storage import Location, check_reachable, display, is_uri, open_location
 from distgan.train.checkpoint import CHECKPOINTS, checkpoint_step
-from distgan.train.complexity import record_model_cost
 from distgan.train.follow import Stopped, fit_with_progress, last_step
 from distgan.train.outputs import read_status, request_stop, write_status
 
@@ -313,7 +312,6 @@ def launch(
         file=out,
         flush=True,
     )
-    record_model_cost(run, spec, manifest.shape, manifest.num_classes)  # before any training
     step = int(read_status(run).get("step", 0))
     request_stop(run, clear=True)  # an earlier part's request does not stop this one
     write_status(run, "running", step)

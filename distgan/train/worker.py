@@ -25,6 +25,7 @@ from distgan.data.reader import StreamingBatches, load_rows, rank_rows
 from distgan.storage import open_location
 from distgan.train import checkpoint as ckpts
 from distgan.train.build import build_state, memory_batches
+from distgan.train.complexity import record_model_cost
 from distgan.train.loop import run
 from distgan.train.outputs import RunOutputs
 
@@ -124,6 +125,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         evaluate = InTrainingEvaluator(spec, config["eval"], device)
     # A resumed (or restarted) run's metrics.jsonl keeps its lines up to the checkpoint's step.
     outputs = RunOutputs(config["run_dir"], resume_step=state.step) if rank == 0 else None
+    if outputs is not None:  # here, not in the driver: FLOP counting imports torch._dynamo,
+        # which building the optimizers above already did (about 1 CPU-s a driver otherwise)
+        record_model_cost(outputs.run, spec, shape, config.get("num_classes", 0))
     try:
         return run(
             state,
