@@ -166,6 +166,17 @@ def is_loopback(ip: str) -> bool:
     return (mapped or address).is_loopback
 
 
+def processes_naming(mark: str) -> list[psutil.Process]:
+    """Every process with ``mark`` (a temp dir) in its command line: Ray moves some of its
+    helpers (the GCS, the raylet, the dashboard) out of the ``ray start`` process tree."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if any(mark in arg for arg in p.info["cmdline"] or ()):
+                found.append(p)
+    return found
+
+
 def stop_tree(*pids: int, timeout: float = 15.0) -> None:
     """Terminates processes and all their descendants, all at once (then kills what is left
     after ``timeout`` seconds)."""
@@ -210,12 +221,7 @@ def _start_session_head(base: int) -> tuple[subprocess.Popen, str]:
             return head, temp_dir
         said = (Path(temp_dir) / "head.log").read_text()
         # What the failed start left (its GCS, raylet: no longer the head's children).
-        left = [
-            p
-            for p in psutil.process_iter(["cmdline"])
-            if temp_dir in " ".join(p.info["cmdline"] or [])
-        ]
-        stop_tree(*(p.pid for p in left), timeout=5)
+        stop_tree(*(p.pid for p in processes_naming(temp_dir)), timeout=5)
         shutil.rmtree(temp_dir, ignore_errors=True)
         if attempt == 2 or "timed out during startup" not in said:
             raise RuntimeError(f"ray start failed: {said}")

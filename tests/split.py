@@ -39,6 +39,7 @@ from conftest import (
     RAY_ON_LOOPBACK,
     REPO,
     is_loopback,
+    processes_naming,
     ray_head_command,
     ray_node_ports,
     stop_tree,
@@ -125,15 +126,8 @@ class SplitCluster:
         return found
 
     def our_processes(self) -> list[psutil.Process]:
-        """Every process whose command line names this cluster's temp dirs (Ray moves some of
-        its helpers out of the ``ray start`` process tree)."""
-        mark = f"{self.root}/"
-        found = []
-        for p in psutil.process_iter(["cmdline"]):
-            with contextlib.suppress(psutil.Error):
-                if any(mark in arg for arg in p.info["cmdline"] or ()):
-                    found.append(p)
-        return found
+        """Every process whose command line names this cluster's temp dirs."""
+        return processes_naming(f"{self.root}/")
 
 
 def _node_env(cluster: SplitCluster, s3_env: dict[str, str]) -> dict[str, str]:
@@ -250,18 +244,12 @@ def kill_node(cluster: SplitCluster, pid: int, temp_dir: Path) -> int:
     with contextlib.suppress(psutil.NoSuchProcess):
         root = psutil.Process(pid)
         doomed.update((p.pid, p) for p in [root, *root.children(recursive=True)])
-    doomed.update((p.pid, p) for p in cluster.our_processes() if _names(p, mark))
+    doomed.update((p.pid, p) for p in processes_naming(mark))
     for p in doomed.values():
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
     psutil.wait_procs(list(doomed.values()), timeout=10)
     return len(doomed)
-
-
-def _names(p: psutil.Process, mark: str) -> bool:
-    with contextlib.suppress(psutil.Error):
-        return any(mark in arg for arg in p.cmdline())
-    return False
 
 
 def replace_worker_node(cluster: SplitCluster, timeout: float = 120) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from conftest import is_loopback, listening, ray_port_base
+from conftest import is_loopback, listening, processes_naming, ray_port_base
 from readme_commands import commands
 
 from distgan import submit as submit_module
@@ -61,10 +61,10 @@ class Cluster:
         return found
 
     def our_processes(self) -> list[str]:
-        found = subprocess.run(
-            ["pgrep", "-af", "--", f"{self.state_dir}/"], capture_output=True, text=True
-        )
-        return found.stdout.splitlines()
+        """``PID COMMAND`` of each process that names the nodes' state dir."""
+        return [
+            f"{p.pid} {' '.join(p.info['cmdline'])}" for p in processes_naming(f"{self.state_dir}/")
+        ]
 
 
 @pytest.fixture(scope="module")
