@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, ray_port_base
+from conftest import IN_A_TERMINAL, REPO, ray_port_base
 from tiny_runs import train_run
 
 from distgan.cli import main
@@ -203,7 +203,7 @@ def test_a_person_rates_in_chromium_and_every_answer_is_in_ratings_jsonl(
     assert refused(PORT)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     server = subprocess.Popen(
-        [sys.executable, "-m", "distgan.cli", "rate", str(run_dir), "--n", str(N),
+        [*IN_A_TERMINAL, sys.executable, "-m", "distgan.cli", "rate", str(run_dir), "--n", str(N),
          "--port", str(PORT)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -401,8 +401,8 @@ def rate_server(run_dir, tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with open(errors, "w") as err:
         server = subprocess.Popen(
-            [sys.executable, "-m", "distgan.cli", "rate", str(run), "--n", str(N),
-             "--port", str(RAW_PORT)],
+            [*IN_A_TERMINAL, sys.executable, "-m", "distgan.cli", "rate", str(run), "--n",
+             str(N), "--port", str(RAW_PORT)],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
         )  # fmt: skip
     try:

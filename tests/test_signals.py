@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import LOOPBACK_SWITCH, is_loopback, listening
+from conftest import IN_A_TERMINAL, LOOPBACK_SWITCH, is_loopback, listening
 
 from distgan.cli import main
 from distgan.storage import open_location
@@ -51,7 +51,8 @@ def start_local_run(
     path.write_text(yaml.safe_dump(job))
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     proc = subprocess.Popen(
-        [str(DISTGAN), "train", str(path)], stdout=out.open("w"), stderr=err.open("w"),
+        [*IN_A_TERMINAL, str(DISTGAN), "train", str(path)], stdout=out.open("w"),
+        stderr=err.open("w"),
         env=env or env_of(tmp_path),
     )  # fmt: skip
     return proc, tmp_path / "runs", tmp_path
