@@ -36,6 +36,10 @@ from distgan.data import read_manifest
 # name -> overrides of the base job (each row changes one thing, whatever the base says of it)
 VARIANTS = {
     "base": [],
+    # the recipe's own choices against the classic DCGAN's (Radford et al.): width, rate, beta2
+    "width64": ["model.width=64"],
+    "lr_2e-4": ["optim.lr_g=2e-4", "optim.lr_d=2e-4"],
+    "beta2_0.999": ["optim.beta2=0.999"],
     "resnet": ["model.arch=resnet"],
     "sn_off": ["model.spectral_norm=false"],
     "sn_on": ["model.spectral_norm=true"],
