@@ -30,9 +30,10 @@ from typing import BinaryIO
 
 import torch
 
-from distgan.config import JobSpec, to_dict
+from distgan.config import to_dict
 from distgan.errors import JobError
 from distgan.generators import load_generator
+from distgan.specs import JobSpec
 from distgan.storage import is_uri, open_location
 
 FORMATS = ("pt2", "onnx", "safetensors")

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from distgan.config import JobSpec, load_resolved
+from distgan.config import load_resolved
 from distgan.errors import CheckpointError, JobError
 from distgan.models import models_for_job
+from distgan.specs import JobSpec
 from distgan.storage import display, is_uri, join, open_location
 from distgan.train import checkpoint as ckpts
 from distgan.train.outputs import BEST

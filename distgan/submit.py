@@ -38,8 +38,9 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from distgan.config import JobSpec, load_job
+from distgan.config import load_job
 from distgan.errors import ClusterError, JobError, UserError
+from distgan.specs import JobSpec
 from distgan.upload import check_upload
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # Ray's dashboard (and Jobs API) port on this machine

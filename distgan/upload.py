@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from distgan.config import JobSpec
 from distgan.errors import JobError
+from distgan.specs import JobSpec
 from distgan.user_models import find_module, own_archs
 
 

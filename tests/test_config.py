@@ -13,15 +13,9 @@ import pytest
 import yaml
 
 from distgan.cli import main
-from distgan.config import (
-    JobSpec,
-    OptimSpec,
-    RunSpec,
-    dump_yaml,
-    load_job,
-    load_resolved,
-)
+from distgan.config import dump_yaml, load_job, load_resolved
 from distgan.errors import JobError
+from distgan.specs import JobSpec, OptimSpec, RunSpec
 from distgan.train.outputs import write_resolved
 
 REPO = Path(__file__).resolve().parents[1]

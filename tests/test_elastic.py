@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from distgan.config import JobSpec, ScaleSpec, TrainSpec, load_job
+from distgan.config import load_job
 from distgan.data import EMBEDDED_DIR, read_manifest
 from distgan.errors import ClusterError, JobError
+from distgan.specs import JobSpec, ScaleSpec, TrainSpec
 from distgan.train.cluster import wanted_bundles
 from distgan.train.launch import plan
 from distgan.tune.search import check_search

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from distgan.config import TrainSpec
+from distgan.specs import TrainSpec
 from distgan.storage import open_location
 from distgan.train import follow
 from distgan.train.follow import fit_with_progress

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from distgan.cli import main
-from distgan.config import CLASS_BALANCES, from_dict
+from distgan.config import from_dict
 from distgan.data import imbalance, load_arrays, read_manifest, write_shards
 from distgan.data.imbalance import (
     ClassPrior,
@@ -34,6 +34,7 @@ from distgan.metrics.classes import class_kl, class_protocol, per_class_fid
 from distgan.metrics.evaluate import figure_protocols, write_eval_json
 from distgan.models import ModelOptions, build_models
 from distgan.search_space import parse_space
+from distgan.specs import CLASS_BALANCES
 from distgan.step import Game, Nets, draw_labels, train_step
 
 # --- the long-tail protocol ------------------------------------------------------------------

@@ -49,7 +49,7 @@ EXPECTED_G = {
 
 
 def test_every_config_loss_kind_is_registered():
-    from distgan.config import LOSS_KINDS
+    from distgan.specs import LOSS_KINDS
 
     assert set(LOSSES) == set(LOSS_KINDS) == set(EXPECTED_D)
     for kind in LOSS_KINDS:

@@ -15,7 +15,6 @@ import pytest
 import scipy.linalg
 import scipy.special
 
-from distgan.config import METRIC_NAMES
 from distgan.metrics import METRICS, FeatureSet, compute_metrics, get_metric, register_metric
 from distgan.metrics.stats import (
     class_coverage,
@@ -26,6 +25,7 @@ from distgan.metrics.stats import (
     mean_cov,
     precision_recall,
 )
+from distgan.specs import METRIC_NAMES
 
 
 def gaussian(rng: np.random.Generator, n: int, d: int, shift: float = 0.0) -> np.ndarray:

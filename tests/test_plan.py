@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from distgan.config import DataSpec, JobSpec, ScaleSpec
 from distgan.data import EMBEDDED_DIR, read_manifest
 from distgan.errors import ClusterError
+from distgan.specs import DataSpec, JobSpec, ScaleSpec
 from distgan.train.launch import MEMORY_CACHE_LIMIT, plan
 
 MANIFEST = read_manifest(EMBEDDED_DIR)

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from distgan.cli import main
-from distgan.config import TuneSpec, dump_yaml, load_job, load_resolved
+from distgan.config import dump_yaml, load_job, load_resolved
 from distgan.errors import JobError
 from distgan.search_space import Domain, parse_space
+from distgan.specs import TuneSpec
 from distgan.tune.search import build_scheduler, check_search, search_mode
 from distgan.tune.space import trial_spec
 

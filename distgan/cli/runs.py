@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import argparse
 
-from distgan.config import METRIC_NAMES, RESOLVED_JOB, load_resolved
+from distgan.config import RESOLVED_JOB, load_resolved
+from distgan.specs import METRIC_NAMES
 
 
 def add_parser(verbs) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-CLASS_BALANCES = ("none", "balanced", "sqrt")  # config.py's choices (kept in sync by a test)
+CLASS_BALANCES = ("none", "balanced", "sqrt")  # specs.py's choices (kept in sync by a test)
 RARE_SHARE = 1 / 3  # the rare classes: this share of the classes (rounded up), fewest images
 
 

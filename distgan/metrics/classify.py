@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distgan.config import JobSpec
 from distgan.data import (
     ShardManifest,
     class_name,
@@ -39,6 +38,7 @@ from distgan.metrics.evaluate import dataset_hash
 from distgan.metrics.features import FeatureNet
 from distgan.metrics.fitting import classifier_accuracy, train_classifier
 from distgan.models import generate
+from distgan.specs import JobSpec
 from distgan.storage import display, is_uri, open_location
 
 CLASSIFICATION_METRICS = ("cas", "gan_train", "gan_test")

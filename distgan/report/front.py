@@ -17,11 +17,11 @@ import math
 
 from matplotlib.figure import Figure
 
-from distgan.config import JobSpec
 from distgan.objectives import split_objectives
 from distgan.report.charts import DPI, data_uri
 from distgan.report.page import Section, esc, grid_figure, note, table
 from distgan.report.run import sample_grids, series
+from distgan.specs import JobSpec
 from distgan.storage import Location
 from distgan.train.complexity import read_complexity
 from distgan.tune.front import PARETO, front_rows, objective_values

@@ -13,7 +13,7 @@ import re
 
 from PIL import Image
 
-from distgan.config import METRIC_NAMES, RESOLVED_JOB, JobSpec
+from distgan.config import RESOLVED_JOB
 from distgan.data import class_name, data_location, read_manifest
 from distgan.errors import UserError
 from distgan.images import GRID_PAD
@@ -22,6 +22,7 @@ from distgan.metrics.fitting import near_chance
 from distgan.progress import duration
 from distgan.report.charts import Line, Mark, Point, chart
 from distgan.report.page import Section, chart_img, charts, facts, grid_figure, note, pre, table
+from distgan.specs import METRIC_NAMES, JobSpec
 from distgan.storage import Location
 from distgan.train.checkpoint import CHECKPOINTS
 from distgan.train.complexity import read_complexity

@@ -12,11 +12,12 @@ import csv
 import io
 import math
 
-from distgan.config import RESOLVED_JOB, JobSpec, load_resolved
+from distgan.config import RESOLVED_JOB, load_resolved
 from distgan.report.charts import Line, Point, chart
 from distgan.report.front import front_sections
 from distgan.report.page import Section, chart_img, facts, grid_figure, note, pre, table
 from distgan.report.run import read_records, sample_grids, series
+from distgan.specs import JobSpec
 from distgan.storage import Location
 from distgan.tune.exploits import read_exploits
 from distgan.tune.results import BEST_JOB, BEST_SAMPLES, RESULTS

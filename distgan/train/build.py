@@ -24,7 +24,6 @@ from torch import nn
 
 from distgan.ada_tuner import AdaTuner
 from distgan.augment import parse_policy
-from distgan.config import JobSpec
 from distgan.data.imbalance import class_prior, sample_weights
 from distgan.data.reader import InMemoryBatches
 from distgan.ema import make_ema
@@ -32,6 +31,7 @@ from distgan.losses import get_loss
 from distgan.models import apply_speed_options, models_for_job, unwrap
 from distgan.path_length import PathLengthPenalty
 from distgan.schedule import set_rates
+from distgan.specs import JobSpec
 from distgan.step import Game, Nets
 from distgan.train import checkpoint as ckpts
 

@@ -16,9 +16,9 @@ import json
 import re
 import time
 
-from distgan.config import JobSpec
 from distgan.data import ShardManifest
 from distgan.errors import ClusterError
+from distgan.specs import JobSpec
 
 STORAGE_EXAMPLE = "--set run.storage=s3://BUCKET/runs (or a path every node mounts)"
 _READONLY_NODE_TYPE = re.compile(r"node_[0-9a-f]+")  # what a cluster without autoscaler reports

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from distgan import dist
-from distgan.config import JobSpec
 from distgan.data import ShardManifest, read_manifest
 from distgan.data.imbalance import ClassPrior
 from distgan.errors import DataError, JobError, UserError
@@ -22,6 +21,7 @@ from distgan.metrics.classes import RECALL_K
 from distgan.metrics.evaluate import real_reference
 from distgan.metrics.features import SHIPPED, FeatureExtractor, load_feature_extractor
 from distgan.models import class_labels, generate
+from distgan.specs import JobSpec
 from distgan.train.checkpoint import TrainState
 from distgan.train.loop import sampling_generator
 

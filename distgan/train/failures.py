@@ -34,8 +34,8 @@ import signal
 import time
 from dataclasses import dataclass
 
-from distgan.config import JobSpec
 from distgan.errors import UserError
+from distgan.specs import JobSpec
 from distgan.storage import Location
 
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # Ray propagates it to its controller

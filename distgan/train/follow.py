@@ -16,9 +16,9 @@ import signal
 import threading
 import time
 
-from distgan.config import METRIC_NAMES
 from distgan.errors import UserError
 from distgan.progress import duration
+from distgan.specs import METRIC_NAMES
 from distgan.storage import Location
 from distgan.train.failures import end_train_controller, user_error_in
 from distgan.train.outputs import METRICS, read_metrics, request_stop, write_status

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from distgan.config import JobSpec
 from distgan.schedule import set_rates
+from distgan.specs import JobSpec
 from distgan.storage import display, join
 from distgan.train.checkpoint import (
     TrainState,
@@ -53,7 +53,7 @@ def _cpu_copy(obj: Any) -> Any:
 
 
 def inject_range(text: str) -> range:
-    """``'13-15'`` -> range(13, 16); ``''`` -> an empty range (config.py checks the form)."""
+    """``'13-15'`` -> range(13, 16); ``''`` -> an empty range (job_rules.py checks the form)."""
     if not text:
         return range(0)
     first, last = (int(part) for part in text.split("-"))

@@ -17,12 +17,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from distgan.config import METRIC_NAMES, JobSpec, to_dict
+from distgan.config import to_dict
 from distgan.data import ShardManifest, data_location, read_manifest, verify_shards
 from distgan.data.folders import FolderManifest, list_folder
 from distgan.errors import ClusterError, DataError, JobError, StorageError
 from distgan.models import models_for_job
 from distgan.models.own import check_own_models
+from distgan.specs import METRIC_NAMES, JobSpec
 from distgan.storage import Location, check_reachable, display, is_uri, open_location
 from distgan.train.checkpoint import CHECKPOINTS, checkpoint_step
 from distgan.train.follow import Stopped, fit_with_progress, last_step
@@ -152,7 +153,7 @@ def plan(spec: JobSpec, manifest: ShardManifest, cluster_cpus: float, cluster_gp
         cache = per_worker_bytes <= MEMORY_CACHE_LIMIT
     else:
         cache = spec.data.cache == "memory"
-    # Class-balanced draws need the shard in memory (config.py refuses data.cache: stream).
+    # Class-balanced draws need the shard in memory (job_rules.py refuses data.cache: stream).
     cache = cache or spec.train.class_balance != "none"
     # An image folder is decoded into memory once (train/folder_data.py), never streamed.
     cache = cache or isinstance(manifest, FolderManifest)

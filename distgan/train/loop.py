@@ -27,10 +27,10 @@ from typing import Any, Protocol
 import torch
 
 from distgan import dist
-from distgan.config import JobSpec
 from distgan.images import to_uint8
 from distgan.models import unwrap
 from distgan.schedule import RateSchedule
+from distgan.specs import JobSpec
 from distgan.step import train_step
 from distgan.train.checkpoint import TrainState, rng_state, snapshot
 from distgan.train.guard import ROLLED_BACK, STOP, Guard

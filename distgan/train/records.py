@@ -8,7 +8,7 @@ One place for the names, read by the TensorBoard writer (train/tensorboard.py: t
 
 from __future__ import annotations
 
-from distgan.config import METRIC_NAMES
+from distgan.specs import METRIC_NAMES
 
 STEP = "step"
 GROUPS: dict[str, tuple[str, ...]] = {

@@ -17,9 +17,10 @@ from collections.abc import Iterator
 
 import torch
 
-from distgan.config import JobSpec, from_dict
+from distgan.config import from_dict
 from distgan.metrics.modes import SyntheticModes, score_modes
 from distgan.models import ModelOptions
+from distgan.specs import JobSpec
 from distgan.train.build import build_state
 from distgan.train.checkpoint import TrainState
 from distgan.train.loop import run, sampling_generator

@@ -25,8 +25,9 @@ from typing import Any
 import ray.tune
 from ray.tune.search import Searcher
 
-from distgan.config import JobSpec, from_dict
+from distgan.config import from_dict
 from distgan.objectives import broken, cost_mode, parse_constraints, split_objectives
+from distgan.specs import JobSpec
 from distgan.storage import Location
 from distgan.train.complexity import model_complexity, read_complexity, write_complexity
 from distgan.tune.space import sampled_values, trial_spec

@@ -19,8 +19,9 @@ import dataclasses
 import io
 import math
 
-from distgan.config import JobSpec, dump_yaml
+from distgan.config import dump_yaml
 from distgan.objectives import cost_mode, pareto_front, split_objectives
+from distgan.specs import JobSpec
 from distgan.storage import Location
 from distgan.tune.results import TrialRow, best_job, train_target, write_table
 from distgan.tune.search import search_mode

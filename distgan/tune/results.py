@@ -28,9 +28,10 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from distgan.config import JobSpec, TuneSpec, dump_yaml, load_resolved
+from distgan.config import dump_yaml, load_resolved
 from distgan.images import grid_png
 from distgan.objectives import COST_FIGURES
+from distgan.specs import JobSpec, TuneSpec
 from distgan.storage import Location
 from distgan.train.complexity import read_complexity
 from distgan.train.outputs import BEST, METRICS, read_best, read_metrics

@@ -24,10 +24,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from distgan.config import JobSpec, to_dict
+from distgan.config import to_dict
 from distgan.errors import ClusterError, JobError
 from distgan.objectives import split_objectives
 from distgan.search_space import parse_space
+from distgan.specs import JobSpec
 from distgan.storage import Location
 from distgan.tune.space import to_ray
 

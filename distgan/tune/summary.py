@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from distgan.config import JobSpec
+from distgan.specs import JobSpec
 from distgan.storage import Location
 from distgan.train.outputs import read_metrics, read_status
 

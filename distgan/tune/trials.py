@@ -32,8 +32,9 @@ import ray.tune
 import torch
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from distgan.config import JobSpec, dump_yaml, from_dict, load_resolved
+from distgan.config import dump_yaml, from_dict, load_resolved
 from distgan.data import ShardManifest
+from distgan.specs import JobSpec
 from distgan.storage import Location, LogFile, open_location
 from distgan.train.launch import Plan
 from distgan.train.outputs import write_resolved
