@@ -135,7 +135,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 def changes_line(changes: Counter, shape: tuple[int, int, int]) -> str:
     """What fitting an image folder into ``shape`` (C, R, R) did to its images, with counts
-    (``importers.read_image_folder``'s ``changes``)."""
+    (``image_files.read_image_folder``'s ``changes``)."""
     c, side, _ = shape
     target = "gray" if c == 1 else "RGB"
     done = []

@@ -19,7 +19,7 @@ EMBEDDED_DIR = Path(__file__).parent / "embedded"
 # Each name below is imported from its module when first asked for: a Ray Data task that only
 # checks shard files (data/verify.py) then imports no PyTorch (importers.py does).
 _HOME = {
-    "import_source": "importers", "read_idx": "importers", "read_image_folder": "importers",
+    "import_source": "importers", "read_idx": "importers", "read_image_folder": "image_files",
     "read_npz": "importers",
     "ShardInfo": "manifest", "ShardManifest": "manifest", "class_name": "manifest",
     "read_manifest": "manifest",

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from PIL import Image, ImageOps
 
-from distgan.data.importers import IMAGE_ERRORS, square_pixels
+from distgan.data.image_files import IMAGE_ERRORS, square_pixels
 from distgan.data.manifest import ShardManifest
 from distgan.errors import DataError
 from distgan.storage import display, open_location
