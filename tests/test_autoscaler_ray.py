@@ -73,7 +73,7 @@ def test_the_autoscaler_adds_the_jobs_node_and_replaces_a_lost_one(
     from split import kill_node
 
     from distgan.cli import main
-    from distgan.submit import connect
+    from distgan.jobs_api import connect
 
     cluster, s3 = autoscaling_cluster, s3_server
     monkeypatch.setenv("RAY_AUTH_TOKEN", cluster.token)

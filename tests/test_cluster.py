@@ -23,7 +23,7 @@ import requests
 from conftest import is_loopback, listening, processes_naming, ray_port_base
 from readme_commands import commands
 
-from distgan import submit as submit_module
+from distgan import jobs_api
 from distgan.cli import main
 from distgan.config import load_job
 
@@ -259,7 +259,7 @@ def test_plain_http_to_a_remote_address_needs_a_token(monkeypatch, tmp_path, cap
     # Refused before any connection is tried; should that check break, the test fails here
     # instead of sending anything to a non-loopback address.
     with monkeypatch.context() as m:
-        m.setattr(submit_module, "Jobs", lambda *a, **k: pytest.fail("tried to connect"))
+        m.setattr(jobs_api, "Jobs", lambda *a, **k: pytest.fail("tried to connect"))
         argv = ["submit", "jobs/quickstart.yaml", "--address", "http://10.255.255.1:8265"]
         assert main(argv) == 2
     err = capsys.readouterr().err

@@ -187,7 +187,7 @@ def test_a_run_lives_in_the_storage_through_a_lost_node_a_stop_and_two_resumes(
     from split import kill_worker_node, replace_worker_node
 
     from distgan.cli import main
-    from distgan.submit import connect
+    from distgan.jobs_api import connect
 
     cluster, s3 = split_cluster, in_bucket
     local_runs = sorted((REPO / "runs").iterdir())

@@ -39,7 +39,7 @@ def add_parser(verbs) -> None:
 
 def run_status(args: argparse.Namespace) -> int:
     """Prints the status; for a failed job also its exit reason and last log lines."""
-    from distgan.submit import connect, describe_failure, last_lines
+    from distgan.jobs_api import connect, describe_failure, last_lines
 
     jobs = connect(args.address, args.insecure_http)
     status = jobs.status(args.id)
@@ -52,7 +52,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_logs(args: argparse.Namespace) -> int:
-    from distgan.submit import connect
+    from distgan.jobs_api import connect
 
     jobs = connect(args.address, args.insecure_http)
     if args.follow:
@@ -64,7 +64,7 @@ def run_logs(args: argparse.Namespace) -> int:
 
 def run_stop(args: argparse.Namespace) -> int:
     """Asks Ray to stop the job and waits (up to a minute) until it reports an end state."""
-    from distgan.submit import connect
+    from distgan.jobs_api import connect
 
     jobs = connect(args.address, args.insecure_http)
     if not jobs.stop(args.id):
@@ -76,7 +76,7 @@ def run_stop(args: argparse.Namespace) -> int:
 
 def run_jobs(args: argparse.Namespace) -> int:
     """One row a submitted job, newest last: id, status, start, duration, job file."""
-    from distgan.submit import connect
+    from distgan.jobs_api import connect
 
     jobs = connect(args.address, args.insecure_http)
     rows = [("ID", "STATUS", "STARTED", "DURATION", "JOB")]

@@ -62,7 +62,8 @@ def add_parser(verbs) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from distgan.submit import connect, describe_failure, prepare
+    from distgan.jobs_api import connect, describe_failure
+    from distgan.submit import prepare
     from distgan.train.cluster import check_shared_storage
 
     if args.env:
