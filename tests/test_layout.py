@@ -22,15 +22,16 @@ PACKAGE = REPO / "distgan"
 # Top-level modules or subpackages of distgan, by layer (1 is the top: it imports nothing else).
 LAYERS = [
     # the JobSpec, and where a model of the user's is (user_models)
-    {"errors", "fields", "job_rules", "search_space", "objectives", "user_models", "config"},
+    {"errors", "fields", "job_rules", "search_space", "objectives", "user_models", "specs",
+     "config"},
     {"models", "losses", "augment", "ada", "images", "dist", "progress"},  # plain PyTorch; bars
     # the adversarial step, the EMA, the learning rates and ADA's augmentation strength
     {"step", "ema", "schedule", "ada_tuner", "path_length"},
     {"storage", "data", "metrics", "loopback"},  # files of a run, data, scoring; Ray on 127.0.0.1
     {"train", "generators"},  # training, and generators read back from its checkpoints
     # consumers of the above
-    {"tune", "submit", "upload", "report", "export", "explore", "rate", "cli"},
-]
+    {"tune", "submit", "jobs_api", "upload", "report", "export", "explore", "rate", "cli"},
+]  # fmt: skip
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 
