@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # Ray's dashboard (and Jobs API) port on this machine
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+NO_AGENT = "No available agent to submit job"  # Ray's Jobs API, before a node's agent is up
+AGENT_WAIT_S = 120.0  # how long a submission waits for one
 
 
 def resolve_address(flag: str | None) -> str:
@@ -124,16 +126,30 @@ class Jobs:
             first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
             raise ClusterError(f"{self.address}: the Jobs API failed: {first}") from None
 
-    def submit(self, job: Submission) -> str:
-        """Uploads the project and starts the job; returns its submission id."""
-        return self._call(
-            lambda: self._client.submit_job(
-                entrypoint=job.entrypoint,
-                runtime_env=job.runtime_env,
-                submission_id=job.submission_id,
-                metadata=job.metadata,
-            )
-        )
+    def submit(self, job: Submission, out=None, wait_s: float = AGENT_WAIT_S) -> str:
+        """Uploads the project and starts the job; returns its submission id. A cluster that
+        has just started may have no job agent ready yet (Ray's Jobs API then answers "No
+        available agent" after 10 s): the submission is tried again for ``wait_s`` seconds, and
+        ``out`` is told once that it waits."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self._call(
+                    lambda: self._client.submit_job(
+                        entrypoint=job.entrypoint,
+                        runtime_env=job.runtime_env,
+                        submission_id=job.submission_id,
+                        metadata=job.metadata,
+                    )
+                )
+            except ClusterError as e:
+                if NO_AGENT not in str(e) or time.monotonic() > deadline:
+                    raise
+                if out is not None:
+                    print(f"distgan: {self.address} has no job agent ready yet (a cluster "
+                          "that is starting); waiting for one", file=out, flush=True)  # fmt: skip
+                    out = None
+                time.sleep(2)
 
     def info(self, job_id: str):
         return self._call(lambda: self._client.get_job_info(job_id), job_id)

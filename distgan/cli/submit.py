@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     nodes = jobs.alive_nodes()  # None when the State API does not answer: train checks again
     if nodes is not None:
         check_shared_storage(job.spec, args.job or args.resume, nodes)
-    job_id = jobs.submit(job)
+    job_id = jobs.submit(job, out=sys.stderr)  # says so if it waits for a starting cluster
     print(f"submitted: {job_id}")
     print(f"dashboard: {jobs.address}/#/jobs/{job_id}")
     if not args.wait:
