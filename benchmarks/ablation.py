@@ -33,6 +33,7 @@ from cli_runs import ROOT, asked_class, evaluate, protocol_line, resolved_job, s
 
 from distgan.data import read_manifest
 
+SECOND = "fid@fashion-mnist-b"  # the FID by the feature network trained apart (distgan eval's)
 # name -> overrides of the base job (each row changes one thing, whatever the base says of it)
 VARIANTS = {
     "base": [],
@@ -121,9 +122,9 @@ def main() -> None:
           "(min–max)")  # fmt: skip
     print(protocol_line(proto, val10k))
     print()
-    print("| option | change | G steps | images/s | FID ↓ | ΔFID | precision | recall "
-          "| class. score | classes | asked class |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| option | change | G steps | images/s | FID ↓ | ΔFID | judge 2 FID ↓ | precision "
+          "| recall | class. score | classes | asked class |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, changes, runs in rows:
         fids = [r["fid"] for r in runs]
         delta, rate = "", f"{mean(runs, 'images_per_s'):,.0f}"
@@ -131,8 +132,10 @@ def main() -> None:
             delta = f"{mean(runs, 'fid') - mean(base[2], 'fid'):+.1f}"
             rate += f" (×{mean(runs, 'images_per_s') / mean(base[2], 'images_per_s'):.2f})"
         asked = f"{mean(runs, 'asked_class'):.1%}" if "asked_class" in runs[0] else ""
+        # distgan eval's second judge (fashion-mnist-b), trained apart: another FID scale
+        judge_2 = spread([r[SECOND] for r in runs]) if SECOND in runs[0] else ""
         print(f"| {name} | {', '.join(changes) or '(the job as it is)'} | "
-              f"{mean(runs, 'steps'):,.0f} | {rate} | {spread(fids)} | {delta} | "
+              f"{mean(runs, 'steps'):,.0f} | {rate} | {spread(fids)} | {delta} | {judge_2} | "
               f"{mean(runs, 'precision'):.3f} | {mean(runs, 'recall'):.3f} | "
               f"{mean(runs, 'classifier_score'):.2f} | {mean(runs, 'class_coverage') * 10:.1f}/10 "
               f"| {asked} |")  # fmt: skip
