@@ -32,8 +32,9 @@ import splits
 from cli_runs import ROOT, asked_class, evaluate, protocol_line, resolved_job, speed, spread, train
 
 from distgan.data import read_manifest
+from distgan.metrics.judges import SECOND
 
-SECOND = "fid@fashion-mnist-b"  # the FID by the feature network trained apart (distgan eval's)
+FID_2 = f"fid@{SECOND}"  # distgan eval's FID by the second judge, the network trained apart
 # name -> overrides of the base job (each row changes one thing, whatever the base says of it)
 VARIANTS = {
     "base": [],
@@ -132,8 +133,8 @@ def main() -> None:
             delta = f"{mean(runs, 'fid') - mean(base[2], 'fid'):+.1f}"
             rate += f" (×{mean(runs, 'images_per_s') / mean(base[2], 'images_per_s'):.2f})"
         asked = f"{mean(runs, 'asked_class'):.1%}" if "asked_class" in runs[0] else ""
-        # distgan eval's second judge (fashion-mnist-b), trained apart: another FID scale
-        judge_2 = spread([r[SECOND] for r in runs]) if SECOND in runs[0] else ""
+        # another feature network: another FID scale
+        judge_2 = spread([r[FID_2] for r in runs]) if FID_2 in runs[0] else ""
         print(f"| {name} | {', '.join(changes) or '(the job as it is)'} | "
               f"{mean(runs, 'steps'):,.0f} | {rate} | {spread(fids)} | {delta} | {judge_2} | "
               f"{mean(runs, 'precision'):.3f} | {mean(runs, 'recall'):.3f} | "
