@@ -148,9 +148,10 @@ def expected_end(rank: int) -> torch.Tensor:
     return torch.tensor([horizon.end, horizon.progress(100)], dtype=torch.float64)
 
 
-def time_limit_stop(rank: int) -> torch.Tensor:
+def time_limit_stop(rank: int, slow_from: float = math.inf) -> torch.Tensor:
     """Where StopCheck ends a run with a 30 s limit when the ranks' clocks disagree: rank 0's
-    steps take 10 ms, rank 1's 12 ms, and rank 1's clock started 0.5 s later (another machine).
+    steps take 10 ms, rank 1's 12 ms, and rank 1's clock started 0.5 s later (another machine);
+    from ``slow_from`` seconds on, every step takes 5 times as long (a loaded machine).
     Returns (the stop step, the probes made, the step each rank's own clock passed the limit)."""
     per_step, offset = (0.010, 0.0) if rank == 0 else (0.012, -0.5)
     now = [offset]
@@ -158,7 +159,7 @@ def time_limit_stop(rank: int) -> torch.Tensor:
     probes, own, step = 0, None, 0
     while True:
         step += 1
-        now[0] += per_step
+        now[0] += per_step * (5 if now[0] >= slow_from else 1)
         if own is None and stops.elapsed() >= 30.0:
             own = step
         probing = step >= stops.next_probe
@@ -181,6 +182,8 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         }
         results["horizon"] = expected_end(rank)
         results["time_limit"] = time_limit_stop(rank)
+        results["time_limit_slowed_4s_before"] = time_limit_stop(rank, slow_from=26.0)
+        results["time_limit_slowed_2s_before"] = time_limit_stop(rank, slow_from=28.0)
         dist.barrier()
         dist.destroy_process_group()
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
@@ -265,12 +268,17 @@ def expected_unchanged(name: str, result: dict, net: str) -> list[str]:
     return []
 
 
-def test_the_ranks_stop_at_one_step_within_a_step_of_the_time_limit(ddp_results):
+@pytest.mark.parametrize(
+    "case", ["time_limit", "time_limit_slowed_4s_before", "time_limit_slowed_2s_before"]
+)
+def test_the_ranks_stop_at_one_step_within_a_step_of_the_time_limit(ddp_results, case):
     """train.max_minutes on two ranks whose clocks and speeds differ: both stop at the same
     step, no later than a step after the first rank's clock passed the limit, after a few dozen
-    collectives rather than one a step (about 3,000 steps)."""
+    collectives rather than one a step (about 3,000 steps); and so when the steps become 5 times
+    slower 4 or 2 s before the limit (probes planned from the mean speed, half the time left
+    apart, ended 0.5 and 2.4 s late)."""
     (step0, probes0, own0, time0), (step1, probes1, own1, _) = (
-        r["time_limit"].tolist() for r in ddp_results
+        r[case].tolist() for r in ddp_results
     )
     assert step0 == step1 and probes0 == probes1 and time0 == 1
     assert min(own0, own1) <= step0 <= min(own0, own1) + 1

@@ -4,12 +4,13 @@ stop``, Ctrl-C, SIGTERM). No Ray here.
     stops = StopCheck(limit_s=120, earlier_s=0, step=0, stop_requested=outputs.stop_requested)
     ...after each step:  reason = stops.after_step(state.step)   # None, "time" or "stop"
 
-Each rank reads its own clock after every step, which costs nothing. The ranks agree through
-one small all-reduce at *probe* steps only (a collective each step would cost more than a small
-model's step): probes come about every ``PROBE_SECONDS`` and closer together as the time limit
-nears (half the steps left each time), so the run ends within a step of its limit, and a stop
-request is seen within about a second. The probe steps follow from reduced figures, so every
-rank probes at the same steps.
+The ranks agree through one small all-reduce at *probe* steps only (a collective each step
+would cost more than a small model's step): probes come about every ``PROBE_SECONDS`` and closer
+together as the time limit nears (an eighth of the time left each time), so the run ends within
+a step of its limit, and a stop request is seen within about a second. Steps are turned into
+seconds at the slower of two speeds, the whole part's and the one since the last probe, so a
+machine that slows down (another job, a loaded host) brings the next probes closer at once. The
+probe steps follow from reduced figures, so every rank probes at the same steps.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ import torch
 from distgan import dist
 
 PROBE_SECONDS = 1.0  # the most time between two probes
+# Near the limit, the next probe is planned at most this share of the time left away (in steps
+# at the speed seen so far): the run still ends within a step of its limit if the steps become
+# up to 8 times slower after a probe (a loaded machine), for a few dozen more probes a run.
+TIME_LEFT_SHARE = 1 / 8
 TIME_UP, REQUESTED = "time", "stop"
 
 
@@ -48,6 +53,7 @@ class StopCheck:
         self.clock = clock
         self.started = clock()
         self.first_step, self.next_probe = step, step + 1
+        self.last_probe = (step, self.started)  # (step, clock) of the last probe
         self.stop_requested = stop_requested
         self.device = device
 
@@ -64,10 +70,14 @@ class StopCheck:
         elapsed = self.earlier + now - self.started
         time_up = self.limit > 0 and elapsed >= self.limit
         asked = self.stop_requested is not None and self.stop_requested()
-        steps_per_s = (step - self.first_step) / max(now - self.started, 1e-9)
+        steps_per_s = min(
+            (step - self.first_step) / max(now - self.started, 1e-9),
+            (step - self.last_probe[0]) / max(now - self.last_probe[1], 1e-9),
+        )
+        self.last_probe = (step, now)
         gap = PROBE_SECONDS * steps_per_s
-        if self.limit > 0:  # halve the steps left at each probe: the end is met within a step
-            gap = min(gap, (self.limit - elapsed) * steps_per_s / 2)
+        if self.limit > 0:
+            gap = min(gap, (self.limit - elapsed) * TIME_LEFT_SHARE * steps_per_s)
         # One all-reduce: any rank's time-up or stop, and the smallest gap (max of its negative).
         agreed = dist.all_reduce_max(
             torch.tensor([float(time_up), float(asked), -gap], dtype=torch.float64,
