@@ -1,0 +1,116 @@
+"""``Jobs.submit`` on a cluster that has no job agent ready yet (a cluster that is starting).
+
+Ray's Jobs API then answers every submission with HTTP 500 "No available agent to submit job,
+please try again later." (``ray/dashboard/modules/job/job_head.py``). That state lasts seconds
+on a real head and cannot be brought about on purpose, so the server here is a small HTTP
+server on 127.0.0.1 that answers Ray's routes with Ray's own texts; Ray's real
+``JobSubmissionClient`` talks to it, and distgan's own code is what is tested."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from distgan.errors import ClusterError
+from distgan.jobs_api import Jobs
+from distgan.submit import Submission
+
+NO_AGENT = "No available agent to submit job, please try again later."
+
+
+class StartingHead(ThreadingHTTPServer):
+    """Ray's Jobs API routes, with the first ``busy`` submissions refused (by default for want
+    of an agent)."""
+
+    def __init__(self, busy: int, refusal: tuple[int, str] = (500, NO_AGENT)):
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.busy, self.refusal, self.posts = busy, refusal, []
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: StartingHead
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _answer(self, status: int, body: str, kind: str = "application/json") -> None:
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/api/version"):
+            self._answer(200, json.dumps({"version": "4", "ray_version": "2.60.0",
+                                          "ray_commit": "", "session_name": "s"}))  # fmt: skip
+        else:
+            self._answer(404, "not found", "text/plain")
+
+    def do_POST(self) -> None:
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.posts.append((time.monotonic(), request))
+        if len(self.server.posts) <= self.server.busy:
+            self._answer(*self.server.refusal, "text/plain")
+        else:
+            sid = request["submission_id"]
+            self._answer(200, json.dumps({"job_id": sid, "submission_id": sid}))
+
+
+@pytest.fixture
+def head(request):
+    server = StartingHead(*request.param)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def submission() -> Submission:
+    return Submission(spec=None, submission_id="distgan-test-1", entrypoint="true",
+                      runtime_env={}, metadata={})  # fmt: skip
+
+
+@pytest.mark.parametrize("head", [(2,)], indirect=True)
+def test_a_submission_waits_for_a_job_agent_and_says_so_once(head):
+    jobs = Jobs(f"http://127.0.0.1:{head.server_port}", None, None)
+    out = io.StringIO()
+    assert jobs.submit(submission(), out=out, wait_s=30) == "distgan-test-1"
+    assert len(head.posts) == 3  # two refusals, then the job
+    assert all(body["entrypoint"] == "true" for _, body in head.posts)
+    assert out.getvalue() == (
+        f"distgan: http://127.0.0.1:{head.server_port} has no job agent ready yet (a cluster "
+        "that is starting); waiting for one\n"
+    )
+
+
+@pytest.mark.parametrize("head", [(1_000,)], indirect=True)
+def test_a_submission_gives_up_on_the_job_agent_after_its_wait_in_one_line(head):
+    jobs = Jobs(f"http://127.0.0.1:{head.server_port}", None, None)
+    started = time.monotonic()
+    with pytest.raises(ClusterError) as e:
+        jobs.submit(submission(), out=io.StringIO(), wait_s=3)
+    assert 3 <= time.monotonic() - started < 10 and 2 <= len(head.posts) <= 3
+    assert str(e.value) == (
+        f"http://127.0.0.1:{head.server_port}: the Jobs API failed: Request failed with status "
+        f"code 500: {NO_AGENT}."
+    )
+
+
+BAD_REQUEST = "Failed to submit job: runtime_env is not valid."
+
+
+@pytest.mark.parametrize("head", [(1_000, (400, BAD_REQUEST))], indirect=True)
+def test_other_refusals_fail_at_once(head):
+    jobs = Jobs(f"http://127.0.0.1:{head.server_port}", None, None)
+    out = io.StringIO()
+    with pytest.raises(ClusterError, match="status code 400: Failed to submit job"):
+        jobs.submit(submission(), out=out, wait_s=30)
+    assert len(head.posts) == 1 and out.getvalue() == ""
