@@ -33,10 +33,9 @@ import torch
 from distgan.config import to_dict
 from distgan.errors import JobError
 from distgan.generators import load_generator
-from distgan.specs import JobSpec
+from distgan.specs import EXPORT_FORMATS, JobSpec
 from distgan.storage import is_uri, open_location
 
-FORMATS = ("pt2", "onnx", "safetensors")
 SUFFIX = {"pt2": ".pt2", "onnx": ".onnx", "safetensors": ".safetensors"}
 SIDECAR_FORMAT = "distgan-generator/1"
 OUTPUT = "images"
@@ -73,8 +72,8 @@ def export_generator(
     ``export/<run name>/generator.<suffix>`` here). Returns (the file, its JSON).
     JobError for a format or file name that does not fit; CheckpointError from the checkpoint.
     """
-    if fmt not in FORMATS:
-        raise JobError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    if fmt not in EXPORT_FORMATS:
+        raise JobError(f"--format {fmt}: expected one of {', '.join(EXPORT_FORMATS)}")
     if out:
         out = Path(out)
     elif is_uri(str(source)):  # a run in object storage: the file lands here, named after it

@@ -23,6 +23,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 CACHE_MODES = ("auto", "memory", "stream")
 LR_DECAYS = ("none", "linear", "cosine")  # optim.lr_decay (distgan.schedule)
 CLASS_BALANCES = ("none", "balanced", "sqrt")  # distgan.data.imbalance's (kept in sync by a test)
+EXPORT_FORMATS = ("pt2", "onnx", "safetensors")  # distgan export --format (distgan.export)
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray placement groups
 # The metrics of distgan.metrics (kept in sync by a test; specs imports nothing below it).
 METRIC_NAMES = ("fid", "kid", "precision", "recall", "classifier_score", "class_coverage",

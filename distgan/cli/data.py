@@ -15,14 +15,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from distgan.data import (
-    class_name,
-    data_location,
-    import_source,
-    read_manifest,
-    verify_shards,
-)
-from distgan.data.shards import fitted_files
 from distgan.errors import DataError
 
 
@@ -92,6 +84,9 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
 def run_import(args: argparse.Namespace) -> int:
     """Imports ``args.src`` into ``args.out`` and prints one summary line (and one for the
     fitted files the import removed: they describe the images it replaced)."""
+    from distgan.data import class_name, import_source
+    from distgan.data.shards import fitted_files
+
     fitted = fitted_files(args.out)
     changes: Counter = Counter()
     manifest, skipped = import_source(
@@ -198,6 +193,8 @@ def parse_class_names(text: str) -> list[str]:
 def run_verify(args: argparse.Namespace) -> int:
     """Checks every shard in ``args.folder`` (``embedded``, as in a job's data.source, is the
     package's copy) against its manifest and prints one OK line."""
+    from distgan.data import data_location, read_manifest, verify_shards
+
     manifest = read_manifest(data_location(args.folder))
     verify_shards(manifest)
     c, h, w = manifest.shape

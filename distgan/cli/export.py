@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from distgan.export import FORMATS
+from distgan.specs import EXPORT_FORMATS
 
 
 def add_parser(verbs) -> None:
@@ -24,7 +24,9 @@ def add_parser(verbs) -> None:
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument("source", metavar="RUN", help="a run directory or a checkpoint folder")
-    p.add_argument("--format", required=True, choices=FORMATS, help="pt2, onnx or safetensors")
+    p.add_argument(
+        "--format", required=True, choices=EXPORT_FORMATS, help="pt2, onnx or safetensors"
+    )
     p.add_argument("--out", help="the file to write (default RUN/export/generator.<format>)")
     p.set_defaults(run=run)
 

@@ -16,19 +16,6 @@ from __future__ import annotations
 import argparse
 
 from distgan.errors import CheckpointError, JobError
-from distgan.rate import (
-    RATINGS,
-    RatingServer,
-    RatingSession,
-    RatingsFile,
-    build_deck,
-    read_ratings,
-    summarize,
-    summary_text,
-)
-from distgan.rate.ratings import check_rater
-from distgan.storage import display, join
-from distgan.train.outputs import existing_run_dir
 
 DEFAULT_PORT = 8765
 
@@ -50,6 +37,18 @@ def add_parser(verbs) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from distgan.rate import (
+        RATINGS,
+        RatingServer,
+        RatingSession,
+        RatingsFile,
+        build_deck,
+        read_ratings,
+    )
+    from distgan.rate.ratings import check_rater
+    from distgan.storage import display, join
+    from distgan.train.outputs import existing_run_dir
+
     location = existing_run_dir(args.source)
     if args.summary:
         return _summary(location)
@@ -78,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary(location) -> int:
+    from distgan.rate import RATINGS, read_ratings, summarize, summary_text
+    from distgan.storage import display, join
+
     records = read_ratings(location)
     if not records:
         raise CheckpointError(

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import argparse
 
-from distgan.report import REPORT, write_report
-from distgan.storage import display, join, open_location
-
 
 def add_parser(verbs) -> None:
     p = verbs.add_parser(
@@ -27,6 +24,9 @@ def add_parser(verbs) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from distgan.report import REPORT, write_report
+    from distgan.storage import display, join, open_location
+
     location = open_location(args.source, field="RUN")
     write_report(location)
     print(f"written: {display(join(location.uri, REPORT))}")

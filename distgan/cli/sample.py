@@ -10,15 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from distgan.data import data_location, read_manifest
 from distgan.errors import CheckpointError, JobError, UserError
-from distgan.generators import load_generator
-from distgan.images import save_grid, to_uint8
-from distgan.models import generate
-from distgan.storage import display
 
 
 def add_parser(verbs) -> None:
@@ -41,6 +33,8 @@ def _class_number(asked: str, num_classes: int, spec, folder) -> int | str:
     """``--class``'s number: as given, or the class the run's data names so (any case)."""
     if asked.strip().lstrip("-").isdigit() or not num_classes:
         return int(asked) if asked.strip().lstrip("-").isdigit() else asked
+    from distgan.data import data_location, read_manifest
+
     try:
         names = read_manifest(data_location(spec.data.source)).class_names or {}
     except UserError:
@@ -65,6 +59,14 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix not in (".png", ".npy"):
         raise JobError(f"--out {out}: expected a .png (grid) or .npy (raw uint8 array) file name")
+    import numpy as np
+    import torch
+
+    from distgan.generators import load_generator
+    from distgan.images import save_grid, to_uint8
+    from distgan.models import generate
+    from distgan.storage import display
+
     G, spec, folder, _ = load_generator(args.source)
     labels = None
     if args.label is not None:

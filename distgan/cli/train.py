@@ -21,7 +21,6 @@ from distgan.config import RESOLVED_JOB, dump_yaml, load_job, parse_job
 from distgan.errors import CheckpointError, JobError
 from distgan.progress import duration
 from distgan.storage import join
-from distgan.train.follow import Stopped
 from distgan.train.lease import RunLease, check_not_held
 from distgan.user_models import keep_record
 
@@ -139,6 +138,8 @@ class CheckpointReports:
 
 
 def _interrupt(signum, frame) -> None:
+    from distgan.train.follow import Stopped  # imported by run() before this is installed
+
     raise Stopped(signum)
 
 
@@ -181,7 +182,7 @@ def _last_part(run_dir) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from distgan.train import checkpoint as ckpts
-    from distgan.train.follow import wait_seconds
+    from distgan.train.follow import Stopped, wait_seconds
     from distgan.train.launch import check_job, launch, preflight
     from distgan.train.outputs import new_run_dir, sample_grids, storage_home, write_resolved
     from distgan.train.session import end_local_ray_now, ray_session
