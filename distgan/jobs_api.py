@@ -30,14 +30,20 @@ if TYPE_CHECKING:
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # Ray's dashboard (and Jobs API) port on this machine
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+# Ray's Jobs SDK sends to these, in this order, whatever address it is given: distgan resolves
+# the address itself (so that the token check sees where the token goes) and hides them from it.
+ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 NO_AGENT = "No available agent to submit job"  # Ray's Jobs API, before a node's agent is up
 AGENT_WAIT_S = 120.0  # how long a submission waits for one
 
 
 def resolve_address(flag: str | None) -> str:
-    """``--address``, then ``RAY_ADDRESS``, then the local default; always with a scheme."""
-    address = flag or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
-    source = "--address" if flag else ("RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else None)
+    """``--address``, then ``RAY_API_SERVER_ADDRESS`` and ``RAY_ADDRESS`` (in Ray's order),
+    then the local default; always with a scheme."""
+    source = (
+        "--address" if flag else next((v for v in ADDRESS_VARIABLES if os.environ.get(v)), None)
+    )
+    address = flag or (os.environ[source] if source else DEFAULT_ADDRESS)
     if address.startswith("ray://"):
         raise ClusterError(
             f"{source or 'address'}={address}: a Ray Client address; distgan submits through the "
@@ -92,7 +98,8 @@ class Jobs:
         self.address = address
         self._token_source = token_source
         self._headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._client = self._call(lambda: JobSubmissionClient(address, headers=self._headers))
+        with _hidden(ADDRESS_VARIABLES):
+            self._client = self._call(lambda: JobSubmissionClient(address, headers=self._headers))
 
     def _call(self, fn, job_id: str | None = None):
         """Runs one SDK call, turning Ray's exceptions into one-line ``ClusterError``s."""
@@ -224,6 +231,16 @@ class Jobs:
             if status in TERMINAL or (deadline is not None and time.monotonic() > deadline):
                 return status
             time.sleep(poll)
+
+
+@contextlib.contextmanager
+def _hidden(names: tuple[str, ...]):
+    """These environment variables unset for the block, then as they were."""
+    saved = {n: os.environ.pop(n) for n in names if n in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def connect(address_flag: str | None = None, insecure_http: bool = False) -> Jobs:

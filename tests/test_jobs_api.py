@@ -1,13 +1,21 @@
-"""``Jobs.submit`` on a cluster that has no job agent ready yet (a cluster that is starting).
+"""distgan's Jobs API client: where it sends, and a cluster with no job agent ready yet.
 
-Ray's Jobs API then answers every submission with HTTP 500 "No available agent to submit job,
-please try again later." (``ray/dashboard/modules/job/job_head.py``). That state lasts seconds
-on a real head and cannot be brought about on purpose, so the server here is a small HTTP
-server on 127.0.0.1 that answers Ray's routes with Ray's own texts; Ray's real
-``JobSubmissionClient`` talks to it, and distgan's own code is what is tested."""
+- **Where:** Ray's ``JobSubmissionClient`` sends to ``RAY_API_SERVER_ADDRESS`` or
+  ``RAY_ADDRESS`` whatever address it is given (``ray.dashboard.utils.
+  get_address_for_submission_client``). distgan resolves the address itself (``--address``
+  first) and checks where the token may go against it, so the client must send there and
+  nowhere else.
+- **No agent:** a starting cluster answers every submission with HTTP 500 "No available agent to
+  submit job, please try again later." (``ray/dashboard/modules/job/job_head.py``).
+
+Both states are set up with small HTTP servers on 127.0.0.1 that answer Ray's routes with Ray's
+own texts (a starting head is in the no-agent state for seconds, and cannot be put there on
+purpose); Ray's real ``JobSubmissionClient`` talks to them, and distgan's own code is what is
+tested."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import threading
@@ -17,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from distgan.errors import ClusterError
-from distgan.jobs_api import Jobs
+from distgan.jobs_api import ADDRESS_VARIABLES, Jobs, connect
 from distgan.submit import Submission
 
 NO_AGENT = "No available agent to submit job, please try again later."
@@ -29,7 +37,11 @@ class StartingHead(ThreadingHTTPServer):
 
     def __init__(self, busy: int, refusal: tuple[int, str] = (500, NO_AGENT)):
         super().__init__(("127.0.0.1", 0), Handler)
-        self.busy, self.refusal, self.posts = busy, refusal, []
+        self.busy, self.refusal, self.posts, self.seen = busy, refusal, [], []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_port}"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -47,6 +59,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
+        self.server.seen.append(("GET", self.path))
         if self.path.startswith("/api/version"):
             self._answer(200, json.dumps({"version": "4", "ray_version": "2.60.0",
                                           "ray_commit": "", "session_name": "s"}))  # fmt: skip
@@ -55,6 +68,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.seen.append(("POST", self.path))
         self.server.posts.append((time.monotonic(), request))
         if len(self.server.posts) <= self.server.busy:
             self._answer(*self.server.refusal, "text/plain")
@@ -64,13 +78,29 @@ class Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def head(request):
-    server = StartingHead(*request.param)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+def head(request, monkeypatch):
+    for name in ADDRESS_VARIABLES:  # the suite's Ray head is in RAY_ADDRESS
+        monkeypatch.delenv(name, raising=False)
+    with serving(*getattr(request, "param", (0,))) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def serving(*args):
+    server = StartingHead(*args)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def no_token(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
 
 
 def submission() -> Submission:
@@ -114,3 +144,29 @@ def test_other_refusals_fail_at_once(head):
     with pytest.raises(ClusterError, match="status code 400: Failed to submit job"):
         jobs.submit(submission(), out=out, wait_s=30)
     assert len(head.posts) == 1 and out.getvalue() == ""
+
+
+@pytest.mark.parametrize("variable", ADDRESS_VARIABLES)
+def test_the_client_sends_to_the_address_given_not_to_rays_variables(
+    head, monkeypatch, no_token, variable
+):
+    """``--address`` wins over RAY_API_SERVER_ADDRESS and RAY_ADDRESS, as distgan says, and the
+    other server hears nothing: Ray's client, left alone, sent everything there (so the check of
+    where the token may go looked at one host while the requests went to another)."""
+    with serving(0) as other:
+        monkeypatch.setenv(variable, other.url)
+        assert connect(head.url).submit(submission(), wait_s=0) == "distgan-test-1"
+        assert [path for method, path in head.seen if method == "POST"] == ["/api/jobs/"]
+        assert other.seen == []
+        # Without --address, the variable is the address.
+        assert connect(None).submit(submission(), wait_s=0) == "distgan-test-1"
+        assert [method for method, _ in other.seen].count("POST") == 1
+
+
+def test_ray_api_server_address_comes_before_ray_address(head, monkeypatch, no_token):
+    with serving(0) as other:
+        monkeypatch.setenv("RAY_API_SERVER_ADDRESS", head.url)
+        monkeypatch.setenv("RAY_ADDRESS", other.url)
+        assert connect(None).address == head.url
+        connect(None).submit(submission(), wait_s=0)
+        assert len(head.posts) == 1 and other.seen == []

@@ -1,9 +1,9 @@
 """``distgan status ID``, ``distgan logs ID [--follow]``, ``distgan stop ID``, ``distgan jobs``.
 
 The jobs of a Ray cluster, through its Jobs API; the address and the token are found as for
-``distgan submit`` (``--address``, then ``RAY_ADDRESS``, then http://127.0.0.1:8265; the token
-from ``RAY_AUTH_TOKEN``, then ``~/.ray/auth_token``), and the token goes over plain http only to
-a loopback address unless ``--insecure-http`` is given.
+``distgan submit`` (``--address``, then ``RAY_API_SERVER_ADDRESS``, then ``RAY_ADDRESS``, then
+http://127.0.0.1:8265; the token from ``RAY_AUTH_TOKEN``, then ``~/.ray/auth_token``), and the
+token goes over plain http only to a loopback address unless ``--insecure-http`` is given.
 """
 
 from __future__ import annotations

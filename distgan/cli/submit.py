@@ -31,8 +31,8 @@ def add_address_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--address",
         metavar="URL",
-        help="the cluster's Jobs API (dashboard) URL; default RAY_ADDRESS, then "
-        "http://127.0.0.1:8265",
+        help="the cluster's Jobs API (dashboard) URL; default RAY_API_SERVER_ADDRESS, then "
+        "RAY_ADDRESS, then http://127.0.0.1:8265",
     )
     p.add_argument(
         "--insecure-http",
