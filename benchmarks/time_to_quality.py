@@ -34,7 +34,9 @@ samples (latent seed 0) in the shipped feature network. Clocks start when a trai
 is launched (Ray's start-up counts for distgan). The plain loop saves G (or its EMA) at each
 mark; a distgan run keeps a checkpoint every ``--every`` steps, and the last one written (file
 time) before each mark is scored by ``distgan eval CKPT --real data/fashion-mnist-test``. The
-table gives the mean over the seeds, FID and KID with their range (min–max).
+table gives the mean over the seeds, FID and KID with their range (min–max). A conditional job
+(``--job jobs/fashion_conditional.yaml``) also gives ``asked class``: how often the judge names
+the class G was asked for, over ``--n`` samples drawn every class in turn (``distgan sample``).
 """
 
 from __future__ import annotations
@@ -53,10 +55,21 @@ from pathlib import Path
 import cli_runs
 import splits
 import torch
-from cli_runs import ROOT, evaluate, protocol_line, run_in, score_images, spread, train
+from cli_runs import (
+    ROOT,
+    asked_class,
+    evaluate,
+    protocol_line,
+    resolved_job,
+    run_in,
+    score_images,
+    spread,
+    train,
+)
 from torch import nn
 
 BATCH = 64
+ASKED = "asked_class"  # a conditional run's: how often the judge names the class G was asked for
 Z = 100
 # distgan's DCGAN with the classic recipe: the recommended job with each of its lines undone
 CLASSIC = [
@@ -257,9 +270,12 @@ def distgan_marks(root: Path, marks: list[float], n: int, test: Path):
     for folder in written[:-1]:
         if folder not in chosen.values():
             shutil.rmtree(folder)
+    conditional = resolved_job(run).model.conditional
     got = {}
     for mark, folder in chosen.items():
         figures, proto = evaluate(folder, test, n)
+        if conditional:  # Fashion-MNIST's 10 classes, drawn in turn
+            figures[ASKED] = asked_class(folder, n, 10)
         step = json.loads((folder / "eval.json").read_text())["step"]
         got[mark] = (step, at[folder], figures, proto)
     return got
@@ -322,8 +338,8 @@ def main() -> None:
     print(protocol_line(proto, test))
     print()
     print("| trainer | minutes | seeds | scored at (s) | G steps | images | FID ↓ | KID ↓ "
-          "| precision ↑ | recall ↑ | class. score ↑ | classes ↑ |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| precision ↑ | recall ↑ | class. score ↑ | classes ↑ | asked class ↑ |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
         for mark in marks:
             got = [scored[name, s][mark] for s in args.seeds if mark in scored[name, s]]
@@ -335,12 +351,13 @@ def main() -> None:
                 return statistics.mean(f[key] for f in figures)
 
             steps = statistics.mean(g[0] for g in got)
+            asked = f"{mean(ASKED):.1%}" if all(ASKED in f for f in figures) else ""
             print(f"| {ROWS[name][0]} | {mark / 60:g} | {len(got)} | "
                   f"{statistics.mean(g[1] for g in got):.0f} | {steps:,.0f} | "
                   f"{steps * BATCH:,.0f} | {spread([f['fid'] for f in figures])} | "
                   f"{spread([f['kid'] for f in figures], 3)} | {mean('precision'):.3f} | "
                   f"{mean('recall'):.3f} | {mean('classifier_score'):.2f} | "
-                  f"{mean('class_coverage') * 10:.1f}/10 |")  # fmt: skip
+                  f"{mean('class_coverage') * 10:.1f}/10 | {asked} |")  # fmt: skip
 
 
 if __name__ == "__main__":
