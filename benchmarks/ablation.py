@@ -15,8 +15,8 @@ data.source=data/fashion-mnist-train50k --set train.seed=S --set ...`` as a user
 job's workers, Ray Data, checkpoints), for the same ``--minutes`` of training
 (``train.max_minutes``) or the same ``--steps``; then ``distgan eval RUN --real
 data/fashion-mnist-val10k --n N --features fashion-mnist`` scores the run's last checkpoint (G's
-EMA where the job keeps one). A conditional run is also sampled by ``distgan sample`` (every class
-in turn): ``asked class`` is how often the shipped classifier names the class asked for.
+EMA where the job keeps one). For a conditional run it also reports ``asked class``: how often the
+shipped classifier names the class asked for, over its samples drawn every class in turn.
 ``images/s`` is the run's steady rate (``metrics.jsonl``). Figures are means over the seeds, FID
 with its range (min–max).
 """
@@ -29,7 +29,7 @@ import shutil
 import statistics
 
 import splits
-from cli_runs import ROOT, asked_class, evaluate, protocol_line, resolved_job, speed, spread, train
+from cli_runs import ROOT, evaluate, protocol_line, speed, spread, train
 
 from distgan.data import read_manifest
 from distgan.metrics.judges import SECOND
@@ -105,9 +105,7 @@ def main() -> None:
     for seed in args.seeds:
         for name in names:
             run = train(args.job, [*sets, *variants[name]], out / f"{name}-seed{seed}", seed)
-            figures, proto = evaluate(run, val10k, args.n)
-            if resolved_job(run).model.conditional:
-                figures["asked_class"] = asked_class(run, args.n, len(trained_on.labels))
+            figures, proto = evaluate(run, val10k, args.n)  # asked_class too, for a conditional G
             done[name].append({"variant": name, "seed": seed, **speed(run), **figures})
             print(json.dumps(done[name][-1]), flush=True)
     rows = [(name, variants[name], done[name]) for name in names]  # (name, overrides, per seed)

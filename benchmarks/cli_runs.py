@@ -61,14 +61,6 @@ def run_in(root: Path) -> Path:
     return run
 
 
-def resolved_job(run: Path):
-    """The JobSpec a run was trained by (its ``job.resolved.yaml``)."""
-    from distgan.config import RESOLVED_JOB, parse_job
-
-    path = run / RESOLVED_JOB
-    return parse_job(path.read_bytes(), str(path))
-
-
 def evaluate(
     source: str | Path,
     real: str | Path,
@@ -127,14 +119,6 @@ def score_images(
     f, p = extractor.extract(images)
     figures = compute_metrics(metrics, reference.features, FeatureSet(f.numpy(), p.numpy()))
     return figures, protocol(reference, extractor, len(images), seed)
-
-
-def asked_class(source: str | Path, n: int, num_classes: int) -> float:
-    """How often the shipped classifier names the class a conditional run's G was asked for,
-    over ``n`` samples drawn every class in turn (``distgan sample``)."""
-    probs = feature_network().extract(to_unit(sample(source, n)))[1]  # (n, K)
-    given = torch.arange(n) % num_classes
-    return float((probs.argmax(1) == given).float().mean())
 
 
 def speed(run: Path) -> dict:

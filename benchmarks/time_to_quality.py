@@ -35,8 +35,9 @@ is launched (Ray's start-up counts for distgan). The plain loop saves G (or its 
 mark; a distgan run keeps a checkpoint every ``--every`` steps, and the last one written (file
 time) before each mark is scored by ``distgan eval CKPT --real data/fashion-mnist-test``. The
 table gives the mean over the seeds, FID and KID with their range (min–max). A conditional job
-(``--job jobs/fashion_conditional.yaml``) also gives ``asked class``: how often the judge names
-the class G was asked for, over ``--n`` samples drawn every class in turn (``distgan sample``).
+(``--job jobs/fashion_conditional.yaml``) also gives ``asked class``, which ``distgan eval``
+reports for a conditional G: how often the judge names the class G was asked for, over its
+``--n`` samples drawn every class in turn.
 """
 
 from __future__ import annotations
@@ -55,21 +56,11 @@ from pathlib import Path
 import cli_runs
 import splits
 import torch
-from cli_runs import (
-    ROOT,
-    asked_class,
-    evaluate,
-    protocol_line,
-    resolved_job,
-    run_in,
-    score_images,
-    spread,
-    train,
-)
+from cli_runs import ROOT, evaluate, protocol_line, run_in, score_images, spread, train
 from torch import nn
 
 BATCH = 64
-ASKED = "asked_class"  # a conditional run's: how often the judge names the class G was asked for
+ASKED = "asked_class"  # distgan eval's, for a conditional G: how often the judge names its class
 Z = 100
 # distgan's DCGAN with the classic recipe: the recommended job with each of its lines undone
 CLASSIC = [
@@ -270,12 +261,9 @@ def distgan_marks(root: Path, marks: list[float], n: int, test: Path):
     for folder in written[:-1]:
         if folder not in chosen.values():
             shutil.rmtree(folder)
-    conditional = resolved_job(run).model.conditional
     got = {}
     for mark, folder in chosen.items():
         figures, proto = evaluate(folder, test, n)
-        if conditional:  # Fashion-MNIST's 10 classes, drawn in turn
-            figures[ASKED] = asked_class(folder, n, 10)
         step = json.loads((folder / "eval.json").read_text())["step"]
         got[mark] = (step, at[folder], figures, proto)
     return got
