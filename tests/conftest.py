@@ -71,6 +71,10 @@ os.environ[LOOPBACK_SWITCH] = "0"
 # of its own: ``make test`` runs as many workers as the machine has cores, and PyTorch's default
 # of a thread per core had 2 workers on 2 cores wait on each other's threads, most of it spent
 # spinning in OpenMP (the tests without Ray: 276 CPU-s and 146 s, against 159 and 88 with this).
+# distgan honours the variable (train/threads.py), so the Ray Train workers that these tests'
+# runs start compute with one thread too (a 1-worker run had taken both cores, whose second
+# thread spun while other work held the core: 110 CPU-s against 20 for test_eval_ray.py's
+# worker beside a busy loop).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if "torch" in sys.modules:  # too late for the variable: PyTorch read it when imported

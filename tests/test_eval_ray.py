@@ -22,7 +22,12 @@ def cache_home(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def test_best_checkpoint_survives_a_run_that_gets_worse(ray_cluster, tmp_path, cache_home, capsys):
+def test_best_checkpoint_survives_a_run_that_gets_worse(
+    ray_cluster, tmp_path, cache_home, capsys, monkeypatch
+):
+    # The one worker computes with the threads OMP_NUM_THREADS says (without it, it would take
+    # both cores of a 2-core machine: test_train_ray.py).
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     job = {
         "data": {"source": "embedded"},
         "model": {"arch": "dcgan", "width": 16, "z_dim": 32},
@@ -35,7 +40,9 @@ def test_best_checkpoint_survives_a_run_that_gets_worse(ray_cluster, tmp_path, c
     path = tmp_path / "evaljob.yaml"
     path.write_text(yaml.safe_dump(job))
     assert main(["train", str(path)]) == 0
-    assert "fid " in capsys.readouterr().out  # the progress line shows the figure
+    out = capsys.readouterr().out
+    assert "fid " in out  # the progress line shows the figure
+    assert "1 CPU worker · 10,000 images 1×28×28 · 1 thread a worker (OMP_NUM_THREADS)" in out
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert list(cache_home.glob("distgan/reference/*.npz")), "reference statistics are cached"
 
@@ -51,6 +58,7 @@ def test_best_checkpoint_survives_a_run_that_gets_worse(ray_cluster, tmp_path, c
     best_step = min(finite, key=finite.get)
     assert best_step <= 200 and (not math.isfinite(fids[300]) or fids[300] > 2 * finite[best_step])
 
+    assert json.loads((run_dir / "complexity.json").read_text())["cpu_threads"] == 1
     best = read_best(run_dir)
     assert best == {"metric": "fid", "value": finite[best_step], "step": best_step}
     best_ckpt = ckpts.load(run_dir / "best")

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 
 import pytest
+from conftest import REPO
 
 from distgan.data import EMBEDDED_DIR, read_manifest
 from distgan.errors import ClusterError
 from distgan.specs import DataSpec, JobSpec, ScaleSpec
-from distgan.train.launch import MEMORY_CACHE_LIMIT, plan
+from distgan.train.launch import MEMORY_CACHE_LIMIT, plan, threads_asked
 
 MANIFEST = read_manifest(EMBEDDED_DIR)
 
@@ -58,3 +63,37 @@ def test_small_data_is_cached_in_memory_and_large_data_streams():
     big = dataclasses.replace(MANIFEST, count=2 * MEMORY_CACHE_LIMIT // 784 + 10)
     assert not plan(spec(workers=2), big, 2, 0).cache
     assert not plan(JobSpec(data=DataSpec(cache="stream")), MANIFEST, 2, 0).cache
+
+
+@pytest.mark.parametrize("value, threads", [(None, 0), ("", 0), ("1", 1), (" 3 ", 3)])
+def test_omp_num_threads_sets_a_cpu_workers_threads(monkeypatch, value, threads):
+    """OMP_NUM_THREADS, where the user set it, is each CPU worker's thread count (0: the
+    worker takes its node's cores shared among the workers there; train/worker.py)."""
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    if value is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+    assert threads_asked() == threads
+
+
+def test_a_submitted_jobs_driver_leaves_omp_num_threads_to_the_nodes(monkeypatch):
+    """Ray's job supervisor sets OMP_NUM_THREADS=1 for the driver of a job that distgan submit
+    sent (its own CPU reservation): not the user's word on the workers' threads."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    job = {"metadata": {"distgan_job": "jobs/quickstart.yaml"}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
+    assert threads_asked() == 0
+
+
+@pytest.mark.parametrize("value", ["two", "0", "-1", "1.5"])
+def test_a_bad_omp_num_threads_is_one_line_and_exit_2_before_ray(value):
+    env = {**os.environ, "OMP_NUM_THREADS": value}
+    env.pop("RAY_JOB_CONFIG_JSON_ENV_VAR", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "distgan.cli", "train", "jobs/quickstart.yaml", "--dry-run"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: OMP_NUM_THREADS: ") and "set it to" in line, line

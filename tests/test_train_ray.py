@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -55,9 +56,13 @@ def test_two_workers_write_checkpoints_and_samples_and_stop_on_time(
     """One 2-worker run that train.max_minutes ends long before train.steps. (`--resume`
     continuing at the recorded step: test_faults.py, bit for bit, and test_eval_ray.py.)"""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # eval's reference statistics
+    # Without OMP_NUM_THREADS each worker takes its node's cores shared among the 2 workers
+    # there (test_eval_ray.py: the variable set).
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     job = write_job(tmp_path, steps=100000, max_minutes=0.1)
     assert main(["train", str(job)]) == 0
     out = capsys.readouterr().out
+    assert "OMP_NUM_THREADS" not in out
     run_dir = only_run(tmp_path)
     assert run_dir.name == "00000-tiny"
     assert load_job(run_dir / "job.resolved.yaml") == load_job(job)
@@ -102,6 +107,7 @@ def test_two_workers_write_checkpoints_and_samples_and_stop_on_time(
     # file's other numbers are BatchNorm's running statistics).
     cost = json.loads((run_dir / "complexity.json").read_text())
     assert all(cost[k] > 0 for k in COST_FIGURES) and cost["peak_mem_kind"] == "cpu-rss", cost
+    assert cost["cpu_threads"] == max(1, (os.cpu_count() or 1) // 2), cost
     exported = tmp_path / "g.safetensors"
     assert main(["export", str(run_dir), "--format", "safetensors", "--out", str(exported)]) == 0
     statistics = ("running_mean", "running_var", "num_batches_tracked")

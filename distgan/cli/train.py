@@ -181,6 +181,9 @@ def _last_part(run_dir) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from distgan.train.threads import threads_asked
+
+    threads_asked()  # before PyTorch loads OpenMP, which reads the variable (and complains)
     from distgan.train import checkpoint as ckpts
     from distgan.train.follow import Stopped, wait_seconds
     from distgan.train.launch import check_job, launch, preflight

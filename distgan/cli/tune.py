@@ -68,6 +68,9 @@ def _resume_spec(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from distgan.train.threads import threads_asked
+
+    threads_asked()  # before PyTorch loads OpenMP, which reads the variable (and complains)
     from distgan.cli.train import try_write_report
     from distgan.report import REPORT
     from distgan.train.follow import wait_seconds

@@ -19,6 +19,9 @@ training shows. Its fields:
 - ``peak_mem_mb``, ``peak_mem_kind``: rank 0's peak memory in MiB, ``cuda-allocated``
   (``torch.cuda.max_memory_allocated``) on a GPU, ``cpu-rss`` (the process's peak resident set,
   ``resource.getrusage``, which counts everything the process holds) on CPU.
+- ``cpu_threads`` (on CPU): the PyTorch threads rank 0 computes with (``torch.get_num_threads``:
+  OMP_NUM_THREADS where the user set it, else its node's cores shared among its workers), which
+  the throughput below depends on.
 - ``images_per_s``, ``sec_per_kimg``: real images shown to D per second, all workers together
   (the median over the log intervals so far: the first one's warm-up and an interval that held
   an evaluation do not skew it), and StyleGAN's seconds per thousand of them.
@@ -125,7 +128,7 @@ def _peak_memory(record: dict) -> dict:
         return {"peak_mem_mb": record["gpu_mem_gb"] * 1024, "peak_mem_kind": "cuda-allocated"}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     mib = peak / 2**20 if sys.platform == "darwin" else peak / 1024
-    return {"peak_mem_mb": mib, "peak_mem_kind": "cpu-rss"}
+    return {"peak_mem_mb": mib, "peak_mem_kind": "cpu-rss", "cpu_threads": torch.get_num_threads()}
 
 
 def _moved(before: float | None, now: float) -> bool:

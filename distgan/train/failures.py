@@ -278,10 +278,10 @@ def resume_command(run: Location) -> str:
     """The command that continues the run, as the user types it: ``distgan submit --resume
     URI`` (with its ``?endpoint_override=...`` query) for a job submitted to a cluster,
     ``distgan train --resume RUN`` for a local run."""
-    return f"distgan {'submit' if _submitted() else 'train'} --resume {shlex.quote(run.typed)}"
+    return f"distgan {'submit' if submitted() else 'train'} --resume {shlex.quote(run.typed)}"
 
 
-def _submitted() -> bool:
+def submitted() -> bool:
     """Whether this process is the driver of a job that ``distgan submit`` sent (Ray hands the
     job's metadata to its entrypoint)."""
     try:

@@ -28,6 +28,7 @@ from distgan.storage import Location, check_reachable, display, is_uri, open_loc
 from distgan.train.checkpoint import CHECKPOINTS, checkpoint_step
 from distgan.train.follow import Stopped, fit_with_progress, last_step
 from distgan.train.outputs import read_status, request_stop, write_status
+from distgan.train.threads import threads_asked
 
 MEMORY_CACHE_LIMIT = 4 << 30  # bytes of uint8 pixels a worker keeps in memory under cache: auto
 
@@ -42,6 +43,7 @@ class Plan:
     cache: bool
     evaluation: dict | None = None  # the workers' evaluation config (train/evaluation.py)
     elastic_min: int = 0  # Ray Train picks the count from elastic_min to workers; 0 = fixed
+    threads: int = 0  # PyTorch threads of a CPU worker (threads_asked); 0 = the node's share
 
     @property
     def num_workers(self) -> int | tuple[int, int]:
@@ -179,6 +181,7 @@ def check_job(spec: JobSpec, job_source: str) -> ShardManifest:
     except DataError as e:
         raise DataError(f"{job_source}: data.source: {e}") from None
     check_model(spec, manifest, job_source)
+    threads_asked()  # a bad OMP_NUM_THREADS fails here, with --dry-run too
     if spec.eval.every:
         from distgan.train.evaluation import check_evaluation
 
@@ -201,6 +204,7 @@ def preflight(
         manifest = check_job(spec, job_source)
     check_shared_storage(spec, job_source, node_count())
     p = plan_with_autoscaler(spec, manifest, job_source, out or sys.stdout, plan)
+    p = dataclasses.replace(p, threads=threads_asked())
     if spec.eval.every:
         from distgan.train.evaluation import prepare_evaluation
 
@@ -281,6 +285,7 @@ def launch(
             "shards": [dataclasses.asdict(s) for s in manifest.shards],
             "resume_from": resume_from,
             "eval": p.evaluation,
+            "threads": p.threads,
         },
         torch_config=BoundStoreTorchConfig(backend="nccl" if p.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -309,6 +314,11 @@ def launch(
         f"distgan: {run} · {spec.model.arch} · {spec.loss.kind} · "
         f"{p.counts} {device} worker{'s' * (p.workers > 1)} · "
         f"{manifest.count:,} images {'×'.join(map(str, manifest.shape))}"
+        + (
+            f" · {p.threads} thread{'s' * (p.threads > 1)} a worker (OMP_NUM_THREADS)"
+            if p.threads and not p.use_gpu
+            else ""
+        )
         + (f" · resuming from {display(resume_from)}" if resume_from else ""),
         file=out,
         flush=True,

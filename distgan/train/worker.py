@@ -67,9 +67,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     if device.type == "cpu":
-        # Ray reserves a fraction of a CPU per worker for scheduling; compute uses the node's
-        # cores shared among the workers on it.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.get_local_world_size()))
+        # OMP_NUM_THREADS as distgan's user set it (launch.threads_asked), else the node's cores
+        # shared among the workers on it: Ray reserves a fraction of a CPU per worker for
+        # scheduling, and sets the variable here from that fraction.
+        local = ctx.get_local_world_size()
+        torch.set_num_threads(config.get("threads") or max(1, (os.cpu_count() or 1) // local))
     ray.data.DataContext.get_current().enable_progress_bars = False
 
     # After a worker failure Ray hands over the latest checkpoint it registered; a resumed run

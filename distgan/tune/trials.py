@@ -165,7 +165,7 @@ def pbt_trial(context: SearchContext):
         spec, run_dir, trial_id = _start_trial(context, config)
         p = context.plan
         device = torch.device("cuda" if p.use_gpu else "cpu")
-        torch.set_num_threads(max(1, round(p.workers * p.cpus_per_worker)))
+        torch.set_num_threads(p.threads or max(1, round(p.workers * p.cpus_per_worker)))
 
         ckpt, origin = None, None
         restored = ray.tune.get_checkpoint()  # our own (resume) or a donor's (PBT exploit)
