@@ -177,9 +177,9 @@ def test_the_check_ray_data_runs_before_the_first_step_imports_no_pytorch():
 def test_train_refuses_a_shard_whose_bytes_changed_in_one_line(
     ray_cluster, tmp_path, capsys, cache
 ):
-    """distgan train with two workers, through Ray Data (in memory) or each worker reading its
-    own files (streamed): the reader hashes each shard as it reads it, and the flipped byte ends
-    the run with the reader's line, not Ray's traceback."""
+    """distgan train through Ray Data (in memory) or a worker reading its own files (streamed):
+    the reader hashes each shard as it reads it, and the flipped byte ends the run with the
+    reader's line, not Ray's traceback. (One worker: a second reads the same way.)"""
     manifest = read_manifest(_dataset(tmp_path / "data"))
     shard = Path(manifest.shard_paths[0])
     raw = bytearray(shard.read_bytes())
@@ -189,7 +189,7 @@ def test_train_refuses_a_shard_whose_bytes_changed_in_one_line(
     job.write_text(yaml.safe_dump({
         "data": {"source": str(tmp_path / "data"), "cache": cache},
         "model": {"arch": "mlp", "width": 8},
-        "train": {"steps": 20, "batch_size": 8, "log_every": 10}, "scale": {"max_failures": 0},
+        "train": {"steps": 20, "batch_size": 8, "log_every": 10}, "scale": {"workers": 1, "max_failures": 0},
         "run": {"storage": str(tmp_path / "runs")},
     }))  # fmt: skip
     assert main(["train", str(job)]) == 2

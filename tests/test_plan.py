@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO
 
 from distgan.data import EMBEDDED_DIR, read_manifest
-from distgan.errors import ClusterError
+from distgan.errors import ClusterError, JobError
 from distgan.specs import DataSpec, JobSpec, ScaleSpec
 from distgan.train.launch import MEMORY_CACHE_LIMIT, plan, threads_asked
 
@@ -86,9 +86,17 @@ def test_a_submitted_jobs_driver_leaves_omp_num_threads_to_the_nodes(monkeypatch
     assert threads_asked() == 0
 
 
-@pytest.mark.parametrize("value", ["two", "0", "-1", "1.5"])
-def test_a_bad_omp_num_threads_is_one_line_and_exit_2_before_ray(value):
-    env = {**os.environ, "OMP_NUM_THREADS": value}
+@pytest.mark.parametrize("value", ["0", "-1", "1.5"])
+def test_a_bad_omp_num_threads_names_the_variable_and_the_fix(monkeypatch, value):
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    with pytest.raises(JobError, match=r"^OMP_NUM_THREADS: .*; set it to "):
+        threads_asked()
+
+
+def test_a_bad_omp_num_threads_is_one_line_and_exit_2_before_pytorch_loads():
+    """distgan's line alone: OpenMP, loaded with PyTorch, would add its own complaint."""
+    env = {**os.environ, "OMP_NUM_THREADS": "two"}
     env.pop("RAY_JOB_CONFIG_JSON_ENV_VAR", None)
     done = subprocess.run(
         [sys.executable, "-m", "distgan.cli", "train", "jobs/quickstart.yaml", "--dry-run"],
@@ -96,4 +104,7 @@ def test_a_bad_omp_num_threads_is_one_line_and_exit_2_before_ray(value):
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("error: OMP_NUM_THREADS: ") and "set it to" in line, line
+    assert line == (
+        "error: OMP_NUM_THREADS: 'two' is not a whole number of threads; set it to one "
+        "(e.g. OMP_NUM_THREADS=1), or unset it"
+    ), done.stderr
