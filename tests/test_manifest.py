@@ -189,7 +189,8 @@ def test_train_refuses_a_shard_whose_bytes_changed_in_one_line(
     job.write_text(yaml.safe_dump({
         "data": {"source": str(tmp_path / "data"), "cache": cache},
         "model": {"arch": "mlp", "width": 8},
-        "train": {"steps": 20, "batch_size": 8, "log_every": 10}, "scale": {"workers": 1, "max_failures": 0},
+        "train": {"steps": 20, "batch_size": 8, "log_every": 10},
+        "scale": {"workers": 1, "max_failures": 0},
         "run": {"storage": str(tmp_path / "runs")},
     }))  # fmt: skip
     assert main(["train", str(job)]) == 2

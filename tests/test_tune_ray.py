@@ -14,6 +14,7 @@ import yaml
 from distgan.cli import main
 from distgan.config import load_job
 from distgan.train import checkpoint as ckpts
+from distgan.train.complexity import COMPLEXITY
 from distgan.train.launch import check_job
 from distgan.train.outputs import read_metrics
 from distgan.tune.exploits import read_exploits
@@ -52,8 +53,9 @@ def search(tmp_path, job: dict, capsys) -> tuple:
 
 
 def test_asha_stops_the_trial_worse_at_its_rung_and_writes_a_best_yaml_job(
-    ray_cluster, tmp_path, capsys
+    ray_cluster, tmp_path, capsys, monkeypatch
 ):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # each trial's worker computes with 1 thread
     # Trials run one after the other: the first (lr 2e-4) sets the rung's figure and always
     # finishes; ASHA stops the second (G's Adam at a learning rate of 1.0) at its first rung
     # exactly when it measures worse there. Which one is worse is not certain at this size (both
@@ -103,6 +105,10 @@ def test_asha_stops_the_trial_worse_at_its_rung_and_writes_a_best_yaml_job(
     # Each trial is a run directory of its own, trained by a TorchTrainer with the job's scale
     # (one worker here: two DDP workers are what test_train_ray.py and the PBT test run).
     assert len(list((search_dir / TRIALS).glob("*/checkpoints"))) == 2
+    # With the search's OMP_NUM_THREADS (its driver reads it; trials compute with it).
+    for r in rows.values():
+        cost = json.loads((search_dir / TRIALS / r["trial_id"] / COMPLEXITY).read_text())
+        assert cost["cpu_threads"] == 1, cost
     # Its progress lines are in its folder (the search prints one line per evaluation).
     progress = (search_dir / TRIALS / good["trial_id"] / PROGRESS_LOG).read_text()
     assert "step 60/60" in progress and "step 60/60" not in out

@@ -67,7 +67,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     if device.type == "cpu":
-        # OMP_NUM_THREADS as distgan's user set it (launch.threads_asked), else the node's cores
+        # OMP_NUM_THREADS as distgan's user set it (train/threads.py), else the node's cores
         # shared among the workers on it: Ray reserves a fraction of a CPU per worker for
         # scheduling, and sets the variable here from that fraction.
         local = ctx.get_local_world_size()

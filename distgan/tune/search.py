@@ -174,7 +174,7 @@ def trial_plan(spec: JobSpec, source: str):
             f"its driver); {side_by_side} side by side exceed the {cpus:g} CPUs of the cluster. "
             "Lower scale.cpus_per_worker or tune.max_concurrent_trials"
         )
-    return manifest, dataclasses.replace(share, evaluation=p.evaluation)
+    return manifest, dataclasses.replace(share, evaluation=p.evaluation, threads=p.threads)
 
 
 def tune_storage(search: Location) -> tuple[str, object | None]:
