@@ -249,6 +249,12 @@ def start_autoscaling_cluster(
         "PYTHONPATH": str(REPO / "tests"),  # where the monitor finds the provider
         NODE_ID_ENV: head_node_id,
         "AUTOSCALER_UPDATE_INTERVAL_S": "1",  # Ray's default polls every 5 s
+        # The autoscaler ends a node whose raylet has not reported for this long ("lost contact
+        # with raylet", a node this provider starts counting from its launch: it is up to date
+        # at once, with no updater) and launches another. Ray's 30 s was too short once under
+        # the full suite on 2 cores: the test saw the autoscaler terminate a node and start a
+        # third, where it expects created, gone, created.
+        "AUTOSCALER_HEARTBEAT_TIMEOUT_S": "90",
         "AUTOSCALER_METRIC_PORT": str(base + 9),
     }
     cmd = ray_head_command(
