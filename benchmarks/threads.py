@@ -85,14 +85,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="runs folder (default: a temp dir)")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="distgan-threads-"))
-    env = {k: os.environ.pop(k) for k in ("RAY_ADDRESS",) if k in os.environ}  # local runs
+    address = os.environ.pop("RAY_ADDRESS", None)  # each run starts its own local Ray
     results: dict[str, list[dict]] = {name: [] for name, _, _ in ROWS}
     for r in range(args.repeats):
         for i, (name, busy, omp) in enumerate(ROWS):
             got = one_run(out / f"{r}-{i}", busy, omp, args.minutes, seed=r)
             results[name].append(got)
             print(f"{name} (repeat {r}): {got}", file=sys.stderr, flush=True)
-    os.environ.update(env)
+    if address is not None:
+        os.environ["RAY_ADDRESS"] = address
     print("| row | threads | images/s | CPU-s a run (busy loop's not counted) |")
     print("|---|---|---|---|")
     for name, runs in results.items():

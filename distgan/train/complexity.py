@@ -112,7 +112,7 @@ class MeasuredCost:
         """Takes one metrics line (``images_per_s``; ``gpu_mem_gb`` on a GPU)."""
         if record.get("images_per_s", 0) > 0:
             self.speeds.append(float(record["images_per_s"]))
-        figures = _peak_memory(record)
+        figures = _process_figures(record)
         if self.speeds:
             speed = statistics.median(self.speeds)
             figures.update(images_per_s=speed, sec_per_kimg=1000.0 / speed)
@@ -123,7 +123,8 @@ class MeasuredCost:
         self.written = figures
 
 
-def _peak_memory(record: dict) -> dict:
+def _process_figures(record: dict) -> dict:
+    """Rank 0's peak memory, and on CPU the PyTorch threads it computes with."""
     if "gpu_mem_gb" in record:  # the loop's torch.cuda.max_memory_allocated, in GiB
         return {"peak_mem_mb": record["gpu_mem_gb"] * 1024, "peak_mem_kind": "cuda-allocated"}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS

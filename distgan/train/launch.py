@@ -181,7 +181,6 @@ def check_job(spec: JobSpec, job_source: str) -> ShardManifest:
     except DataError as e:
         raise DataError(f"{job_source}: data.source: {e}") from None
     check_model(spec, manifest, job_source)
-    threads_asked()  # a bad OMP_NUM_THREADS fails here, with --dry-run too
     if spec.eval.every:
         from distgan.train.evaluation import check_evaluation
 
