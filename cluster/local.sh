@@ -108,6 +108,9 @@ up() {
   fi
   mkdir -p "$DIR"
   token_env
+  # The head's dashboard and autoscaler serve metrics on ports of their own, which Ray fixes
+  # (44227, 44217) whatever the flags say: two Rays on one machine would both want them.
+  export DASHBOARD_METRIC_PORT=$((BASE + 3)) AUTOSCALER_METRIC_PORT=$((BASE + 4))
   # shellcheck disable=SC2046  # node_ports is a list of flags
   start_node head --head --port="$BASE" --ray-client-server-port=$((BASE + 2)) \
     --dashboard-host=127.0.0.1 --dashboard-port="$DASH" $(node_ports 0)

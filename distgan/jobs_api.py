@@ -103,6 +103,7 @@ class Jobs:
 
     def _call(self, fn, job_id: str | None = None):
         """Runs one SDK call, turning Ray's exceptions into one-line ``ClusterError``s."""
+        import requests
         from ray.exceptions import AuthenticationError
 
         try:
@@ -118,7 +119,15 @@ class Jobs:
                 f"{self.address}: the cluster refused the token from {self._token_source}; use "
                 "the token of that cluster (`ray get-auth-token` on the head prints it)"
             ) from None
-        except ConnectionError:
+        except (ConnectionError, requests.ConnectionError):
+            # Ray's SDK turns a refused connection into ConnectionError when the client is made;
+            # its later calls let requests' own through (a head or dashboard that went away).
+            if job_id:
+                raise ClusterError(
+                    f"{self.address}: the Ray Jobs API stopped answering (job {job_id}); the "
+                    "head node or its dashboard may be down. The job's state is unknown: "
+                    f"`distgan status {job_id}` asks again once the cluster is back"
+                ) from None
             raise ClusterError(
                 f"{self.address}: cannot reach the Ray Jobs API there; start a cluster "
                 "(cluster/local.sh up) or pass --address http://HEAD:8265 (the dashboard port, "

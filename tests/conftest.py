@@ -159,11 +159,11 @@ def ray_head_command(
     ]  # fmt: skip
 
 
-def listening(procs: list[psutil.Process]) -> list[tuple[str, str]]:
-    """(address, process name) of every listening TCP socket of ``procs``."""
+def listening(procs: list[psutil.Process]) -> list[tuple[str, int, str]]:
+    """(address, port, process name) of every listening TCP socket of ``procs``."""
     pids = {p.pid: p.name() for p in procs if p.is_running()}
     return [
-        (c.laddr.ip, pids[c.pid])
+        (c.laddr.ip, c.laddr.port, pids[c.pid])
         for c in psutil.net_connections("tcp")
         if c.status == psutil.CONN_LISTEN and c.pid in pids
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -59,6 +60,24 @@ class Cluster:
                 root = psutil.Process(int(pid_file.read_text()))
                 found += [root, *root.children(recursive=True)]
         return found
+
+    def exited_nodes(self) -> str:
+        """Which nodes' ``ray start`` have exited, and why (empty while all run). ``ray start
+        --block`` ends its node when one of its Ray processes dies, after logging which one and
+        the end of its log: that goes first, for the one-line summary of a failed test."""
+        said = []
+        for pid_file in sorted(self.state_dir.glob("*.pid")):
+            with contextlib.suppress(ValueError, psutil.NoSuchProcess):
+                if psutil.Process(int(pid_file.read_text())).status() != psutil.STATUS_ZOMBIE:
+                    continue
+            log = pid_file.with_suffix(".log")
+            text = log.read_text(errors="replace") if log.exists() else ""
+            plain = re.sub(r"\x1b\[[0-9;]*m", "", text)  # ray start colours its log
+            died = re.findall(r"\S+ \[exit code=[^]]*\]", plain)
+            said.append(f"{pid_file.stem} node exited ({'; '.join(died) or 'no reason logged'})")
+            at = plain.rfind("exited unexpectedly")  # then the dead processes' own log ends
+            said.append(f"{log}:\n{plain[max(at - 200, 0) :][:8000] if at >= 0 else plain[-4000:]}")
+        return "\n".join(said)
 
     def our_processes(self) -> list[str]:
         """``PID COMMAND`` of each process that names the nodes' state dir."""
@@ -110,11 +129,16 @@ def cluster():
 
 @pytest.fixture
 def with_token(cluster, monkeypatch):
-    """The client environment of a user who has the cluster's token in RAY_AUTH_TOKEN."""
+    """The client environment of a user who has the cluster's token in RAY_AUTH_TOKEN. After
+    the test, the cluster's nodes must still run: a node that died fails the test with its
+    log, where the tests after it would only say that the cluster cannot be reached."""
     monkeypatch.setenv("RAY_AUTH_TOKEN", cluster.token)
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     monkeypatch.setenv("RAY_ADDRESS", cluster.dashboard)
-    return cluster
+    yield cluster
+    exited = cluster.exited_nodes()
+    if exited:
+        pytest.fail(f"the cluster's {exited}", pytrace=False)
 
 
 def _job_id(out: str) -> str:
@@ -171,7 +195,11 @@ def test_two_node_job_succeeds_and_leaves_checkpoints(with_token, tmp_path, caps
         "127.0.0.1"
     }
     sockets = listening(cluster.processes())
-    assert sockets and all(is_loopback(ip) for ip, _ in sockets), sockets
+    assert sockets and all(is_loopback(ip) for ip, _, _ in sockets), sockets
+    # ... on the ports local.sh gives them, from DISTGAN_PORT_BASE up (Ray's own metrics ports
+    # included), so that other Rays on the machine can have theirs.
+    base = int(cluster.dashboard.rsplit(":", 1)[1]) - 1
+    assert all(base <= port < base + 290 for _, port, _ in sockets), sockets
 
     # distgan logs shows the progress, and the token appears nowhere the job left text.
     assert main(["logs", job_id]) == 0

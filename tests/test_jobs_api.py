@@ -170,3 +170,22 @@ def test_ray_api_server_address_comes_before_ray_address(head, monkeypatch, no_t
         assert connect(None).address == head.url
         connect(None).submit(submission(), wait_s=0)
         assert len(head.posts) == 1 and other.seen == []
+
+
+def test_a_head_that_goes_away_while_a_job_is_followed_is_one_line(monkeypatch):
+    """``submit --wait`` and ``logs --follow`` poll the job: a head (or its dashboard) that dies
+    meanwhile refuses the connection, which Ray's SDK lets through as requests' own error (it
+    turns only the first call's into ConnectionError). It is one line naming the job, not a
+    traceback, nor "start a cluster"."""
+    for name in ADDRESS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with serving(0) as server:
+        address = server.url
+        jobs = Jobs(address, None, None)  # the version check: the head was there
+    with pytest.raises(ClusterError) as e:
+        jobs.follow("distgan-test-1", io.StringIO())
+    assert str(e.value) == (
+        f"{address}: the Ray Jobs API stopped answering (job distgan-test-1); the head node or "
+        "its dashboard may be down. The job's state is unknown: `distgan status distgan-test-1` "
+        "asks again once the cluster is back"
+    )

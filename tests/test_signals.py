@@ -126,7 +126,7 @@ def test_ctrl_c_stops_a_local_run_that_listens_on_loopback_only(tmp_path):
     wait_for_progress(proc, logs)
     procs = tree(proc)
     sockets = listening(procs)
-    assert sockets and all(is_loopback(ip) for ip, _ in sockets), sockets
+    assert sockets and all(is_loopback(ip) for ip, _, _ in sockets), sockets
     (run_dir,) = runs.iterdir()
     # A second writer on the same run is refused, before it starts anything.
     again = [str(DISTGAN), "train", "--resume", str(run_dir)]
