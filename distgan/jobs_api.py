@@ -18,6 +18,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +36,13 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 NO_AGENT = "No available agent to submit job"  # Ray's Jobs API, before a node's agent is up
 AGENT_WAIT_S = 120.0  # how long a submission waits for one
+# How long following or waiting on a job goes on asking a Jobs API that stopped answering (a
+# dropped SSH tunnel or port-forward, a head that restarts) before it gives up.
+LOST_S = 120.0
+
+
+class LostContact(ClusterError):
+    """The Jobs API stopped answering about a job: the job itself may be running still."""
 
 
 def resolve_address(flag: str | None) -> str:
@@ -103,6 +111,7 @@ class Jobs:
 
     def _call(self, fn, job_id: str | None = None):
         """Runs one SDK call, turning Ray's exceptions into one-line ``ClusterError``s."""
+        import aiohttp
         import requests
         from ray.exceptions import AuthenticationError
 
@@ -119,11 +128,12 @@ class Jobs:
                 f"{self.address}: the cluster refused the token from {self._token_source}; use "
                 "the token of that cluster (`ray get-auth-token` on the head prints it)"
             ) from None
-        except (ConnectionError, requests.ConnectionError):
+        except (ConnectionError, requests.ConnectionError, aiohttp.ClientError):
             # Ray's SDK turns a refused connection into ConnectionError when the client is made;
-            # its later calls let requests' own through (a head or dashboard that went away).
+            # its later calls let requests' own through (a head or dashboard that went away), and
+            # its log stream aiohttp's (also a proxy that refuses the websocket).
             if job_id:
-                raise ClusterError(
+                raise LostContact(
                     f"{self.address}: the Ray Jobs API stopped answering (job {job_id}); the "
                     "head node or its dashboard may be down. The job's state is unknown: "
                     f"`distgan status {job_id}` asks again once the cluster is back"
@@ -176,11 +186,32 @@ class Jobs:
     def logs(self, job_id: str) -> str:
         return self._call(lambda: self._client.get_job_logs(job_id), job_id)
 
-    def follow(self, job_id: str, out, poll: float = 2.0) -> None:
+    def _asking_again(self, fn, lost_s: float, poll: float):
+        """``fn()``; while the Jobs API does not answer (``LostContact``), again every ``poll``
+        seconds for up to ``lost_s``, saying so on stderr once, and once more when it answers."""
+        lost_at = None
+        while True:
+            try:
+                value = fn()
+            except LostContact:
+                if lost_at is None:
+                    lost_at = time.monotonic()
+                    said = f"{self.address} stopped answering; asking again for {lost_s:.0f} s"
+                    print(f"distgan: {said} (the job is not touched)", file=sys.stderr, flush=True)
+                elif time.monotonic() - lost_at > lost_s:
+                    raise
+                time.sleep(poll)
+                continue
+            if lost_at is not None:
+                print(f"distgan: {self.address} answers again", file=sys.stderr, flush=True)
+            return value
+
+    def follow(self, job_id: str, out, poll: float = 2.0, lost_s: float = LOST_S) -> None:
         """Writes the job's log to ``out`` as it comes, until the job ends. Ray's log stream can
         close while the job still runs (a dashboard restart, a proxy's idle timeout): then the
-        log is polled until the job ends. Ctrl-C stops only the following: the job goes on, and
-        the message says so."""
+        log is polled until the job ends. A Jobs API that stops answering is asked again for
+        ``lost_s`` seconds. Ctrl-C stops only the following: the job goes on, and the message
+        says so."""
         import asyncio
 
         self.info(job_id)  # an unknown id fails here with a clear line, not in the websocket
@@ -197,8 +228,8 @@ class Jobs:
             with contextlib.suppress(ClusterError):  # a broken stream: the polling carries on
                 self._call(lambda: asyncio.run(tail()), job_id)
             while True:
-                ended = self.status(job_id) in TERMINAL
-                text = self.logs(job_id)
+                ended = self._asking_again(lambda: self.status(job_id), lost_s, poll) in TERMINAL
+                text = self._asking_again(lambda: self.logs(job_id), lost_s, poll)
                 if len(text) > written:
                     out.write(text[written:])
                     out.flush()
@@ -232,11 +263,14 @@ class Jobs:
     def list(self) -> list:
         return self._call(self._client.list_jobs)
 
-    def wait(self, job_id: str, timeout: float | None = None, poll: float = 1.0) -> str:
-        """Polls until the job ends (or ``timeout`` seconds); returns the last status."""
+    def wait(
+        self, job_id: str, timeout: float | None = None, poll: float = 1.0, lost_s: float = LOST_S
+    ) -> str:
+        """Polls until the job ends (or ``timeout`` seconds); returns the last status. A Jobs
+        API that stops answering is asked again for ``lost_s`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            status = self.status(job_id)
+            status = self._asking_again(lambda: self.status(job_id), lost_s, poll)
             if status in TERMINAL or (deadline is not None and time.monotonic() > deadline):
                 return status
             time.sleep(poll)

@@ -35,9 +35,12 @@ class StartingHead(ThreadingHTTPServer):
     """Ray's Jobs API routes, with the first ``busy`` submissions refused (by default for want
     of an agent)."""
 
-    def __init__(self, busy: int, refusal: tuple[int, str] = (500, NO_AGENT)):
-        super().__init__(("127.0.0.1", 0), Handler)
+    def __init__(
+        self, busy: int, refusal: tuple[int, str] = (500, NO_AGENT), port: int = 0, job=None
+    ):
+        super().__init__(("127.0.0.1", port), Handler)
         self.busy, self.refusal, self.posts, self.seen = busy, refusal, [], []
+        self.job = job  # (submission id, status, log) of the one job it knows, if any
 
     @property
     def url(self) -> str:
@@ -60,10 +63,16 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.seen.append(("GET", self.path))
+        sid, status, log = self.server.job or ("", "", "")
         if self.path.startswith("/api/version"):
             self._answer(200, json.dumps({"version": "4", "ray_version": "2.60.0",
                                           "ray_commit": "", "session_name": "s"}))  # fmt: skip
-        else:
+        elif sid and self.path == f"/api/jobs/{sid}":
+            self._answer(200, json.dumps({"type": "SUBMISSION", "submission_id": sid,
+                                          "status": status, "entrypoint": "true"}))  # fmt: skip
+        elif sid and self.path == f"/api/jobs/{sid}/logs":
+            self._answer(200, json.dumps({"logs": log}))
+        else:  # the log stream too (/logs/tail): a proxy that takes no websocket answers so
             self._answer(404, "not found", "text/plain")
 
     def do_POST(self) -> None:
@@ -189,3 +198,48 @@ def test_a_head_that_goes_away_while_a_job_is_followed_is_one_line(monkeypatch):
         "its dashboard may be down. The job's state is unknown: `distgan status distgan-test-1` "
         "asks again once the cluster is back"
     )
+
+
+def test_following_a_job_rides_out_a_jobs_api_that_goes_away_and_comes_back(monkeypatch, capsys):
+    """A dropped tunnel or a head that restarts: ``submit --wait`` and ``logs --follow`` ask
+    again (saying so once, on stderr) and go on with the log where it was, to the job's end."""
+    for name in ADDRESS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    sid = "distgan-test-1"
+    with serving(0, (500, NO_AGENT), 0, (sid, "RUNNING", "step 10\n")) as first:
+        port, jobs = first.server_port, Jobs(first.url, None, None)
+
+        def outage() -> None:  # the head goes once the log has been read, and is back 2 s later
+            while ("GET", f"/api/jobs/{sid}/logs") not in first.seen:
+                time.sleep(0.05)
+            first.shutdown()
+            first.server_close()
+            time.sleep(2)
+            again = StartingHead(0, port=port, job=(sid, "SUCCEEDED", "step 10\ndone: step 20\n"))
+            threading.Thread(target=again.serve_forever, daemon=True).start()
+            restarted.append(again)
+
+        restarted: list[StartingHead] = []
+        threading.Thread(target=outage, daemon=True).start()
+        out = io.StringIO()
+        jobs.follow(sid, out, poll=0.2, lost_s=30)
+    restarted[0].shutdown()
+    assert out.getvalue() == "step 10\ndone: step 20\n"  # nothing twice, nothing lost
+    assert capsys.readouterr().err == (
+        f"distgan: {jobs.address} stopped answering; asking again for 30 s (the job is not "
+        f"touched)\ndistgan: {jobs.address} answers again\n"
+    )
+
+
+def test_a_jobs_api_that_stays_away_ends_the_following_after_its_window(monkeypatch, capsys):
+    for name in ADDRESS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    sid = "distgan-test-1"
+    with serving(0, (500, NO_AGENT), 0, (sid, "RUNNING", "")) as server:
+        jobs = Jobs(server.url, None, None)
+        assert jobs.status(sid) == "RUNNING"
+    started = time.monotonic()
+    with pytest.raises(ClusterError, match=rf"stopped answering \(job {sid}\)"):
+        jobs.wait(sid, poll=0.2, lost_s=1)
+    assert 1 <= time.monotonic() - started < 10
+    assert capsys.readouterr().err.count("stopped answering") == 1
