@@ -24,11 +24,11 @@ does, and the autoscaler launches a replacement while the cluster's demand (a pe
 group, ``request_resources``) still needs one. Each node it starts or loses is a line of
 ``ROOT/nodes.jsonl``.
 
-Ports: ``base`` is the GCS, +1 the dashboard, +2 the Ray Client server, +3..+8 the head's own,
-+9 the monitor's Prometheus metrics; the head's worker processes take
-``head_worker_ports``. Worker nodes take two slots in turn, +10..+53 and +54..+97 (six ports of
-the node's own, then its worker processes'): with at most one node at a time, a replacement
-never takes the ports of the node it replaces.
+Ports: ``base`` is the GCS, +1 the dashboard, +2 the Ray Client server, +3..+8 the head's own;
+the head's worker processes take ``head_worker_ports`` but the last two, the dashboard's and
+the monitor's Prometheus metrics (conftest.ray_head_command). Worker nodes take two slots in
+turn, +10..+53 and +54..+97 (six ports of the node's own, then its worker processes'): with at
+most one node at a time, a replacement never takes the ports of the node it replaces.
 """
 
 from __future__ import annotations
@@ -255,7 +255,6 @@ def start_autoscaling_cluster(
         # the full suite on 2 cores: the test saw the autoscaler terminate a node and start a
         # third, where it expects created, gone, created.
         "AUTOSCALER_HEARTBEAT_TIMEOUT_S": "90",
-        "AUTOSCALER_METRIC_PORT": str(base + 9),
     }
     cmd = ray_head_command(
         base, str(cluster.head_temp_dir), num_cpus=0, worker_ports=head_worker_ports

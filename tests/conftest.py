@@ -145,9 +145,14 @@ def ray_head_command(
 ) -> list[str]:
     """``ray start --head --block`` on 127.0.0.1: the GCS at ``base_port``, the dashboard (and
     Jobs API) at +1, the Ray Client server at +2, the node's own ports from +3; its workers take
-    ``worker_ports`` (default +100 to +400)."""
+    ``worker_ports`` (default +100 to +400) but the last two, where the dashboard and the
+    autoscaler serve their metrics (else on Ray's fixed 44227 and 44217, which every head of the
+    suite would want; cluster/local.sh sets them too)."""
     workers = worker_ports or range(base_port + 100, base_port + 401)
+    dashboard_metrics, autoscaler_metrics, workers = workers[-2], workers[-1], workers[:-2]
     return [
+        "env", f"DASHBOARD_METRIC_PORT={dashboard_metrics}",
+        f"AUTOSCALER_METRIC_PORT={autoscaler_metrics}",
         *RAY_ON_LOOPBACK, "start", "--head", "--block", "--disable-usage-stats",
         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
         f"--port={base_port}",
