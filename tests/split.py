@@ -94,6 +94,10 @@ class SplitCluster:
 
     def alive_nodes(self) -> list[dict]:
         """The State API's ALIVE nodes (the dashboard must be up)."""
+        return [n for n in self.nodes() if n["state"] == "ALIVE"]
+
+    def nodes(self) -> list[dict]:
+        """Every node the cluster has known, ALIVE or DEAD (the State API's list)."""
         reply = requests.get(
             f"{self.dashboard}/api/v0/nodes",
             params={"limit": "100"},
@@ -101,8 +105,7 @@ class SplitCluster:
             timeout=10,
         )
         reply.raise_for_status()
-        nodes = reply.json()["data"]["result"]["result"]
-        return [n for n in nodes if n["state"] == "ALIVE"]
+        return reply.json()["data"]["result"]["result"]
 
     def off_loopback(self) -> list[str]:
         """``ADDRESS (process)`` for each listening socket, and the far end of each connection,
