@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli_runs import speed, spread, train  # noqa: E402
 
@@ -34,14 +36,9 @@ ROWS = [  # (name, busy loop beside, OMP_NUM_THREADS or None)
 
 
 def machine_cpu_s() -> float:
-    """User, nice and system CPU-seconds of the whole machine so far (/proc/stat)."""
-    user, nice, system = (int(v) for v in Path("/proc/stat").read_text().split()[1:4])
-    return (user + nice + system) / os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User, nice and system CPU-seconds of the whole machine so far."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system
 
 
 def one_run(out: Path, busy: bool, omp: str | None, minutes: float, seed: int) -> dict:
@@ -63,7 +60,7 @@ def one_run(out: Path, busy: bool, omp: str | None, minutes: float, seed: int) -
         spent = machine_cpu_s() - before
     finally:
         if loop is not None:
-            spent_by_loop = process_cpu_s(loop.pid)
+            spent_by_loop = sum(psutil.Process(loop.pid).cpu_times()[:2])  # user, system
             loop.kill()
             loop.wait()
         if saved is None:

@@ -87,9 +87,13 @@ class Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def head(request, monkeypatch):
+def no_address(monkeypatch):
     for name in ADDRESS_VARIABLES:  # the suite's Ray head is in RAY_ADDRESS
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def head(request, no_address):
     with serving(*getattr(request, "param", (0,))) as server:
         yield server
 
@@ -181,13 +185,11 @@ def test_ray_api_server_address_comes_before_ray_address(head, monkeypatch, no_t
         assert len(head.posts) == 1 and other.seen == []
 
 
-def test_a_head_that_goes_away_while_a_job_is_followed_is_one_line(monkeypatch):
+def test_a_head_that_goes_away_while_a_job_is_followed_is_one_line(no_address):
     """``submit --wait`` and ``logs --follow`` poll the job: a head (or its dashboard) that dies
     meanwhile refuses the connection, which Ray's SDK lets through as requests' own error (it
     turns only the first call's into ConnectionError). It is one line naming the job, not a
     traceback, nor "start a cluster"."""
-    for name in ADDRESS_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
     with serving(0) as server:
         address = server.url
         jobs = Jobs(address, None, None)  # the version check: the head was there
@@ -200,11 +202,9 @@ def test_a_head_that_goes_away_while_a_job_is_followed_is_one_line(monkeypatch):
     )
 
 
-def test_following_a_job_rides_out_a_jobs_api_that_goes_away_and_comes_back(monkeypatch, capsys):
+def test_following_a_job_rides_out_a_jobs_api_that_goes_away_and_comes_back(no_address, capsys):
     """A dropped tunnel or a head that restarts: ``submit --wait`` and ``logs --follow`` ask
     again (saying so once, on stderr) and go on with the log where it was, to the job's end."""
-    for name in ADDRESS_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
     sid = "distgan-test-1"
     with serving(0, (500, NO_AGENT), 0, (sid, "RUNNING", "step 10\n")) as first:
         port, jobs = first.server_port, Jobs(first.url, None, None)
@@ -231,9 +231,7 @@ def test_following_a_job_rides_out_a_jobs_api_that_goes_away_and_comes_back(monk
     )
 
 
-def test_a_jobs_api_that_stays_away_ends_the_following_after_its_window(monkeypatch, capsys):
-    for name in ADDRESS_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+def test_a_jobs_api_that_stays_away_ends_the_following_after_its_window(no_address, capsys):
     sid = "distgan-test-1"
     with serving(0, (500, NO_AGENT), 0, (sid, "RUNNING", "")) as server:
         jobs = Jobs(server.url, None, None)

@@ -14,7 +14,8 @@ from conftest import REPO
 from distgan.data import EMBEDDED_DIR, read_manifest
 from distgan.errors import ClusterError, JobError
 from distgan.specs import DataSpec, JobSpec, ScaleSpec
-from distgan.train.launch import MEMORY_CACHE_LIMIT, plan, threads_asked
+from distgan.train.launch import MEMORY_CACHE_LIMIT, plan
+from distgan.train.threads import threads_asked
 
 MANIFEST = read_manifest(EMBEDDED_DIR)
 
