@@ -3,7 +3,7 @@
 ``ray_cluster``: a real Ray head (`ray start --head --block`) on 127.0.0.1 with explicit ports,
 2 CPUs and its own temp dir, started once per session. At the end it stops exactly the processes
 it started (the `ray start` process and its descendants), never `ray stop`, which would end
-every Ray process on the machine. The ports start at DISTGAN_TEST_RAY_PORT (default 46379),
+every Ray process on the machine. The ports start at DISTGAN_TEST_RAY_PORT (default 26379),
 1,000 higher for each pytest-xdist worker (``ray_port_base``).
 
 ``s3_server`` (session): an S3-compatible server, moto in server mode (``python -m moto.server``),
@@ -115,12 +115,16 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 def ray_port_base() -> int:
     """The first port of this pytest process's Ray instances: DISTGAN_TEST_RAY_PORT (default
-    46379), 1,000 higher for each xdist worker, so two workers never share a port. From there:
+    26379), 1,000 higher for each xdist worker, so two workers never share a port. Below Linux's
+    ephemeral range (32768-60999), from which every outgoing connection of the suite takes its
+    own port: a port planned there could be a client's just when a node binds it (a head that
+    "timed out during startup" with nothing else running). Above Ray's default worker ports
+    (10002-19999), which the local runs of the tests take. From there:
     +0..+400 ``ray_cluster``, +401..+498 and +950..+989 test_autoscaler_ray.py's cluster,
     +500..+789 test_cluster.py's cluster (its worker node's workers from +700), +790..+794
     test_rate.py's servers, +800..+949 ``split_cluster``, +990 ``s3_server``; +999
     stays closed (a test expects nothing there)."""
-    base = int(os.environ.get("DISTGAN_TEST_RAY_PORT", "46379"))
+    base = int(os.environ.get("DISTGAN_TEST_RAY_PORT", "26379"))
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # gw0, gw1, ...
     return base + 1000 * int(worker.removeprefix("gw") or 0)
 
