@@ -4,11 +4,13 @@ finds no room says it waits, then ends in one line after ``scale.wait_minutes``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -99,15 +101,22 @@ def test_a_range_whose_minimum_finds_no_room_ends_in_one_line(ray_cluster, tmp_p
             }
         )
     )
+    share: list[float] = []  # the controller's CPU share while it waits (pace.py)
+    watch = threading.Thread(target=controller_cpu_share, args=(ray_cluster, share), daemon=True)
     t0 = time.monotonic()
+    watch.start()
     try:
         code = main(["train", str(job)])
     finally:
         with ray_session():
             ray.get(get_or_create_autoscaling_coordinator().cancel_request.remote("another-run"))
+        watch.join(timeout=30)
     took = time.monotonic() - t0
     out, err = capsys.readouterr()
     assert code == 2, (out, err)
+    # Ray Train's controller waits for room without spinning: it kept a core busy (Ray Train
+    # 2.60 asks its elastic policy again at once) until distgan paced its loop.
+    assert share and share[0] < 0.2, share
     assert (
         "distgan: no worker group is running: Ray Train waits for room for at least 2 workers "
         "(0.5 CPUs); the run ends if the cluster has none within 20 s (scale.wait_minutes: 0.1)"
@@ -130,3 +139,35 @@ def test_a_range_whose_minimum_finds_no_room_ends_in_one_line(ray_cluster, tmp_p
     # no thread of this process is left inside ray.get (one crashed the process with a segfault
     # once it connected to Ray again).
     assert [t for t in threading.enumerate() if t.name == "distgan-fit"] == []
+
+
+def controller_cpu_share(address: str, share: list[float]) -> None:
+    """Appends to ``share`` the CPU time the live Ray Train controller on ``address`` took per
+    second of its wait, over the seconds from 2 s after it is first listed up to 8 (or to its
+    end, if that comes first and leaves 3 s or more)."""
+    from ray.util.state import list_actors
+
+    deadline = time.monotonic() + 45
+    while time.monotonic() < deadline:
+        actors = list_actors(
+            address=address,
+            filters=[("class_name", "=", "TrainController"), ("state", "=", "ALIVE")],
+            detail=True,
+            raise_on_missing_output=False,
+        )
+        pids = [a.pid for a in actors if a.pid]
+        if not pids:
+            time.sleep(0.5)
+            continue
+        controller = psutil.Process(pids[0])
+        time.sleep(2)  # past the actor's own start
+        readings = []
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for _ in range(9):
+                cpu = controller.cpu_times()
+                readings.append((time.monotonic(), cpu.user + cpu.system))
+                time.sleep(1)
+        (t0, c0), (t1, c1) = readings[0], readings[-1]
+        if t1 - t0 >= 3:
+            share.append((c1 - c0) / (t1 - t0))
+        return

@@ -244,6 +244,7 @@ def launch(
         lost_message,
     )  # fmt: skip
     from distgan.train.folder_data import folder_dataset
+    from distgan.train.pace import PacedWait
     from distgan.train.process_group import BoundStoreTorchConfig
     from distgan.train.worker import train_loop_per_worker
 
@@ -303,7 +304,8 @@ def launch(
             failure_config=failure_config_for(spec),
             checkpoint_config=_checkpoint_config(spec, p),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-            callbacks=list(callbacks),
+            # An elastic run waiting for room would keep a core busy without it (pace.py).
+            callbacks=[PacedWait(), *callbacks],
         ),
         datasets={"train": dataset},
         dataset_config=_data_config(),
