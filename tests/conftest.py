@@ -30,8 +30,11 @@ it fails if any process of it is left.
 (``CHROMEDRIVER``; the tests that use it are skipped without it), its console log kept.
 
 ``make test`` runs two pytest-xdist workers (``-n 2 --dist loadgroup``): the Ray tests carry an
-``xdist_group`` mark, "ray-a" or "ray-b" (two groups of about equal length, one a worker, each
-worker with its own Ray head), and the other tests fill in around them.
+``xdist_group`` mark, "ray-a" or "ray-b", two groups of about equal length, one a worker, and the
+other tests fill in around them. "ray-a" holds every test on the session's head
+(``ray_cluster``), so that one worker alone starts one (a head costs about 3 CPU-seconds a minute
+while it waits, over the whole session); "ray-b" the tests with a cluster or a local Ray of
+their own. Collection stops on a test that uses ``ray_cluster`` outside "ray-a".
 """
 
 from __future__ import annotations
@@ -97,6 +100,21 @@ def pytest_configure(config) -> None:
         faulthandler.enable(trace, all_threads=True)
     elif hasattr(config.option, "numprocesses"):
         shutil.rmtree(CRASH_DIR, ignore_errors=True)  # a new run: no old traces
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every test on the session's Ray head is in xdist group "ray-a" (the docstring above)."""
+    astray = [
+        item.nodeid
+        for item in items
+        if "ray_cluster" in getattr(item, "fixturenames", ())
+        and [m.args for m in item.iter_markers("xdist_group")][:1] != [("ray-a",)]
+    ]
+    if astray:
+        raise pytest.UsageError(
+            "tests on the session's Ray head (ray_cluster) belong in "
+            f'@pytest.mark.xdist_group("ray-a"), so that one worker alone starts it: {astray}'
+        )
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

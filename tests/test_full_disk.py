@@ -41,7 +41,7 @@ def small_disk(tmp_path):
 
 
 @pytest.mark.ray
-@pytest.mark.xdist_group("ray-b")  # conftest.py
+@pytest.mark.xdist_group("ray-a")  # conftest.py
 def test_a_full_disk_loses_nothing_saved_and_says_how_to_go_on(ray_cluster, small_disk, tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({

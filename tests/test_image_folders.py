@@ -163,7 +163,7 @@ def test_dry_run_checks_the_model_against_the_folders_shape_and_labels(tmp_path,
 
 
 @pytest.mark.ray
-@pytest.mark.xdist_group("ray-b")  # conftest.py
+@pytest.mark.xdist_group("ray-a")  # conftest.py
 def test_stylegan2_trains_straight_from_a_folder_and_samples(ray_cluster, tmp_path, capsys):
     root = write_folder(tmp_path / "photos", per_class=5)  # 16 images that decode, 1 that fails
     assert main(["train", str(folder_job(tmp_path, root))]) == 0

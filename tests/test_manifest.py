@@ -172,7 +172,7 @@ def test_the_check_ray_data_runs_before_the_first_step_imports_no_pytorch():
 
 
 @pytest.mark.ray
-@pytest.mark.xdist_group("ray-b")
+@pytest.mark.xdist_group("ray-a")  # conftest.py
 @pytest.mark.parametrize("cache", ["memory", "stream"])
 def test_train_refuses_a_shard_whose_bytes_changed_in_one_line(
     ray_cluster, tmp_path, capsys, cache

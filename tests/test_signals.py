@@ -28,7 +28,9 @@ from distgan.storage import open_location
 from distgan.train import checkpoint as ckpts
 from distgan.train.outputs import read_status
 
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray-a")]  # conftest.py
+# The local runs (a Ray instance of their own) are in group ray-b, the run on the session's head
+# in ray-a (conftest.py).
+pytestmark = pytest.mark.ray
 
 DISTGAN = Path(sys.executable).with_name("distgan")
 
@@ -119,6 +121,7 @@ def check_stopped(proc, procs, runs: Path, logs: Path, sig: signal.Signals) -> t
     return run_dir, step
 
 
+@pytest.mark.xdist_group("ray-b")
 def test_ctrl_c_stops_a_local_run_that_listens_on_loopback_only(tmp_path):
     """A local run (its own Ray): every listening socket of every process of it is on loopback;
     a second writer is refused; Ctrl-C stops it with a final checkpoint."""
@@ -139,6 +142,7 @@ def test_ctrl_c_stops_a_local_run_that_listens_on_loopback_only(tmp_path):
     check_stopped(proc, procs, runs, logs, signal.SIGINT)
 
 
+@pytest.mark.xdist_group("ray-a")
 def test_sigterm_stops_a_run_on_a_cluster_and_its_resume_says_why_it_ended(
     ray_cluster, tmp_path, capfd
 ):
@@ -160,6 +164,7 @@ def test_sigterm_stops_a_run_on_a_cluster_and_its_resume_says_why_it_ended(
     assert more.err == f"distgan: the run's last part was stopped (SIGTERM) at step {step}\n"
 
 
+@pytest.mark.xdist_group("ray-b")
 def test_a_second_ctrl_c_stops_at_once_and_says_what_is_lost(tmp_path):
     # One worker: the hard stop ends the local instance's processes whatever their number
     # (the graceful stop of two workers at one step: the tests above).
