@@ -116,7 +116,8 @@ def test_a_range_whose_minimum_finds_no_room_ends_in_one_line(ray_cluster, tmp_p
     assert code == 2, (out, err)
     # Ray Train's controller waits for room without spinning: it kept a core busy (Ray Train
     # 2.60 asks its elastic policy again at once) until distgan paced its loop.
-    assert share and share[0] < 0.2, share
+    assert share, "the controller was not seen waiting for 3 s or more"
+    assert share[0] < 0.2, share  # 0.01 beside a busy loop; about 1 without the callback
     assert (
         "distgan: no worker group is running: Ray Train waits for room for at least 2 workers "
         "(0.5 CPUs); the run ends if the cluster has none within 20 s (scale.wait_minutes: 0.1)"
