@@ -108,7 +108,7 @@ def pytest_collection_modifyitems(config, items) -> None:
         item.nodeid
         for item in items
         if "ray_cluster" in getattr(item, "fixturenames", ())
-        and [m.args for m in item.iter_markers("xdist_group")][:1] != [("ray-a",)]
+        and getattr(item.get_closest_marker("xdist_group"), "args", ()) != ("ray-a",)
     ]
     if astray:
         raise pytest.UsageError(
@@ -184,6 +184,19 @@ def ray_head_command(
         f"--num-cpus={num_cpus}", "--num-gpus=0",
         f"--temp-dir={temp_dir}",
     ]  # fmt: skip
+
+
+def live_actor_pids(address: str, class_name: str) -> set[int]:
+    """PIDs of the ALIVE actors of ``class_name`` on the cluster at ``address`` (State API)."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(
+        address=address,
+        filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")],
+        detail=True,
+        raise_on_missing_output=False,
+    )
+    return {a.pid for a in actors if a.pid}
 
 
 def listening(procs: list[psutil.Process]) -> list[tuple[str, int, str]]:

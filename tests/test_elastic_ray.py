@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from conftest import live_actor_pids
 
 from distgan.cli import main
 from distgan.train import checkpoint as ckpts
@@ -146,29 +147,21 @@ def controller_cpu_share(address: str, share: list[float]) -> None:
     """Appends to ``share`` the CPU time the live Ray Train controller on ``address`` took per
     second of its wait, over the seconds from 2 s after it is first listed up to 8 (or to its
     end, if that comes first and leaves 3 s or more)."""
-    from ray.util.state import list_actors
-
     deadline = time.monotonic() + 45
     while time.monotonic() < deadline:
-        actors = list_actors(
-            address=address,
-            filters=[("class_name", "=", "TrainController"), ("state", "=", "ALIVE")],
-            detail=True,
-            raise_on_missing_output=False,
-        )
-        pids = [a.pid for a in actors if a.pid]
+        pids = live_actor_pids(address, "TrainController")
         if not pids:
             time.sleep(0.5)
             continue
-        controller = psutil.Process(pids[0])
         time.sleep(2)  # past the actor's own start
         readings = []
         with contextlib.suppress(psutil.NoSuchProcess):
+            controller = psutil.Process(min(pids))
             for _ in range(9):
                 cpu = controller.cpu_times()
                 readings.append((time.monotonic(), cpu.user + cpu.system))
                 time.sleep(1)
-        (t0, c0), (t1, c1) = readings[0], readings[-1]
-        if t1 - t0 >= 3:
+        if len(readings) >= 2 and readings[-1][0] - readings[0][0] >= 3:
+            (t0, c0), (t1, c1) = readings[0], readings[-1]
             share.append((c1 - c0) / (t1 - t0))
         return

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import live_actor_pids
 
 from distgan.cli import main
 from distgan.config import from_dict
@@ -288,19 +289,6 @@ def start_training(args: list[str], tmp_path: Path, log: str) -> subprocess.Pope
     )
 
 
-def train_worker_pids(address: str) -> set[int]:
-    """PIDs of the live Ray Train worker actors, from Ray's State API."""
-    from ray.util.state import list_actors
-
-    actors = list_actors(
-        address=address,
-        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
-        detail=True,
-        raise_on_missing_output=False,
-    )
-    return {a.pid for a in actors if a.pid}
-
-
 def logged_steps(run_root: Path) -> list[int]:
     runs = list(run_root.glob("*/metrics.jsonl")) if run_root.exists() else []
     if not runs:
@@ -351,7 +339,8 @@ def test_two_workers_killed_mid_run_lose_at_most_one_interval_each(ray_cluster, 
             # call costs the head far more CPU than reading them, and takes longer than a
             # restarted group needs for its 350 steps on an idle machine).
             if time.monotonic() >= next_look:
-                pids, next_look = train_worker_pids(ray_cluster), time.monotonic() + 1.0
+                pids = live_actor_pids(ray_cluster, "RayTrainWorker")
+                next_look = time.monotonic() + 1.0
             # First kill: after the first checkpoint. Second: once the restarted group (new
             # PIDs) has logged a step of its own and the driver has told of the first restart
             # (a group killed before it logged a line leaves the driver nothing to tell). A step
@@ -394,7 +383,7 @@ def test_two_workers_killed_mid_run_lose_at_most_one_interval_each(ray_cluster, 
 
 def wait_for_no_train_workers(address: str, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
-    while train_worker_pids(address) and time.monotonic() < deadline:
+    while live_actor_pids(address, "RayTrainWorker") and time.monotonic() < deadline:
         time.sleep(0.5)
 
 
