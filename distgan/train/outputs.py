@@ -29,7 +29,6 @@ from distgan.images import grid_png
 from distgan.storage import Location, display, open_location
 from distgan.train import checkpoint as ckpts
 from distgan.train.complexity import MeasuredCost
-from distgan.train.tensorboard import RunEvents
 
 _RUN = re.compile(r"^(\d{5})-")
 BEST = "best"  # the best checkpoint by the job's eval.metric
@@ -125,6 +124,10 @@ class RunOutputs:
             lines = [m for m in lines if m.get("step", 0) <= resume_step]
         self._lines = [json.dumps(m) for m in lines]
         self._last_step = lines[-1]["step"] if lines else -1
+        # Imported here, by rank 0 alone: tensorboardX takes half a second of CPU to import
+        # where boto3 is installed (it imports it), in every process that reads a run else.
+        from distgan.train.tensorboard import RunEvents
+
         self.events = RunEvents(self.run)  # TensorBoard: every logged figure, every grid
         self.cost = MeasuredCost(self.run)  # complexity.json's peak memory and throughput
 
