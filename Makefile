@@ -35,7 +35,10 @@ tune: $(STAMP)
 
 # Two pytest workers, each with its own Ray head (tests/conftest.py: Ray tests are mostly
 # process start-up, which leaves a core idle a third of the time).
+# distgan's own modules are byte-compiled first: where PYTHONDONTWRITEBYTECODE is set, each of
+# the suite's few hundred processes (Ray workers, CLI runs) would compile them again on import.
 test: $(STAMP)
+	$(BIN)/python -m compileall -q -j 0 distgan > /dev/null
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP)
