@@ -33,10 +33,10 @@ train: $(STAMP)
 tune: $(STAMP)
 	$(BIN)/distgan tune $(SEARCH)
 
-# Two pytest workers, each with its own Ray head (tests/conftest.py: Ray tests are mostly
-# process start-up, which leaves a core idle a third of the time).
+# Two pytest workers, the Ray tests split between them in two groups (tests/conftest.py).
 # distgan's own modules are byte-compiled first: where PYTHONDONTWRITEBYTECODE is set, each of
-# the suite's few hundred processes (Ray workers, CLI runs) would compile them again on import.
+# the suite's processes that imports distgan (about 150: Ray workers, drivers, CLI runs) would
+# compile them again.
 test: $(STAMP)
 	$(BIN)/python -m compileall -q -j 0 distgan > /dev/null
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
