@@ -38,7 +38,7 @@ tune: $(STAMP)
 # the suite's processes that imports distgan (about 150: Ray workers, drivers, CLI runs) would
 # compile them again.
 test: $(STAMP)
-	$(BIN)/python -m compileall -q -j 0 distgan > /dev/null
+	$(BIN)/python -m compileall -q -j 0 distgan
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP)
