@@ -53,6 +53,11 @@ def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def wait_for_all(device: torch.device) -> None:
+    """Returns on every rank once every rank has called it (at once in one process)."""
+    all_reduce_max(torch.zeros(1, device=device))
+
+
 def all_gather_object(obj):
     """``[obj of rank 0, obj of rank 1, ...]``."""
     if not _active():
