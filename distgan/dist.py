@@ -53,7 +53,7 @@ def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def wait_for_all(device: torch.device) -> None:
+def wait_for_all(device: torch.device | None = None) -> None:
     """Returns on every rank once every rank has called it (at once in one process)."""
     all_reduce_max(torch.zeros(1, device=device))
 

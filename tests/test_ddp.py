@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import time
 import traceback
 from datetime import timedelta
 from pathlib import Path
@@ -170,6 +171,15 @@ def time_limit_stop(rank: int, slow_from: float = math.inf) -> torch.Tensor:
             return torch.tensor([step, probes, own, reason == TIME_UP], dtype=torch.float64)
 
 
+def clock_start(rank: int) -> torch.Tensor:
+    """When each rank's StopCheck started its clock (CLOCK_MONOTONIC, one machine's), rank 0
+    coming to it 0.5 s after rank 1 (as rank 0 writes its outputs and measures the models'
+    cost before the loop)."""
+    if rank == 0:
+        time.sleep(0.5)
+    return torch.tensor([StopCheck(30.0, 0.0, 0).started], dtype=torch.float64)
+
+
 def worker(rank: int, port: int, out_dir: str) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
@@ -184,6 +194,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         results["time_limit"] = time_limit_stop(rank)
         results["time_limit_slowed_4s_before"] = time_limit_stop(rank, slow_from=26.0)
         results["time_limit_slowed_2s_before"] = time_limit_stop(rank, slow_from=28.0)
+        results["clock_start"] = clock_start(rank)
         dist.barrier()
         dist.destroy_process_group()
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
@@ -283,6 +294,13 @@ def test_the_ranks_stop_at_one_step_within_a_step_of_the_time_limit(ddp_results,
     assert step0 == step1 and probes0 == probes1 and time0 == 1
     assert min(own0, own1) <= step0 <= min(own0, own1) + 1
     assert probes0 < 80, probes0
+
+
+def test_the_ranks_start_the_time_limits_clock_together(ddp_results):
+    """Rank 0 came 0.5 s late; had rank 1's clock started without it, rank 1 would stop the run
+    with rank 0's elapsed_s (metrics.jsonl) 0.5 s short of train.max_minutes."""
+    started0, started1 = (r["clock_start"].item() for r in ddp_results)
+    assert abs(started0 - started1) < 0.1, started1 - started0
 
 
 @pytest.mark.parametrize("name", CONTROLS)

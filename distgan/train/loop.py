@@ -162,18 +162,15 @@ def run(
 
     batches = _batches(source, state)
     meter = _Meter()
-    # The ranks start their clocks together: rank 0 does more before this (its outputs, the
-    # models' cost), and a rank whose clock ran ahead would end the run with rank 0's
-    # elapsed_s short of train.max_minutes (0.57 s short of 6 s was seen with 2 workers).
-    dist.wait_for_all(device)
-    started = time.monotonic()
     earlier = state.train_seconds  # a resumed run's clock goes on from its checkpoint
     # train.max_minutes and the driver's stop request (distgan stop, Ctrl-C), agreed by every
-    # rank after any step: a clock check each step, a collective about once a second.
+    # rank after any step: a clock check each step, a collective about once a second. The
+    # ranks start its clock together, so rank 0's elapsed_s (metrics.jsonl) is the limit's.
     stops = StopCheck(
         60 * t.max_minutes, earlier, state.step,
         outputs.stop_requested if outputs is not None else None, device,
     )  # fmt: skip
+    started = stops.started
     last_time, last_images = started, state.images_seen
     metrics: dict[str, float] = {}
     waited = 0.0  # seconds spent waiting for real batches since the last log step

@@ -4,10 +4,11 @@ stop``, Ctrl-C, SIGTERM). No Ray here.
     stops = StopCheck(limit_s=120, earlier_s=0, step=0, stop_requested=outputs.stop_requested)
     ...after each step:  reason = stops.after_step(state.step)   # None, "time" or "stop"
 
-The ranks agree through one small all-reduce at *probe* steps only (a collective each step
-would cost more than a small model's step): probes come about every ``PROBE_SECONDS`` and closer
-together as the time limit nears (an eighth of the time left each time), so the run ends within
-a step of its limit, and a stop request is seen within about a second. Steps are turned into
+The ranks start the clock together (a collective in the constructor), then agree through one
+small all-reduce at *probe* steps only (a collective each step would cost more than a small
+model's step): probes come about every ``PROBE_SECONDS`` and closer together as the time limit
+nears (an eighth of the time left each time), so the run ends within a step of its limit, and a
+stop request is seen within about a second. Steps are turned into
 seconds at the slower of two speeds, the whole part's and the one since the last probe, so a
 machine that slows down (another job, a loaded host) brings the next probes closer at once. The
 probe steps follow from reduced figures, so every rank probes at the same steps.
@@ -51,6 +52,10 @@ class StopCheck:
     ):
         self.limit, self.earlier = limit_s, earlier_s
         self.clock = clock
+        # Every rank starts its clock when the last one gets here: rank 0 does more before the
+        # loop (its outputs, the models' cost), and a clock started ahead of rank 0's would end
+        # the run with rank 0's elapsed_s short of the limit (0.57 s short of 6 s, 2 workers).
+        dist.wait_for_all(device)
         self.started = clock()
         self.first_step, self.next_probe = step, step + 1
         self.last_probe = (step, self.started)  # (step, clock) of the last probe
