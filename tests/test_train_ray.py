@@ -77,13 +77,14 @@ def test_two_workers_write_checkpoints_and_samples_and_stop_on_time(
     assert last - steps[-2] <= 10
     per_step = metrics[-1]["elapsed_s"] / last
     # The ranks stop when the first of them passes 6 s, and their clocks start together
-    # (train/loop.py): rank 0's figures, here, never stop short of it. (Before the ranks waited
-    # for each other, rank 0 did more first and stopped 0.57 s short in a CI run; the margin
-    # below is for a rank that the 2 loaded cores leave waiting just after the start.) The ranks
-    # agree at probe steps planned from the run's mean speed (train/stopping.py), and on two
-    # cores that the other tests share, Ray's workers (at niceness 15) can slow down several
-    # times over near the end: 0.88 s and 1.30 s past 6 s were seen in full suite runs.
-    assert 5.85 <= metrics[-1]["elapsed_s"] <= 6.0 + 3 * per_step + 2.0, metrics[-1]
+    # (train/stopping.py): rank 0's figures, here, do not stop short of it. (Before the ranks
+    # waited for each other, rank 0 did more first and stopped 0.57 s short in a CI run; the
+    # 0.3 s margin is for a rank that the loaded cores leave waiting just after the start, and
+    # test_ddp.py checks the start to 0.1 s.) The ranks agree at probe steps planned from the
+    # run's mean speed, and on two cores that the other tests share, Ray's workers (at
+    # niceness 15) can slow down several times over near the end: 0.88 s and 1.30 s past 6 s
+    # were seen in full suite runs.
+    assert 5.7 <= metrics[-1]["elapsed_s"] <= 6.0 + 3 * per_step + 2.0, metrics[-1]
     assert all(re.search(rf"step +{s}/100000", out) for s in steps)
     for m in metrics:
         assert m["images_seen"] == m["step"] * BATCH  # the global batch, split over 2 workers
