@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,9 +68,21 @@ def env_of(tmp_path: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", LOOPBACK_SWITCH)}
     temp = tmp_path / "ray-temp"
     if not temp.exists():
-        temp.symlink_to(tempfile.mkdtemp(prefix="dgsig-", dir="/tmp"))
+        short = tempfile.mkdtemp(prefix="dgsig-", dir="/tmp")
+        RAY_TEMP_DIRS.append(short)
+        temp.symlink_to(short)
     env["RAY_TMPDIR"] = str(temp.resolve())
     return env
+
+
+RAY_TEMP_DIRS: list[str] = []  # env_of's, removed when the module's tests are done
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_ray_temp_dirs():
+    yield
+    while RAY_TEMP_DIRS:
+        shutil.rmtree(RAY_TEMP_DIRS.pop(), ignore_errors=True)
 
 
 def wait_for_progress(proc: subprocess.Popen, logs: Path, timeout: float = 180) -> None:

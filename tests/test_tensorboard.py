@@ -12,6 +12,7 @@ import struct
 
 import numpy as np
 import pyarrow.fs as pafs
+import pytest
 from PIL import Image
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
@@ -112,6 +113,19 @@ def test_events_are_uploaded_to_object_storage_at_each_flush(tmp_path):
     scalars, _ = summaries(run)
     assert scalars["loss/d_loss"][-1] == (15, 0.5)
     assert not events.staging.exists()  # the local copy is gone
+
+
+def test_a_writers_outputs_upload_their_events_and_clean_up_however_training_ends():
+    """RunOutputs as rank 0 and a PBT trial hold it: the events reach the bucket and the local
+    staging folder goes, when the training raises too."""
+    fs = pafs._MockFileSystem()
+    run = Location("mock://bucket/runs/00002-run", fs, "bucket/runs/00002-run")
+    with pytest.raises(RuntimeError, match="a step failed"), RunOutputs(run) as outputs:
+        outputs.write_metrics({"step": 5, "d_loss": 1.25})
+        raise RuntimeError("a step failed")
+    assert not outputs.events.staging.exists()
+    scalars, _ = summaries(run)
+    assert scalars["loss/d_loss"] == [(5, 1.25)]
 
 
 def test_every_figure_and_grid_of_a_training_run_reaches_tensorboard(tmp_path):

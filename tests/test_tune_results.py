@@ -144,10 +144,10 @@ def search(request, tmp_path) -> tuple[Location, object, list]:
     spec = from_dict(pbt_job(tmp_path))
     at_best = from_dict(pbt_job(tmp_path, lr_g=2.4e-4, beta1=0.9))
     trial = search_dir.child("trials", "b")
-    outputs = RunOutputs(trial)
     for step in (20, 40, 60):
         trial.write_bytes(f"samples/step_{step:06d}.png", plain_grid(step))
-    assert outputs.update_best(checkpoint(at_best, 40, 11.0), "fid", higher_is_better=False)
+    with RunOutputs(trial) as outputs:
+        assert outputs.update_best(checkpoint(at_best, 40, 11.0), "fid", higher_is_better=False)
     # Written in another order than they happened: they are read by step.
     record_exploit(
         search_dir, exploit_record("b", "a", 50, spec, from_dict(pbt_job(tmp_path, lr_g=3e-4)))

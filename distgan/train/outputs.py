@@ -132,6 +132,17 @@ class RunOutputs:
         self.events = RunEvents(self.run)  # TensorBoard: every logged figure, every grid
         self.cost = MeasuredCost(self.run)  # complexity.json's peak memory and throughput
 
+    def close(self) -> None:
+        """Uploads the last TensorBoard events and removes their local staging folder (a run
+        on object storage); every writer closes its outputs, however its training ends."""
+        self.events.close()
+
+    def __enter__(self) -> RunOutputs:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def stop_requested(self) -> bool:
         """Whether the driver asked the run to stop (``distgan stop``): asked at log steps."""
         return self.run.is_file(STOP)

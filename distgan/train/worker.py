@@ -145,4 +145,4 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         if isinstance(source, StreamingBatches):
             source.close()  # its reading thread
         if outputs is not None:
-            outputs.events.close()
+            outputs.close()

@@ -188,16 +188,17 @@ def pbt_trial(context: SearchContext):
                 ray.tune.report({**metrics, **extra}, checkpoint=checkpoint)
             extra.clear()
 
-        run(
-            state,
-            batches,
-            spec,
-            device=device,
-            report=report,
-            outputs=RunOutputs(run_dir),
-            job_yaml=dump_yaml(spec),
-            evaluate=evaluate,
-        )
+        with RunOutputs(run_dir) as outputs:  # its TensorBoard staging folder goes at the end
+            run(
+                state,
+                batches,
+                spec,
+                device=device,
+                report=report,
+                outputs=outputs,
+                job_yaml=dump_yaml(spec),
+                evaluate=evaluate,
+            )
 
     return train_pbt_trial
 
