@@ -312,8 +312,10 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="module")
-def browser():
-    """A headless Chromium (1280×900) whose console ``driver.get_log("browser")`` reads."""
+def browser(tmp_path_factory):
+    """A headless Chromium (1280×900) whose console ``driver.get_log("browser")`` reads; its
+    temporary files in a folder of the test session (``driver.quit()`` ends it before it removes
+    its singleton folder, which was left in /tmp each time)."""
     if not CHROMEDRIVER.is_file():
         pytest.skip("no chromedriver: apt-get install chromium chromium-driver")
     from selenium import webdriver
@@ -325,7 +327,8 @@ def browser():
                 "--window-size=1280,900"):  # fmt: skip
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    env = {**os.environ, "TMPDIR": str(tmp_path_factory.mktemp("chromium"))}
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER), env=env), options=options)
     yield driver
     driver.quit()
 
