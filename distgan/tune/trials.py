@@ -190,15 +190,9 @@ def pbt_trial(context: SearchContext):
 
         with RunOutputs(run_dir) as outputs:  # its TensorBoard staging folder goes at the end
             run(
-                state,
-                batches,
-                spec,
-                device=device,
-                report=report,
-                outputs=outputs,
-                job_yaml=dump_yaml(spec),
-                evaluate=evaluate,
-            )
+                state, batches, spec, device=device, report=report, outputs=outputs,
+                job_yaml=dump_yaml(spec), evaluate=evaluate,
+            )  # fmt: skip
 
     return train_pbt_trial
 
