@@ -8,10 +8,10 @@ The ranks start the clock together (a collective in the constructor), then agree
 small all-reduce at *probe* steps only (a collective each step would cost more than a small
 model's step): probes come about every ``PROBE_SECONDS`` and closer together as the time limit
 nears (an eighth of the time left each time), so the run ends within a step of its limit, and a
-stop request is seen within about a second. Steps are turned into
-seconds at the slower of two speeds, the whole part's and the one since the last probe, so a
-machine that slows down (another job, a loaded host) brings the next probes closer at once. The
-probe steps follow from reduced figures, so every rank probes at the same steps.
+stop request is seen within about a second. Steps are turned into seconds at the slower of two
+speeds, the whole part's and the one since the last probe, so a machine that slows down (another
+job, a loaded host) brings the next probes closer at once. The probe steps follow from reduced
+figures, so every rank probes at the same steps.
 """
 
 from __future__ import annotations
