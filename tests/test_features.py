@@ -11,6 +11,7 @@ import json
 import math
 import os
 import pickle
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,30 @@ def test_fit_features_needs_labels(tmp_path):
     write_shards(np.zeros((4, 1, 28, 28), np.uint8), None, folder, source="zeros")
     with pytest.raises(DataError, match="unlabelled.*no labels"):
         fit_features(folder, epochs=1)
+
+
+def test_fit_features_to_storage_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    """The weights for a URI are written in a temporary folder, uploaded, and the folder goes:
+    after a fit, and after one that fails (no labels) before it trains."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    folder = tmp_path / "labelled"
+    images = np.random.default_rng(0).integers(0, 256, (40, 1, 28, 28), dtype=np.uint8)
+    write_shards(images, np.arange(40) % 2, folder, source="noise")
+    out = f"file://{tmp_path}/store/features.pt"
+    info = fit_features(folder, out=out, epochs=1, batch_size=20, log=[].append)
+    assert info["command"].endswith(f"--out {out}")
+    stored = tmp_path / "store"
+    assert sorted(p.name for p in stored.iterdir()) == ["features.json", "features.pt"]
+    assert json.loads((stored / "features.json").read_text())["sha256"] == info["sha256"]
+    assert not list(temp.glob("distgan-features-*"))
+
+    unlabelled = tmp_path / "unlabelled"
+    write_shards(np.zeros((4, 1, 28, 28), np.uint8), None, unlabelled, source="zeros")
+    with pytest.raises(DataError, match="no labels"):
+        fit_features(unlabelled, out=f"file://{tmp_path}/other/features.pt", epochs=1)
+    assert not list(temp.glob("distgan-features-*"))
 
 
 def test_auto_without_weights_for_the_shape_asks_for_fit_features(tmp_path):

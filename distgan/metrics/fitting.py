@@ -11,10 +11,10 @@ import json
 import math
 import os
 import posixpath
-import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -64,8 +64,7 @@ def fit_features(
     remote = str(out) if is_uri(str(out)) else None  # written here, then put in the storage
     if remote is not None:
         check_reachable(open_location(remote, field="--out").parent(), "--out")  # before training
-        out = Path(tempfile.mkdtemp(prefix="distgan-features-")) / "features.pt"
-    out = Path(out)
+    out = None if remote is not None else Path(out)
     manifest = read_manifest(dataset_dir)
     images, labels = _labelled_arrays(manifest, dataset_dir)
     if test_dir is None:
@@ -116,34 +115,30 @@ def fit_features(
         "trained_on": manifest.source,
         "test": test_name,
     }
-    _atomic_save(state, out)
-    info = {
-        "format": FORMAT,
-        "arch": arch,
-        "parameters": sum(p.numel() for p in net.parameters()),
-        "accuracy": accuracy,
-        "sha256": file_sha256(out),
-        "in_shape": list(manifest.shape),
-        "num_classes": num_classes,
-        "dim": net.dim,
-        "trained_on": manifest.source,
-        "train_count": len(images),
-        "test": test_name,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "seed": seed,
-        "seconds": round(time.perf_counter() - start, 1),
-        "command": _command(dataset_dir, test_dir, epochs, remote or out, seed, arch),
-    }
-    sidecar = out.with_suffix(".json")
-    temp = sidecar.with_name(f".{sidecar.name}.tmp")
-    temp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(temp, sidecar)
-    if remote is not None:
-        loc = open_location(remote, field="--out")
-        loc.parent().upload(out, loc.name)
-        loc.parent().upload(sidecar, posixpath.splitext(loc.name)[0] + ".json")
-        shutil.rmtree(out.parent, ignore_errors=True)
+    with _written(out, remote) as path:
+        _atomic_save(state, path)
+        info = {
+            "format": FORMAT,
+            "arch": arch,
+            "parameters": sum(p.numel() for p in net.parameters()),
+            "accuracy": accuracy,
+            "sha256": file_sha256(path),
+            "in_shape": list(manifest.shape),
+            "num_classes": num_classes,
+            "dim": net.dim,
+            "trained_on": manifest.source,
+            "train_count": len(images),
+            "test": test_name,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "seed": seed,
+            "seconds": round(time.perf_counter() - start, 1),
+            "command": _command(dataset_dir, test_dir, epochs, remote or path, seed, arch),
+        }
+        sidecar = path.with_suffix(".json")
+        temp = sidecar.with_name(f".{sidecar.name}.tmp")
+        temp.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(temp, sidecar)
     log(f"test accuracy {accuracy:.4f} on {test_name}; wrote {display(remote or str(out))}")
     if near_chance(accuracy, num_classes):
         log(
@@ -152,6 +147,22 @@ def fit_features(
             f"say little; fit it again with more --epochs (this: {epochs}) or more images"
         )
     return info
+
+
+@contextmanager
+def _written(out: Path | None, remote: str | None) -> Iterator[Path]:
+    """Where ``fit_features`` writes the weights and their sidecar: ``out`` itself, or for a
+    ``remote`` one, a temporary folder whose two files are uploaded when the block ends well, and
+    which is removed however it ends."""
+    if remote is None:
+        yield out
+        return
+    with tempfile.TemporaryDirectory(prefix="distgan-features-") as staging:
+        path = Path(staging) / "features.pt"
+        yield path
+        loc = open_location(remote, field="--out")
+        loc.parent().upload(path, loc.name)
+        loc.parent().upload(path.with_suffix(".json"), posixpath.splitext(loc.name)[0] + ".json")
 
 
 def near_chance(accuracy: float, num_classes: int) -> bool:
